@@ -1,0 +1,199 @@
+"""The one checkpoint format every stage writes and reads.
+
+A checkpoint is a directory:
+
+- ``config.json``: model config, tokenizer description, stage, training config, parent checkpoint, step;
+- ``model.safetensors``: the weights (the tied LM head is not stored twice);
+- ``tokenizer.json`` (+ ``tokenizer.tiktoken``): the tokenizer, so a checkpoint is self-contained;
+- ``trainer_state.pt``: optimizer, step and RNG states, for exact resume only (loaded with
+  ``weights_only=True``, so a checkpoint can't run code when opened).
+
+Saving is atomic as a whole, not just file by file: every file is first written into ``.staging/``,
+then a ``COMMITTED`` marker is written, then the files are renamed into place. A crash before the marker
+leaves the previous checkpoint untouched (the staging dir is discarded on the next open); a crash after
+it is rolled forward on the next open. So a SIGKILL at any instant never leaves weights from one step
+beside optimizer state from another.
+
+Example:
+    >>> from rlfl.model import GPT, GPTConfig
+    >>> from rlfl.tokenizer import byte_tokenizer
+    >>> tok = byte_tokenizer()
+    >>> model = GPT(GPTConfig(vocab_size=tok.n_vocab, block_size=32, n_layer=1, n_head=2, n_embd=32))
+    >>> import tempfile; d = tempfile.mkdtemp()
+    >>> save_checkpoint(d, model, tok, stage="pretrain")
+    >>> load_checkpoint(d).model.config.n_embd
+    32
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from rlfl.model import GPT, GPTConfig
+from rlfl.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+STAGING = ".staging"
+COMMITTED = "COMMITTED"
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+STATE_FILE = "trainer_state.pt"
+
+
+@dataclass
+class Checkpoint:
+    """What ``load_checkpoint`` returns: the model, its tokenizer and the recorded config."""
+
+    model: GPT
+    tokenizer: Tokenizer
+    config: dict[str, Any]
+    path: Path
+    trainer_state: dict[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def step(self) -> int:
+        return int(self.config.get("step", 0))
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _recover(directory: Path) -> None:
+    """Finish or discard a save that was interrupted (see the module docstring)."""
+    staging = directory / STAGING
+    if not staging.is_dir():
+        return
+    if (staging / COMMITTED).exists():
+        log.warning("%s: completing an interrupted checkpoint save", directory)
+        _move_into_place(staging, directory)
+    else:
+        log.warning("%s: discarding an incomplete checkpoint save", directory)
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_into_place(staging: Path, directory: Path) -> None:
+    for item in sorted(staging.iterdir()):
+        if item.name != COMMITTED:
+            os.replace(item, directory / item.name)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    model = getattr(model, "module", model)  # DDP
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    state = model.state_dict()
+    # the LM head shares its tensor with the token embedding; safetensors refuses shared storage
+    state.pop("lm_head.weight", None)
+    return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def save_checkpoint(
+    directory: str | Path,
+    model: torch.nn.Module,
+    tokenizer: Tokenizer,
+    *,
+    stage: str,
+    step: int = 0,
+    train_config: dict[str, Any] | None = None,
+    parent: str | None = None,
+    extra: dict[str, Any] | None = None,
+    trainer_state: dict[str, Any] | None = None,
+) -> None:
+    """Write ``model`` + ``tokenizer`` (+ optional ``trainer_state``) as one atomic checkpoint directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _recover(directory)
+    staging = directory / STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    core = getattr(getattr(model, "module", model), "_orig_mod", getattr(model, "module", model))
+    config = {
+        "format_version": FORMAT_VERSION,
+        "stage": stage,
+        "step": int(step),
+        "model": core.config.to_dict(),
+        "tokenizer": {"kind": tokenizer.kind, "name": tokenizer.name, "n_vocab": tokenizer.n_vocab,
+                      "fingerprint": tokenizer.fingerprint},
+        "train": train_config or {},
+        "parent": parent,
+        **(extra or {}),
+    }
+    save_file(_weights(model), str(staging / WEIGHTS_FILE), metadata={"step": str(int(step)), "stage": stage})
+    tokenizer.save(staging)
+    if trainer_state is not None:
+        torch.save({**trainer_state, "step": int(step)}, staging / STATE_FILE)
+    _fsync_write(staging / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
+    _fsync_write(staging / COMMITTED, b"")
+    _move_into_place(staging, directory)
+    if trainer_state is None and (directory / STATE_FILE).exists():
+        # weights without a matching optimizer state: drop the stale state so resume can't mix them
+        # (load_checkpoint also refuses a state whose step differs from config.json's)
+        os.remove(directory / STATE_FILE)
+    log.info("saved %s checkpoint at step %d to %s", stage, step, directory)
+
+
+def is_checkpoint(directory: str | Path) -> bool:
+    """True when ``directory`` holds an rlfl checkpoint (possibly one mid-save)."""
+    d = Path(directory)
+    return (d / CONFIG_FILE).is_file() or (d / STAGING / COMMITTED).is_file()
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """The ``config.json`` of a checkpoint, with a clear error when it is not one."""
+    d = Path(directory)
+    if not d.is_dir():
+        raise FileNotFoundError(f"{d}: checkpoint directory not found; pass a directory written by rlfl pretrain/sft")
+    _recover(d)
+    path = d / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: missing; {d} is not an rlfl checkpoint (expected config.json, model.safetensors)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); the checkpoint is corrupt") from exc
+
+
+def load_checkpoint(
+    directory: str | Path, *, device: str | torch.device = "cpu", with_state: bool = False
+) -> Checkpoint:
+    """Open any stage's checkpoint directory: model (eval mode), tokenizer, config, optional trainer state."""
+    d = Path(directory)
+    config = read_config(d)
+    from rlfl.tokenizer import Tokenizer as _Tok
+
+    tokenizer = _Tok.load(d)
+    if tokenizer.fingerprint != config["tokenizer"]["fingerprint"]:
+        raise ValueError(f"{d}: tokenizer files do not match config.json's fingerprint; the checkpoint is corrupt")
+    model = GPT(GPTConfig.from_dict(config["model"]))
+    weights_path = d / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{weights_path}: missing; the checkpoint is incomplete")
+    state = load_file(str(weights_path))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise ValueError(f"{weights_path}: weights do not fit the model config (missing {missing[:3]}, "
+                         f"unexpected {unexpected[:3]}); the checkpoint is corrupt")
+    model.to(device).eval()
+    trainer_state = None
+    if with_state and (d / STATE_FILE).is_file():
+        trainer_state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)
+        if int(trainer_state.get("step", -1)) != int(config.get("step", 0)):
+            raise ValueError(f"{d / STATE_FILE}: step {trainer_state.get('step')} differs from config.json's "
+                             f"step {config.get('step')}; delete trainer_state.pt to start fresh from the weights")
+    return Checkpoint(model=model, tokenizer=tokenizer, config=config, path=d, trainer_state=trainer_state)

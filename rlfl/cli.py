@@ -1,0 +1,235 @@
+"""The ``rlfl`` command: one console script, one subcommand per stage.
+
+Every subcommand takes ``--config FILE`` (YAML or JSON; flags override it; unknown keys are rejected)
+and one flag per config field, each with its help text. User errors end as a one-line ``rlfl: error:``
+message and exit status 2, never a traceback.
+
+Example:
+    rlfl data prepare --dataset synthetic --out runs/data
+    rlfl pretrain --data runs/data --out-dir runs/base --max-steps 300
+    rlfl sample runs/base --prompt "The movie was"
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from rlfl import config as cfglib
+
+log = logging.getLogger("rlfl")
+
+
+# ------------------------------------------------------------------------------------ command configs
+@dataclass
+class CorpusArgs:
+    """Where a corpus comes from: local files, a known dataset, or the built-in synthetic reviews."""
+
+    input: list[str] = field(default_factory=list, metadata={"help": "local .txt/.md/.jsonl(.gz)/.txt.gz files or folders"})
+    dataset: str | None = field(default=None, metadata={"help": "a known dataset: synthetic, tinyshakespeare, tinystories, imdb"})
+    local_path: str | None = field(default=None, metadata={"help": "a local copy of --dataset (always wins over downloading)"})
+    cache_dir: str = field(default="~/.cache/rlfl/datasets", metadata={"help": "where downloaded datasets are kept"})
+    text_field: str = field(default="text", metadata={"help": "the JSONL field holding the text"})
+    synthetic_docs: int = field(default=20000, metadata={"help": "reviews generated for --dataset synthetic"})
+    seed: int = field(default=0, metadata={"help": "seed for the synthetic corpus and the train/val split"})
+
+
+@dataclass
+class PrepareArgs:
+    """`rlfl data prepare`: clean, dedup, split and tokenize a corpus into shards."""
+
+    corpus: CorpusArgs = field(default_factory=CorpusArgs, metadata={"help": "corpus"})
+    tokenizer: str = field(default="bytes", metadata={
+        "help": "bytes | gpt2:FILE (r50k_base.tiktoken, or a dir with encoder.json+vocab.bpe) | a dir with tokenizer.json "
+                "(from `rlfl tokenizer train` or a checkpoint) | a tiktoken name (needs internet)"})
+    out: str = field(default="runs/data", metadata={"help": "output directory for train.bin, val.bin, meta.json"})
+    val_fraction: float = field(default=0.1, metadata={"help": "share of the corpus held out for validation"})
+    clean: bool = field(default=True, metadata={"help": "normalise Unicode, strip HTML remnants, tidy whitespace"})
+    dedup: bool = field(default=True, metadata={"help": "drop exact duplicate documents"})
+
+
+@dataclass
+class TokenizerTrainArgs:
+    """`rlfl tokenizer train`: learn a byte-level BPE and save it as a tiktoken encoding."""
+
+    corpus: CorpusArgs = field(default_factory=CorpusArgs, metadata={"help": "corpus"})
+    vocab_size: int = field(default=4096, metadata={"help": "tokens in the vocabulary, special tokens included"})
+    out: str = field(default="runs/tokenizer", metadata={"help": "directory to write tokenizer.json into"})
+    max_bytes: int = field(default=0, metadata={"help": "train on at most this many bytes of text (0 = all)"})
+
+
+@dataclass
+class SampleArgs:
+    """`rlfl sample`: generate text from any checkpoint."""
+
+    checkpoint: str = field(default="runs/base", metadata={"help": "checkpoint directory of any stage"})
+    prompt: list[str] = field(default_factory=list, metadata={"help": "prompts (default: one empty prompt)"})
+    num_samples: int = field(default=1, metadata={"help": "samples per prompt"})
+    max_new_tokens: int = field(default=100, metadata={"help": "tokens to generate per sample"})
+    temperature: float = field(default=0.8, metadata={"help": "softmax temperature"})
+    top_k: int | None = field(default=None, metadata={"help": "keep the k most likely tokens"})
+    top_p: float | None = field(default=None, metadata={"help": "nucleus sampling mass"})
+    greedy: bool = field(default=False, metadata={"help": "take the most likely token each step"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+    device: str = field(default="cpu", metadata={"help": "cpu | cuda"})
+
+
+# ------------------------------------------------------------------------------------ commands
+def _documents(c: CorpusArgs):
+    """Documents of the corpus the flags describe, plus a name for logs."""
+    from rlfl import data
+
+    if bool(c.input) == bool(c.dataset):
+        raise ValueError("give the corpus as either --input PATH... or --dataset NAME (exactly one)")
+    if c.input:
+        return data.iter_documents(c.input, text_field=c.text_field), ", ".join(c.input)
+    if c.dataset == "synthetic":
+        from rlfl.synthetic import synthetic_documents
+
+        return synthetic_documents(c.synthetic_docs, seed=c.seed), "synthetic"
+    from rlfl.download import dataset_documents
+
+    return dataset_documents(c.dataset, cache_dir=Path(c.cache_dir).expanduser(), local_path=c.local_path), c.dataset
+
+
+def cmd_data_prepare(a: PrepareArgs) -> None:
+    from rlfl.data import prepare_corpus
+    from rlfl.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(a.tokenizer)
+    docs, name = _documents(a.corpus)
+    meta = prepare_corpus(docs, tokenizer, a.out, val_fraction=a.val_fraction, seed=a.corpus.seed,
+                          clean=a.clean, dedup=a.dedup)
+    tr, va = meta["splits"]["train"], meta["splits"]["val"]
+    print(f"wrote {a.out}: {name} with tokenizer {tokenizer.name}: train {tr['tokens']:,} tokens "
+          f"({tr['documents']:,} docs), val {va['tokens']:,} tokens ({va['documents']:,} docs)")
+
+
+def cmd_tokenizer_train(a: TokenizerTrainArgs) -> None:
+    import time
+
+    from rlfl.data import clean_text
+    from rlfl.tokenizer import train_bpe
+
+    docs, name = _documents(a.corpus)
+
+    def texts():
+        total = 0
+        for doc in docs:
+            text = clean_text(doc.text)
+            total += len(text.encode("utf-8"))
+            yield text
+            if a.max_bytes and total >= a.max_bytes:
+                return
+
+    t0 = time.perf_counter()
+    tokenizer = train_bpe(texts(), a.vocab_size, progress=True)
+    tokenizer.save(a.out)
+    print(f"trained a {tokenizer.n_vocab}-token BPE on {name} in {time.perf_counter() - t0:.1f}s -> {a.out}")
+
+
+def cmd_pretrain(a: Any) -> None:
+    from rlfl.pretrain import pretrain
+
+    out = pretrain(a)
+    print(f"checkpoint: {out}")
+
+
+def cmd_sample(a: SampleArgs) -> None:
+    from rlfl.checkpoint import load_checkpoint
+    from rlfl.generate import SamplingConfig, generate
+
+    c = load_checkpoint(a.checkpoint, device=a.device)
+    tok = c.tokenizer
+    prompts = a.prompt or [""]
+    ids = [tok.encode(p) or [tok.eot_id] for p in prompts for _ in range(a.num_samples)]
+    room = c.model.config.block_size - max(len(p) for p in ids)
+    if room < 1:
+        raise ValueError(f"prompt is longer than the model's context ({c.model.config.block_size} tokens); shorten --prompt")
+    sc = SamplingConfig(max_new_tokens=min(a.max_new_tokens, room), temperature=a.temperature, top_k=a.top_k,
+                        top_p=a.top_p, greedy=a.greedy, seed=a.seed, stop_tokens=(tok.eot_id,))
+    out = generate(c.model, ids, sc, pad_id=tok.pad_id)
+    for i, completion in enumerate(out.tokens):
+        prompt = prompts[i // a.num_samples]
+        print(f"--- sample {i + 1} ---\n{prompt}{tok.decode(completion)}")
+
+
+# ------------------------------------------------------------------------------------ parser
+def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], None], str]]:
+    from rlfl.pretrain import PretrainConfig
+
+    return {
+        ("data", "prepare"): (PrepareArgs, cmd_data_prepare, "clean, dedup, split and tokenize a corpus into shards"),
+        ("tokenizer", "train"): (TokenizerTrainArgs, cmd_tokenizer_train, "train a byte-level BPE tokenizer"),
+        ("pretrain",): (PretrainConfig, cmd_pretrain, "pretrain or continue pretraining a GPT (torchrun for DDP)"),
+        ("sample",): (SampleArgs, cmd_sample, "generate text from a checkpoint"),
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argparse parser of ``rlfl`` with every subcommand and flag."""
+    parser = argparse.ArgumentParser(prog="rlfl", description="Reinforcement learning from feedback on language models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for path, (cls, fn, help_text) in _commands().items():
+        if len(path) == 2:
+            if path[0] not in groups:
+                g = sub.add_parser(path[0], help=f"{path[0]} commands")
+                groups[path[0]] = g.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+            p = groups[path[0]].add_parser(path[1], help=help_text, description=help_text)
+        else:
+            p = sub.add_parser(path[0], help=help_text, description=help_text)
+        if cls is SampleArgs:  # the checkpoint is positional: `rlfl sample CKPT`
+            p.add_argument("checkpoint", nargs="?", default=argparse.SUPPRESS, help="checkpoint directory")
+            cfglib.add_arguments(p, cls, exclude=frozenset({"checkpoint"}))
+        else:
+            cfglib.add_arguments(p, cls)
+        p.add_argument("--config", dest="__config__", default=None, help="YAML/JSON file of defaults; flags override it")
+        p.set_defaults(__cls__=cls, __fn__=fn)
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    class TqdmHandler(logging.StreamHandler):
+        # route log lines through tqdm.write so they don't break a running progress bar
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                from tqdm import tqdm
+
+                tqdm.write(self.format(record), file=sys.stderr)
+            except Exception:  # pragma: no cover - logging must never crash the program
+                self.handleError(record)
+
+    handler = TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``rlfl`` console script."""
+    parser = build_parser()
+    ns = vars(parser.parse_args(argv))
+    _setup_logging(ns.pop("verbose"))
+    cls, fn, config_path = ns.pop("__cls__"), ns.pop("__fn__"), ns.pop("__config__")
+    ns.pop("command", None)
+    ns.pop("subcommand", None)
+    try:
+        file_values = cfglib.load_config_file(config_path) if config_path else {}
+        args = cfglib.build(cls, file_values, ns)
+        fn(args)
+    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
+        parser.exit(2, f"rlfl: error: {exc}\n")
+    except KeyboardInterrupt:
+        parser.exit(130, "rlfl: interrupted\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
