@@ -1,0 +1,97 @@
+"""The `rlfl` command: every bad input ends in a one-line error that names the problem and the fix."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+
+from rlfl.cli import main
+
+
+def _error(capsys, argv: list[str]) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rlfl: error: ") and "\n" not in err, err
+    return err
+
+
+def _prepare(tmp_path, name: str, *extra: str) -> str:
+    out = tmp_path / name
+    main(["data", "prepare", "--dataset", "synthetic", "--synthetic-docs", "300", "--out", str(out), *extra])
+    return str(out)
+
+
+def test_missing_corpus(tmp_path, capsys):
+    err = _error(capsys, ["data", "prepare", "--input", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "o")])
+    assert "nope.txt" in err
+    assert not (tmp_path / "o").exists()  # nothing written
+
+
+def test_empty_corpus(tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("   \n\n")
+    err = _error(capsys, ["data", "prepare", "--input", str(tmp_path / "empty.txt"), "--out", str(tmp_path / "o")])
+    assert "empty" in err.lower()
+    assert not (tmp_path / "o").exists()
+
+
+def test_binary_file(tmp_path, capsys):
+    (tmp_path / "blob.txt").write_bytes(bytes(range(256)) * 4)
+    err = _error(capsys, ["data", "prepare", "--input", str(tmp_path / "blob.txt"), "--out", str(tmp_path / "o")])
+    assert "blob.txt" in err and "binary" in err
+
+
+def test_jsonl_line_without_text_field(tmp_path, capsys):
+    path = tmp_path / "c.jsonl.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.write(json.dumps({"text": "fine"}) + "\n" + json.dumps({"body": "oops"}) + "\n")
+    err = _error(capsys, ["data", "prepare", "--input", str(path), "--out", str(tmp_path / "o")])
+    assert "line 2" in err and "'text'" in err and "--text-field" in err
+
+
+def test_existing_shards_survive_a_failed_prepare(tmp_path, capsys):
+    out = _prepare(tmp_path, "shards")
+    before = (tmp_path / "shards" / "train.bin").read_bytes()
+    (tmp_path / "bad.jsonl").write_text('{"text": "a"}\nnot json\n')
+    _error(capsys, ["data", "prepare", "--input", str(tmp_path / "bad.jsonl"), "--out", out])
+    assert (tmp_path / "shards" / "train.bin").read_bytes() == before
+
+
+def test_vocab_size_too_small(tmp_path, capsys):
+    err = _error(capsys, ["tokenizer", "train", "--dataset", "synthetic", "--synthetic-docs", "50",
+                          "--vocab-size", "200", "--out", str(tmp_path / "tok")])
+    assert "200" in err and "262" in err
+    assert not (tmp_path / "tok").exists()
+
+
+def test_unknown_config_key(tmp_path, capsys):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("n_layer: 2\nlearning_rate: 0.1\n")
+    err = _error(capsys, ["pretrain", "--config", str(cfg)])
+    assert "learning_rate" in err and str(cfg) in err
+
+
+def test_block_size_beyond_model_and_foreign_tokenizer(tmp_path, capsys):
+    data = _prepare(tmp_path, "shards")
+    base = tmp_path / "base"
+    main(["pretrain", "--data", data, "--out-dir", str(base), "--max-steps", "2", "--n-layer", "1", "--n-head", "2",
+          "--n-embd", "32", "--block-size", "32", "--batch-size", "2", "--sample-tokens", "0", "--no-progress"])
+    err = _error(capsys, ["pretrain", "--data", data, "--init-from", str(base), "--out-dir", str(tmp_path / "cont"),
+                          "--block-size", "64", "--max-steps", "2", "--no-progress"])
+    assert "block_size=64" in err and "maximum context 32" in err and "--block-size 32" in err
+    # shards tokenized with a trained BPE can't continue a byte-level checkpoint
+    main(["tokenizer", "train", "--dataset", "synthetic", "--synthetic-docs", "300", "--vocab-size", "300",
+          "--out", str(tmp_path / "bpe")])
+    other = _prepare(tmp_path, "bpe_shards", "--tokenizer", str(tmp_path / "bpe"))
+    err = _error(capsys, ["pretrain", "--data", other, "--init-from", str(base), "--out-dir", str(tmp_path / "cont"),
+                          "--block-size", "32", "--max-steps", "2", "--no-progress"])
+    assert "tokenizer" in err and "rlfl data prepare" in err and str(base) in err
+    assert not (tmp_path / "cont").exists()
+
+
+def test_corpus_source_must_be_one(tmp_path, capsys):
+    err = _error(capsys, ["data", "prepare", "--out", str(tmp_path / "o")])
+    assert "--input" in err and "--dataset" in err
