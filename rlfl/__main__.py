@@ -4,4 +4,5 @@ import sys
 
 from rlfl.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # guarded: the BPE trainer's worker processes re-import this module (spawn)
+    sys.exit(main())
