@@ -1,0 +1,19 @@
+"""Every example script runs end to end as a subprocess with tiny settings (cleanrl style)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pretrain_from_script(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "pretrain_from_script.py"), "--out", str(tmp_path),
+                        "--docs", "300", "--steps", "30", "--n-layer", "2", "--n-embd", "64"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [line for line in r.stdout.splitlines() if line.startswith("[gold sentiment")]
+    assert len(lines) == 3 and "The pasta was" in lines[0]
+    assert (tmp_path / "base" / "model.safetensors").is_file()
