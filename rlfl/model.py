@@ -1,0 +1,395 @@
+"""A GPT-2 compatible decoder-only transformer with an optional preallocated KV cache.
+
+The layout follows GPT-2 closely (learned token + position embeddings, pre-LayerNorm blocks, tanh-GELU
+MLP, final LayerNorm, LM head tied to the token embedding) so that GPT-2 weights load from local files
+(see rlfl/gpt2_weights.py). Parameter names mirror Hugging Face's GPT-2 names (`wte`, `h.0.attn.c_attn`,
+...) which keeps the weight mapping a plain rename plus a transpose.
+
+Attention goes through `torch.nn.functional.scaled_dot_product_attention`. Three cases:
+- no padding mask and no cache (training): `is_causal=True`, so PyTorch picks its flash / efficient
+  kernels and never materialises a (T, T) mask;
+- a padding mask (batched prompts of different lengths, left-padded): an explicit boolean mask that is
+  causal AND key-is-real, OR key-is-the-query-itself. The last term matters: a pad query whose keys are
+  all pads would otherwise softmax over nothing and produce NaN, which then leaks through later layers;
+- a KV cache: new keys/values are written into the preallocated buffers at [length, length + T) and the
+  queries attend over [0, length + T).
+
+Example:
+    >>> import torch
+    >>> cfg = GPTConfig(vocab_size=300, block_size=32, n_layer=2, n_head=2, n_embd=64)
+    >>> model = GPT(cfg)
+    >>> model(torch.zeros(1, 5, dtype=torch.long)).shape
+    torch.Size([1, 5, 300])
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)  # bool is an int subclass; True is no size
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+@dataclass
+class GPTConfig:
+    """Shape and regularisation of a GPT model; `to_dict()`/`from_dict()` round-trip through JSON."""
+
+    vocab_size: int = field(metadata={"help": "Number of token ids (the tokenizer's n_vocab)."})
+    block_size: int = field(metadata={"help": "Maximum sequence length (number of position embeddings)."})
+    n_layer: int = field(metadata={"help": "Number of transformer blocks."})
+    n_head: int = field(metadata={"help": "Attention heads per block; must divide n_embd."})
+    n_embd: int = field(metadata={"help": "Width of the residual stream."})
+    dropout: float = field(
+        default=0.0, metadata={"help": "Dropout on embeddings, attention weights and residual branches."}
+    )
+    bias: bool = field(default=True, metadata={"help": "Use biases in Linear and LayerNorm layers (GPT-2: true)."})
+    layer_norm_eps: float = field(default=1e-5, metadata={"help": "LayerNorm epsilon (GPT-2: 1e-5)."})
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
+            value = getattr(self, name)
+            if not _is_int(value) or value <= 0:
+                raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}; set {name} >= 1")
+        if self.n_embd % self.n_head != 0:
+            raise ValueError(
+                f"GPTConfig.n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
+                f"pick n_embd a multiple of n_head (e.g. {self.n_head * max(1, self.n_embd // self.n_head)})"
+            )
+        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"GPTConfig.dropout={self.dropout!r} must be in [0, 1); use 0.0 to disable dropout")
+        if not isinstance(self.bias, bool):
+            raise ValueError(f"GPTConfig.bias={self.bias!r} must be true or false")
+        if not _is_number(self.layer_norm_eps) or self.layer_norm_eps <= 0:
+            raise ValueError(f"GPTConfig.layer_norm_eps={self.layer_norm_eps!r} must be > 0; GPT-2 uses 1e-5")
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.n_embd // self.n_head
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as a plain JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GPTConfig":
+        """Build a config from a dict, rejecting unknown keys (a typo must not silently become a default)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(
+                f"GPTConfig: unknown key(s) {', '.join(repr(k) for k in unknown)}; valid keys are {', '.join(names)}"
+            )
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        missing = [k for k in required if k not in data]
+        if missing:
+            raise ValueError(f"GPTConfig: missing key(s) {', '.join(repr(k) for k in missing)}; add them to the config")
+        return cls(**data)
+
+
+class KVCache:
+    """Preallocated per-layer key/value buffers for incremental decoding.
+
+    K and V for all layers live in two tensors of shape (n_layer, B, n_head, max_len, head_dim), allocated
+    once; `GPT.forward(..., cache=cache)` writes new entries at [length, length + T) and advances `length`.
+    The cache does not hold the padding mask: the caller passes `attention_mask` covering cache + new
+    tokens on every call (rlfl.generate builds it once and slices it).
+
+    Example:
+        >>> cfg = GPTConfig(vocab_size=300, block_size=32, n_layer=2, n_head=2, n_embd=64)
+        >>> cache = KVCache(cfg, batch_size=3, max_len=16)
+        >>> cache.k.shape, cache.length
+        (torch.Size([2, 3, 2, 16, 32]), 0)
+    """
+
+    def __init__(
+        self,
+        config: GPTConfig,
+        batch_size: int,
+        max_len: int,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"KVCache batch_size must be >= 1, got {batch_size}")
+        if not 1 <= max_len <= config.block_size:
+            raise ValueError(
+                f"KVCache max_len={max_len} must be in [1, block_size={config.block_size}]; "
+                "positions beyond block_size have no embedding"
+            )
+        shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.length = 0
+
+    @property
+    def batch_size(self) -> int:
+        """Number of rows (sequences) held."""
+        return self.k.shape[1]
+
+    @property
+    def max_len(self) -> int:
+        """Number of positions the buffers can hold."""
+        return self.k.shape[3]
+
+    def reset(self) -> None:
+        """Forget all cached positions (the buffers are reused, not reallocated)."""
+        self.length = 0
+
+    def select(self, indices: torch.Tensor | list[int]) -> "KVCache":
+        """Keep (and reorder to) the given batch rows, e.g. to drop finished episodes; returns self.
+
+        This copies the kept rows into new, smaller buffers: it is meant for occasional use between
+        decode steps, not per token.
+        """
+        index = torch.as_tensor(indices, dtype=torch.long, device=self.k.device)
+        if index.dim() != 1 or (index.numel() and (index.min() < 0 or index.max() >= self.batch_size)):
+            raise ValueError(f"KVCache.select: indices must be a 1-D list of rows in [0, {self.batch_size})")
+        self.k = self.k.index_select(1, index)
+        self.v = self.v.index_select(1, index)
+        return self
+
+    reorder = select
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention through SDPA, optionally reading/writing a KV cache layer."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.head_dim = config.head_dim
+        # A module rather than a float so that code adjusting every nn.Dropout's p (e.g. when fine-tuning
+        # with a different dropout) also reaches the attention dropout that SDPA applies.
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        kv: tuple[torch.Tensor, torch.Tensor] | None,
+        past: int,
+    ) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        if kv is not None:
+            k_buf, v_buf = kv
+            k_buf[:, :, past : past + T] = k
+            v_buf[:, :, past : past + T] = v
+            k, v = k_buf[:, :, : past + T], v_buf[:, :, : past + T]
+        # With no mask and nothing cached before this call, keys == queries and SDPA's top-left aligned
+        # causal mask is right. With a cache and T == 1 (the decode step) the query may see every key.
+        is_causal = mask is None and past == 0 and T > 1
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout.p if self.training else 0.0, is_causal=is_causal
+        )
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """The 4x-wide feed-forward layer with GPT-2's tanh-approximated GELU."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """One pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None,
+        kv: tuple[torch.Tensor, torch.Tensor] | None,
+        past: int,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), mask, kv, past)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """GPT-2 style language model: token ids (B, T) -> next-token logits (B, T, vocab_size)."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.block_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.h = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Tied: the output projection IS the token embedding (GPT-2 does this; it saves V*C parameters).
+        self.lm_head.weight = self.wte.weight
+        self.apply(self._init_weights)
+        # GPT-2's residual scaling: each block adds two projections to the residual stream, so shrink
+        # their init by 1/sqrt(2 * n_layer) to keep the stream's variance from growing with depth.
+        residual_std = 0.02 / math.sqrt(2 * config.n_layer)
+        for block in self.h:
+            nn.init.normal_(block.attn.c_proj.weight, mean=0.0, std=residual_std)
+            nn.init.normal_(block.mlp.c_proj.weight, mean=0.0, std=residual_std)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    # ---- forward ------------------------------------------------------------------------------------
+
+    def hidden_states(
+        self,
+        idx: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """The final-LayerNorm output (B, T, n_embd): what the LM head, a value head or a reward head reads.
+
+        attention_mask: (B, cached + T), 1/True for real tokens, 0/False for (left) padding; it covers
+            the cached positions plus the new ones.
+        position_ids: (B, T); by default derived from attention_mask as cumsum - 1 (so each row's first
+            real token is position 0), or cached + arange(T) without a mask.
+        cache: a KVCache; the new keys/values are written at [cache.length, cache.length + T) and
+            cache.length advances by T.
+        """
+        if idx.dim() != 2:
+            raise ValueError(f"idx must have shape (batch, seq_len), got {tuple(idx.shape)}")
+        B, T = idx.shape
+        past = 0 if cache is None else cache.length
+        total = past + T
+        if total > self.config.block_size:
+            what = f"{total} tokens" if past == 0 else f"{total} tokens ({past} cached + {T} new)"
+            raise ValueError(
+                f"sequence of {what} exceeds block_size {self.config.block_size}; "
+                f"truncate the input to the last {self.config.block_size} tokens or use a larger block_size"
+            )
+        if cache is not None:
+            if cache.batch_size != B:
+                raise ValueError(f"KV cache holds {cache.batch_size} rows but the input has {B}; use KVCache.select")
+            if total > cache.max_len:
+                raise ValueError(
+                    f"KV cache is full: {past} cached + {T} new > max_len {cache.max_len}; allocate a larger KVCache"
+                )
+
+        mask = None
+        if attention_mask is not None:
+            if attention_mask.shape != (B, total):
+                raise ValueError(
+                    f"attention_mask must have shape (batch, cached + new) = {(B, total)}, "
+                    f"got {tuple(attention_mask.shape)}"
+                )
+            keep = attention_mask.bool()
+            if position_ids is None:
+                position_ids = (keep.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+            mask = self._padded_causal_mask(keep, past, T)
+        elif cache is not None and past > 0 and T > 1:
+            # Several new tokens after a cached prefix: SDPA's is_causal would align the triangle to the
+            # top-left of the (T, total) score matrix, which is wrong here, so spell the mask out.
+            q_pos = torch.arange(past, total, device=idx.device)
+            mask = torch.arange(total, device=idx.device)[None, :] <= q_pos[:, None]
+        if position_ids is None:
+            position_ids = torch.arange(past, total, device=idx.device).unsqueeze(0)
+        elif position_ids.shape[-1] != T:
+            raise ValueError(f"position_ids must have shape (batch, {T}), got {tuple(position_ids.shape)}")
+
+        x = self.drop(self.wte(idx) + self.wpe(position_ids))
+        for i, block in enumerate(self.h):
+            kv = None if cache is None else (cache.k[i], cache.v[i])
+            x = block(x, mask, kv, past)
+        if cache is not None:
+            cache.length = total
+        return self.ln_f(x)
+
+    @staticmethod
+    def _padded_causal_mask(keep: torch.Tensor, past: int, T: int) -> torch.Tensor:
+        """Boolean (B, 1, T, past + T) mask: causal AND key is real, OR key is the query itself."""
+        total = past + T
+        q_pos = torch.arange(past, total, device=keep.device)[:, None]
+        k_pos = torch.arange(total, device=keep.device)[None, :]
+        if T == 1:  # the decode step: every earlier key is causal-visible; only padding matters
+            return (keep | (k_pos == q_pos))[:, None, None, :]
+        return (((k_pos <= q_pos) & keep[:, None, :]) | (k_pos == q_pos))[:, None, :, :]
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Next-token logits (B, T, vocab_size); the arguments are those of `hidden_states`."""
+        h = self.hidden_states(idx, attention_mask=attention_mask, position_ids=position_ids, cache=cache)
+        return self.lm_head(h)
+
+    # ---- accounting -----------------------------------------------------------------------------------
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Number of parameters; with non_embedding=True the position embeddings are left out.
+
+        The token embedding stays in the count even then: it is tied to the LM head, so those weights
+        do a real matmul per token, which is what the count is used for (FLOPs, scaling laws).
+        """
+        n = sum(p.numel() for p in self.parameters())  # parameters() yields the tied weight once
+        if non_embedding:
+            n -= self.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward): 6*N + 12*n_layer*n_embd*seq_len.
+
+        This is the nanoGPT / PaLM-paper convention. 6N: each parameter does one multiply-add (2 FLOPs)
+        per token in the forward pass and twice that in the backward pass; N = num_params(non_embedding=
+        True). 12*L*C*T: the attention scores q@k^T and the weighted sum p@v are 2*T*C FLOPs each per
+        token per layer forward, times 3 for forward + backward. LayerNorms, softmax and GELU are ignored.
+        Inference (forward only) costs about a third of this. seq_len defaults to block_size.
+        """
+        T = self.config.block_size if seq_len is None else seq_len
+        cfg = self.config
+        return 6.0 * self.num_params(non_embedding=True) + 12.0 * cfg.n_layer * cfg.n_embd * T
+
+    # ---- loading --------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_gpt2(cls, directory: str | Path, *, dropout: float = 0.0) -> "GPT":
+        """Load GPT-2 weights from a Hugging Face style directory (config.json + model.safetensors).
+
+        See rlfl.gpt2_weights.load_gpt2 for the accepted layouts and the checks made.
+        """
+        from rlfl.gpt2_weights import load_gpt2  # local import: gpt2_weights imports this module
+
+        return load_gpt2(directory, dropout=dropout)
