@@ -412,6 +412,11 @@ class Trainer:
                     with sync:
                         with rt.autocast():
                             loss, _ = _split_loss(self.loss_fn(self.train_model, batch))
+                            # a mixture-of-experts model leaves its (already weighted) router balancing
+                            # loss on the model after each forward; every stage gets it added here
+                            aux = getattr(self.model, "aux_loss", None)
+                            if aux is not None:
+                                loss = loss + aux
                         self.scaler.scale(loss / cfg.grad_accum).backward()
                     loss_sum += loss.detach()
                 if cfg.grad_clip > 0:
@@ -437,6 +442,9 @@ class Trainer:
                                "train/ms_per_step": 1000 * elapsed / window_steps}
                     if flops is not None and peak > 0:
                         summary["train/mfu"] = flops() * tok_s / (peak * rt.world_size)
+                    load = getattr(self.model, "expert_load", None)
+                    if callable(load):
+                        summary.update(load())  # MoE: share of tokens routed to each expert (empty if dense)
                     if rt.is_main:
                         metrics_log.write(self.step, summary)
                         if bar is not None:
