@@ -45,22 +45,35 @@ def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def _walk(cls: type, exclude: frozenset[str] = frozenset()):
-    """Yield (name, field, type) of every leaf field, flattening nested dataclasses."""
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
+
+
+def _walk(cls: type, exclude: frozenset[str] = frozenset(), base: Any = None):
+    """Yield (name, field, type, default) of every leaf field, flattening nested dataclasses.
+
+    A nested dataclass field's own default (e.g. ``train: TrainConfig = field(default_factory=lambda:
+    TrainConfig(lr=3e-4))``) supplies the defaults of its leaves, so each stage can pick its own.
+    """
     hints = _hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in exclude or not f.init:
             continue
         tp = hints[f.name]
+        default = getattr(base, f.name) if base is not None else _default(f)
         if dataclasses.is_dataclass(tp):
-            yield from _walk(tp, exclude)
+            yield from _walk(tp, exclude, default)
         else:
-            yield f.name, f, tp
+            yield f.name, f, tp, default
 
 
 def field_names(cls: type, exclude: frozenset[str] = frozenset()) -> list[str]:
     """All flat (leaf) field names of a config dataclass, nested dataclasses included."""
-    return [name for name, _, _ in _walk(cls, exclude)]
+    return [name for name, _, _, _ in _walk(cls, exclude)]
 
 
 def _parse_bool(text: str) -> bool:
@@ -86,15 +99,12 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, exclude: frozen
     Flags default to ``argparse.SUPPRESS`` so that the parsed namespace holds only what the user typed;
     ``build`` then layers those over the config file and the dataclass defaults.
     """
-    for name, f, tp in _walk(cls, exclude):
+    for name, f, tp, default in _walk(cls, exclude):
         inner, optional = _unwrap_optional(tp)
         help_text = f.metadata.get("help")
         if not help_text:
             raise AssertionError(f"{cls.__name__}.{name} has no help metadata")  # a developer error
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
-        help_text = f"{help_text} (default: {default})" if f.default is not dataclasses.MISSING or default else help_text
+        help_text = f"{help_text} (default: {default})"
         flag = "--" + name.replace("_", "-")
         origin = typing.get_origin(inner)
         if inner is bool:
@@ -193,7 +203,7 @@ def build(cls: type, file_values: dict[str, Any], flag_values: dict[str, Any], *
     return _build(cls, merged, source, exclude)
 
 
-def _build(cls: type, values: dict[str, Any], source: str, exclude: frozenset[str]) -> Any:
+def _build(cls: type, values: dict[str, Any], source: str, exclude: frozenset[str], base: Any = None) -> Any:
     hints = _hints(cls)
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
@@ -201,10 +211,12 @@ def _build(cls: type, values: dict[str, Any], source: str, exclude: frozenset[st
             continue
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
-            kwargs[f.name] = _build(tp, values, source, exclude)
+            nested_base = getattr(base, f.name) if base is not None else _default(f)
+            kwargs[f.name] = _build(tp, values, source, exclude, nested_base)
         elif f.name in values:
             kwargs[f.name] = _coerce(values[f.name], tp, f.name, source)
-    return cls(**kwargs)
+    # start from the stage's own defaults for a nested config, then apply what was given
+    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

@@ -70,3 +70,19 @@ def test_missing_and_bad_config_files(tmp_path):
     toml.write_text("a = 1\n")
     with pytest.raises(ValueError, match="unsupported config format"):
         cfglib.load_config_file(toml)
+
+
+def test_nested_config_keeps_the_stages_own_defaults():
+    from dataclasses import dataclass, field
+
+    @dataclass
+    class Stage:
+        data: str = field(default="d", metadata={"help": "data path"})
+        train: TrainConfig = field(default_factory=lambda: TrainConfig(out_dir="runs/stage", lr=3e-4),
+                                   metadata={"help": "loop"})
+
+    parser = argparse.ArgumentParser()
+    cfglib.add_arguments(parser, Stage)
+    cfg = cfglib.build(Stage, {}, vars(parser.parse_args(["--max-steps", "5"])))
+    assert (cfg.train.out_dir, cfg.train.lr, cfg.train.max_steps) == ("runs/stage", 3e-4, 5)
+    assert any(a.dest == "lr" and a.help.endswith("(default: 0.0003)") for a in parser._actions)
