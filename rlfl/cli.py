@@ -137,6 +137,13 @@ def cmd_pretrain(a: Any) -> None:
     print(f"checkpoint: {out}")
 
 
+def cmd_sft(a: Any) -> None:
+    from rlfl.sft import sft
+
+    out = sft(a)
+    print(f"checkpoint: {out}")
+
+
 def cmd_sample(a: SampleArgs) -> None:
     from rlfl.checkpoint import load_checkpoint
     from rlfl.generate import SamplingConfig, generate
@@ -159,11 +166,13 @@ def cmd_sample(a: SampleArgs) -> None:
 # ------------------------------------------------------------------------------------ parser
 def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], None], str]]:
     from rlfl.pretrain import PretrainConfig
+    from rlfl.sft import SFTConfig
 
     return {
         ("data", "prepare"): (PrepareArgs, cmd_data_prepare, "clean, dedup, split and tokenize a corpus into shards"),
         ("tokenizer", "train"): (TokenizerTrainArgs, cmd_tokenizer_train, "train a byte-level BPE tokenizer"),
         ("pretrain",): (PretrainConfig, cmd_pretrain, "pretrain or continue pretraining a GPT (torchrun for DDP)"),
+        ("sft",): (SFTConfig, cmd_sft, "supervised fine-tuning / instruct-tuning of a checkpoint"),
         ("sample",): (SampleArgs, cmd_sample, "generate text from a checkpoint"),
     }
 
