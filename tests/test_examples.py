@@ -17,3 +17,14 @@ def test_pretrain_from_script(tmp_path):
     lines = [line for line in r.stdout.splitlines() if line.startswith("[gold sentiment")]
     assert len(lines) == 3 and "The pasta was" in lines[0]
     assert (tmp_path / "base" / "model.safetensors").is_file()
+
+
+def test_sft_from_script(tmp_path):
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(f'{{"prompt": "Say {w}.", "response": "{w}"}}\n' for w in ["yes", "no", "maybe", "ok"] * 10))
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "sft_from_script.py"), "--out", str(tmp_path / "run"),
+                        "--data", str(data), "--pretrain-steps", "10", "--sft-steps", "10", "--block-size", "32",
+                        "--n-layer", "2", "--n-embd", "64"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "held-out loss:" in r.stdout and r.stdout.count("PROMPT: Say") == 2
+    assert (tmp_path / "run" / "sft" / "config.json").is_file()
