@@ -166,6 +166,8 @@ def cmd_sample(a: SampleArgs) -> None:
 # ------------------------------------------------------------------------------------ parser
 def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], None], str]]:
     from rlfl.pretrain import PretrainConfig
+    from rlfl.chat import ChatConfig, chat
+    from rlfl.serve import ServeConfig, serve
     from rlfl.sft import SFTConfig
 
     return {
@@ -174,6 +176,8 @@ def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], None], str]
         ("pretrain",): (PretrainConfig, cmd_pretrain, "pretrain or continue pretraining a GPT (torchrun for DDP)"),
         ("sft",): (SFTConfig, cmd_sft, "supervised fine-tuning / instruct-tuning of a checkpoint"),
         ("sample",): (SampleArgs, cmd_sample, "generate text from a checkpoint"),
+        ("serve",): (ServeConfig, serve, "OpenAI-compatible HTTP server over a checkpoint (127.0.0.1 by default)"),
+        ("chat",): (ChatConfig, chat, "chat with a checkpoint in the terminal"),
     }
 
 
@@ -191,12 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
             p = groups[path[0]].add_parser(path[1], help=help_text, description=help_text)
         else:
             p = sub.add_parser(path[0], help=help_text, description=help_text)
-        if cls is SampleArgs:  # the checkpoint is positional: `rlfl sample CKPT`
+        if "checkpoint" in cfglib.field_names(cls):  # positional: `rlfl sample CKPT`, `rlfl serve CKPT`
             p.add_argument("checkpoint", nargs="?", default=argparse.SUPPRESS, help="checkpoint directory")
             cfglib.add_arguments(p, cls, exclude=frozenset({"checkpoint"}))
         else:
             cfglib.add_arguments(p, cls)
-        p.add_argument("--config", dest="__config__", default=None, help="YAML/JSON file of defaults; flags override it")
+        p.add_argument("--config", dest="__config__", default=None, metavar="FILE", help="YAML/JSON file of defaults; flags override it")
         p.set_defaults(__cls__=cls, __fn__=fn)
     return parser
 

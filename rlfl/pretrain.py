@@ -31,7 +31,7 @@ from rlfl.data import BatchSampler, load_shards
 from rlfl.generate import SamplingConfig, generate
 from rlfl.model import GPT, GPTConfig
 from rlfl.tokenizer import Tokenizer
-from rlfl.trainer import Trainer, TrainConfig, setup_runtime
+from rlfl.trainer import TrainConfig, Trainer, setup_runtime
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from rlfl.config import to_dict
 from rlfl.generate import SamplingConfig, generate
 from rlfl.sft_data import SFTBatcher, read_sft, split_examples, tokenize_conversations
 from rlfl.tokenizer import Tokenizer
-from rlfl.trainer import Trainer, TrainConfig, setup_runtime
+from rlfl.trainer import TrainConfig, Trainer, setup_runtime
 
 log = logging.getLogger(__name__)
 

@@ -96,3 +96,40 @@ def test_block_size_beyond_model_and_foreign_tokenizer(tmp_path, capsys):
 def test_corpus_source_must_be_one(tmp_path, capsys):
     err = _error(capsys, ["data", "prepare", "--out", str(tmp_path / "o")])
     assert "--input" in err and "--dataset" in err
+
+
+def test_rlfl_serve_command_answers_over_http(tmp_path):
+    """`rlfl serve CKPT --port 0` binds 127.0.0.1, logs its URL, and answers a chat completion."""
+    import re
+    import subprocess
+    import sys
+    import urllib.request
+
+    import torch
+
+    from rlfl.checkpoint import save_checkpoint
+    from rlfl.model import GPT, GPTConfig
+    from rlfl.tokenizer import byte_tokenizer
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "ckpt", GPT(GPTConfig(vocab_size=262, block_size=64, n_layer=1, n_head=2, n_embd=32)),
+                    byte_tokenizer(), stage="pretrain")
+    proc = subprocess.Popen([sys.executable, "-m", "rlfl", "serve", str(tmp_path / "ckpt"), "--port", "0"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        url = None
+        for line in proc.stderr:
+            m = re.search(r"(http://127\.0\.0\.1:\d+)", line)
+            if m:
+                url = m.group(1)
+                break
+        assert url is not None
+        body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "temperature": 0})
+        req = urllib.request.Request(url + "/v1/chat/completions", data=body.encode(),
+                                     headers={"Content-Type": "application/json"})
+        reply = json.loads(urllib.request.urlopen(req, timeout=30).read())
+        assert reply["object"] == "chat.completion" and reply["usage"]["completion_tokens"] <= 5
+        assert reply["choices"][0]["message"]["role"] == "assistant"
+    finally:
+        proc.kill()
+        proc.wait()

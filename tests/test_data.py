@@ -12,8 +12,16 @@ import numpy as np
 import pytest
 import torch
 
-from rlfl.data import (BatchSampler, Document, _encode_chunks, _shard_dtype, clean_text, iter_documents,
-                       load_shards, prepare_corpus)
+from rlfl.data import (
+    BatchSampler,
+    Document,
+    _encode_chunks,
+    _shard_dtype,
+    clean_text,
+    iter_documents,
+    load_shards,
+    prepare_corpus,
+)
 from rlfl.tokenizer import byte_tokenizer, train_bpe
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -17,8 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from rlfl.download import (DATASETS, DatasetSpec, DownloadError, dataset_documents, download,
-                           fetch_dataset)
+from rlfl.download import (
+    DATASETS,
+    DatasetSpec,
+    DownloadError,
+    dataset_documents,
+    download,
+    fetch_dataset,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 PAYLOAD = bytes(range(256)) * 40 + b"the end"  # 10,247 bytes

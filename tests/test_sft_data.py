@@ -12,8 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from rlfl.sft_data import (IGNORE_INDEX, MAX_WARNINGS, SFTBatcher, SFTExample, read_sft, split_examples,
-                           tokenize_conversations)
+from rlfl.sft_data import (
+    IGNORE_INDEX,
+    MAX_WARNINGS,
+    SFTBatcher,
+    SFTExample,
+    read_sft,
+    split_examples,
+    tokenize_conversations,
+)
 from rlfl.tokenizer import byte_tokenizer
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

@@ -8,8 +8,17 @@ import numpy as np
 import pytest
 
 from rlfl.data import load_shards, prepare_corpus
-from rlfl.synthetic import (CLOSERS, DOMAINS, FILL, NEUTRAL_BAND, Review, generate_reviews, gold_sentiment,
-                            sentiment_label, synthetic_documents)
+from rlfl.synthetic import (
+    CLOSERS,
+    DOMAINS,
+    FILL,
+    NEUTRAL_BAND,
+    Review,
+    generate_reviews,
+    gold_sentiment,
+    sentiment_label,
+    synthetic_documents,
+)
 from rlfl.tokenizer import byte_tokenizer
 
 

@@ -17,7 +17,7 @@ import torch
 
 from rlfl.model import GPT, GPTConfig
 from rlfl.tokenizer import byte_tokenizer
-from rlfl.trainer import Trainer, TrainConfig, lr_at, make_optimizer
+from rlfl.trainer import TrainConfig, Trainer, lr_at, make_optimizer
 
 TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "64", "--block-size", "32", "--batch-size", "4",
         "--sample-tokens", "0", "--no-progress", "--num-threads", "1"]

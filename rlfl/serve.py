@@ -1,0 +1,458 @@
+"""An OpenAI-compatible HTTP server over any rlfl checkpoint, batching concurrent requests.
+
+Endpoints: ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (rendered with
+the chat template, stopping at ``<|end|>``) and ``GET /health`` (liveness plus batching counters).
+Bodies and errors follow OpenAI's shapes, so the ``openai`` client or plain ``curl`` work as they are.
+
+How a request flows:
+1. An HTTP thread (one per connection, ``ThreadingHTTPServer``) parses and validates the JSON body,
+   encodes the prompt(s) and puts a job on the engine's queue; a bad request is answered 400 right there.
+2. ONE worker thread owns the model. It takes the first job, waits at most ``batch_wait_ms`` for more
+   (up to ``max_batch_size`` rows), groups the rows by sampling settings and runs one batched
+   ``rlfl.generate.generate`` call per group. Rows of different lengths and ``max_tokens`` share a call:
+   the call runs to the longest budget and each row is cut back to its own, which is exact because rows
+   of a batch never see each other (left padding is masked).
+3. Seeded sampling is the one thing that does not batch: ``generate`` draws a batch's samples from one
+   RNG stream, so a seeded row's output would depend on who else was in its batch. Seeded rows therefore
+   run alone with the seed ``seed + row index`` (row = prompt index * n + choice index), which makes a
+   seeded request reproducible whatever the server load. Greedy rows (temperature 0) batch freely.
+4. ``stop`` strings are looked for in the decoded text after generation (the engine knows only stop
+   token ids: ``<|endoftext|>`` and ``<|end|>``), so a row keeps decoding past a stop string until its
+   budget or a stop token; the text returned is cut at the first stop string.
+
+``max_tokens`` is clamped to ``max_tokens_limit`` and to the room the prompt leaves in the context
+(``finish_reason`` then says "length"); a prompt with no room at all is a 400.
+
+Example:
+    >>> cfg = ServeConfig(checkpoint="runs/sft", port=0)                    # doctest: +SKIP
+    >>> with start_server(cfg) as srv:                                      # doctest: +SKIP
+    ...     print(srv.url)   # POST {srv.url}/v1/chat/completions ...
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import logging
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from rlfl.batching import BatchingEngine, Completion, GenerationError, sampling_config
+from rlfl.chat_template import chat_prompt
+from rlfl.checkpoint import Checkpoint, load_checkpoint
+from rlfl.generate import SamplingConfig
+from rlfl.tokenizer import Tokenizer
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 16 * 1024 * 1024
+MAX_ROWS_PER_REQUEST = 256  # len(prompt list) * n: one request can't monopolise the worker for ever
+MAX_STOP_STRINGS = 16
+
+
+@dataclass
+class ServeConfig:
+    """`rlfl serve`: where to listen, which checkpoint to serve and how to batch requests."""
+
+    checkpoint: str = field(default="runs/sft", metadata={"help": "checkpoint directory of any stage"})
+    host: str = field(default="127.0.0.1", metadata={
+        "help": "address to bind; anything but a loopback address needs --allow-public"})
+    port: int = field(default=8000, metadata={"help": "TCP port (0 = pick a free one)"})
+    device: str = field(default="cpu", metadata={"help": "cpu | cuda | cuda:N"})
+    max_batch_size: int = field(default=8, metadata={
+        "help": "most completions decoded together in one generate call (and requests gathered per batch)"})
+    batch_wait_ms: float = field(default=10.0, metadata={
+        "help": "how long the worker waits for more concurrent requests before it starts a batch"})
+    max_tokens_limit: int = field(default=512, metadata={
+        "help": "cap on max_tokens of any request (larger requests are clamped)"})
+    model_name: str | None = field(default=None, metadata={
+        "help": "model id reported by /v1/models (default: the checkpoint directory's name)"})
+    allow_public: bool = field(default=False, metadata={
+        "help": "allow binding a non-loopback address; the server has no authentication"})
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.checkpoint, str) or not self.checkpoint:
+            raise ValueError("ServeConfig.checkpoint is empty; pass a checkpoint directory")
+        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ValueError(f"ServeConfig.port={self.port!r} must be in [0, 65535]; pass --port 8000 (0 = any free port)")
+        if not isinstance(self.max_batch_size, int) or self.max_batch_size < 1:
+            raise ValueError(f"ServeConfig.max_batch_size={self.max_batch_size!r} must be an integer >= 1")
+        if not isinstance(self.batch_wait_ms, (int, float)) or self.batch_wait_ms < 0:
+            raise ValueError(f"ServeConfig.batch_wait_ms={self.batch_wait_ms!r} must be >= 0 (0 = never wait)")
+        if not isinstance(self.max_tokens_limit, int) or self.max_tokens_limit < 1:
+            raise ValueError(f"ServeConfig.max_tokens_limit={self.max_tokens_limit!r} must be an integer >= 1")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(f"ServeConfig.device={self.device!r} is not a torch device ({exc}); pass --device cpu") from None
+        if not self.allow_public and not is_loopback(self.host):
+            raise ValueError(
+                f"ServeConfig.host={self.host!r} is not a loopback address and the server has no authentication; "
+                f"use --host 127.0.0.1, or pass --allow-public to expose it on the network")
+        if not self.model_name:
+            self.model_name = Path(self.checkpoint).expanduser().resolve().name or "rlfl"
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and any loopback IP (127.0.0.0/8, ::1); host names are not resolved."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# ------------------------------------------------------------------------------------ request parsing
+class RequestError(Exception):
+    """A client error answered with OpenAI's error body."""
+
+    def __init__(self, message: str, param: str | None = None, status: int = 400,
+                 kind: str = "invalid_request_error") -> None:
+        super().__init__(message)
+        self.message, self.param, self.status, self.kind = message, param, status, kind
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}}
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "n")
+# Fields OpenAI clients commonly send: accepted, and ignored as long as they ask for nothing we don't do.
+_HARMLESS: dict[str, Callable[[Any], bool]] = {
+    "model": lambda v: v is None or isinstance(v, str),
+    "user": lambda v: v is None or isinstance(v, str),
+    "stream": lambda v: v in (None, False),
+    "stream_options": lambda v: v is None,
+    "presence_penalty": lambda v: v in (None, 0),
+    "frequency_penalty": lambda v: v in (None, 0),
+    "logit_bias": lambda v: v in (None, {}),
+    "logprobs": lambda v: v in (None, False, 0),
+    "top_logprobs": lambda v: v in (None, 0),
+    "echo": lambda v: v in (None, False),
+    "best_of": lambda v: v in (None, 1),
+    "suffix": lambda v: v in (None, ""),
+}
+
+
+def _check_fields(body: Any, endpoint: str, own: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise RequestError(f"the request body must be a JSON object, got {type(body).__name__}")
+    known = set(own) | set(SAMPLING_FIELDS) | set(_HARMLESS)
+    for key, value in body.items():
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise RequestError(f"unknown field '{key}' for {endpoint}{hint}", param=key)
+        if key in _HARMLESS and not _HARMLESS[key](value):
+            what = "streaming is not supported; send \"stream\": false" if key == "stream" else \
+                f"'{key}'={json.dumps(value)} is not supported by this server; leave it out"
+            raise RequestError(what, param=key)
+    return body
+
+
+def _sampling(body: dict[str, Any], tokenizer: Tokenizer, default_max: int, limit: int) -> tuple[SamplingConfig, list[str], int]:
+    """Validate the shared sampling fields; return the config, the stop strings and n."""
+    def get(name: str, default: Any) -> Any:
+        value = body.get(name)
+        return default if value is None else value
+
+    max_tokens = get("max_tokens", default_max)
+    if not _is_int(max_tokens) or max_tokens < 1:
+        raise RequestError(f"'max_tokens' must be an integer >= 1, got {json.dumps(max_tokens)}", "max_tokens")
+    temperature = get("temperature", 1.0)
+    if not _is_number(temperature) or temperature < 0:
+        raise RequestError(f"'temperature' must be a number >= 0 (0 = greedy), got {json.dumps(temperature)}",
+                           "temperature")
+    top_p = get("top_p", 1.0)
+    if not _is_number(top_p) or not 0 < top_p <= 1:
+        raise RequestError(f"'top_p' must be a number in (0, 1], got {json.dumps(top_p)}", "top_p")
+    top_k = body.get("top_k")
+    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+        raise RequestError(f"'top_k' must be an integer >= 1 (or null to disable it), got {json.dumps(top_k)}", "top_k")
+    seed = body.get("seed")
+    if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**62):
+        raise RequestError(f"'seed' must be an integer in [0, 2^62), got {json.dumps(seed)}", "seed")
+    n = get("n", 1)
+    if not _is_int(n) or not 1 <= n <= MAX_ROWS_PER_REQUEST:
+        raise RequestError(f"'n' must be an integer in [1, {MAX_ROWS_PER_REQUEST}], got {json.dumps(n)}", "n")
+    stop = get("stop", [])
+    stops = [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOP_STRINGS:
+        raise RequestError(f"'stop' must be a non-empty string or a list of at most {MAX_STOP_STRINGS} of them, "
+                           f"got {json.dumps(stop)}", "stop")
+    config = sampling_config(tokenizer, max_new_tokens=min(max_tokens, limit), temperature=float(temperature),
+                             top_p=float(top_p), top_k=top_k, seed=seed)
+    return config, stops, n
+
+
+def _check_room(ids: list[int], block_size: int, param: str) -> None:
+    if len(ids) >= block_size:
+        raise RequestError(f"the prompt is {len(ids)} tokens but the model's context is {block_size} tokens "
+                           f"(at least one must be left to generate); shorten '{param}'", param)
+
+
+def _finish(tokenizer: Tokenizer, c: Completion, stops: list[str]) -> tuple[str, str, int]:
+    """Text, finish_reason and completion-token count of one row, cut at the first stop string."""
+    text = tokenizer.decode(c.tokens)
+    cuts = [i for i in (text.find(s) for s in stops) if i >= 0]
+    if not cuts:
+        return text, "stop" if c.stopped else "length", len(c.tokens) + c.stopped
+    # count the tokens up to the one that completed the stop string (binary search on decoded prefixes)
+    lo, hi = 1, len(c.tokens)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if any(s in tokenizer.decode(c.tokens[:mid]) for s in stops):
+            hi = mid
+        else:
+            lo = mid + 1
+    return text[: min(cuts)], "stop", lo
+
+
+# ------------------------------------------------------------------------------------ HTTP
+class _App:
+    """What the handlers share: the engine, the tokenizer and the response builders."""
+
+    def __init__(self, checkpoint: Checkpoint, config: ServeConfig) -> None:
+        self.tokenizer = checkpoint.tokenizer
+        self.block_size = checkpoint.model.config.block_size
+        self.model_name = config.model_name or "rlfl"
+        self.limit = config.max_tokens_limit
+        self.created = int(time.time())
+        self.engine = BatchingEngine(checkpoint.model, pad_id=self.tokenizer.pad_id,
+                                     max_batch_size=config.max_batch_size, batch_wait_ms=config.batch_wait_ms)
+
+    def models(self) -> dict[str, Any]:
+        return {"object": "list", "data": [
+            {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "rlfl"}]}
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "model": self.model_name, "context": self.block_size, **self.engine.stats()}
+
+    def _run(self, prompts: list[list[int]], config: SamplingConfig, n: int) -> list[Completion]:
+        rows = [p for p in prompts for _ in range(n)]
+        if len(rows) > MAX_ROWS_PER_REQUEST:
+            raise RequestError(f"{len(prompts)} prompts x n={n} = {len(rows)} completions; one request may ask for "
+                               f"at most {MAX_ROWS_PER_REQUEST}, split it", "n")
+        try:
+            return self.engine.submit(rows, config)
+        except GenerationError as exc:
+            raise RequestError(str(exc), status=exc.status, kind="server_error") from exc
+
+    def completions(self, body: Any) -> dict[str, Any]:
+        body = _check_fields(body, "/v1/completions", ("prompt",))
+        prompt = body.get("prompt")
+        texts = [prompt] if isinstance(prompt, str) else prompt
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise RequestError("'prompt' must be a string or a non-empty list of strings", "prompt")
+        config, stops, n = _sampling(body, self.tokenizer, 16, self.limit)
+        ids = [self.tokenizer.encode(t) or [self.tokenizer.eot_id] for t in texts]  # "" starts a fresh document
+        for p in ids:
+            _check_room(p, self.block_size, "prompt")
+        choices, used = self._choices(self._run(ids, config, n), stops, lambda text: {"text": text})
+        return self._response("cmpl", "text_completion", choices, sum(map(len, ids)), used)
+
+    def chat(self, body: Any) -> dict[str, Any]:
+        body = _check_fields(body, "/v1/chat/completions", ("messages", "max_completion_tokens"))
+        if body.get("max_completion_tokens") is not None:  # OpenAI's newer name for max_tokens
+            body = {**body, "max_tokens": body["max_completion_tokens"]}
+        try:
+            ids = chat_prompt(self.tokenizer, body.get("messages"))
+        except ValueError as exc:
+            raise RequestError(str(exc), "messages") from None
+        _check_room(ids, self.block_size, "messages")
+        config, stops, n = _sampling(body, self.tokenizer, self.limit, self.limit)
+        choices, used = self._choices(self._run([ids], config, n), stops,
+                                      lambda text: {"message": {"role": "assistant", "content": text}})
+        return self._response("chatcmpl", "chat.completion", choices, len(ids), used)
+
+    def _choices(self, results: list[Completion], stops: list[str], shape: Callable[[str], dict]) -> tuple[list, int]:
+        """OpenAI's choices (the text placed by ``shape``) and the completion tokens they used."""
+        choices, used = [], 0
+        for i, c in enumerate(results):
+            text, reason, k = _finish(self.tokenizer, c, stops)
+            choices.append({"index": i, **shape(text), "logprobs": None, "finish_reason": reason})
+            used += k
+        return choices, used
+
+    def _response(self, prefix: str, obj: str, choices: list, prompt_tokens: int, completion_tokens: int) -> dict:
+        return {"id": f"{prefix}-{uuid.uuid4().hex}", "object": obj, "created": int(time.time()),
+                "model": self.model_name, "choices": choices,
+                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                          "total_tokens": prompt_tokens + completion_tokens}}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive for clients that reuse connections; we always send a length
+    server_version = "rlfl-serve"
+    app: _App  # set on the per-server subclass
+
+    def _routes(self) -> dict[str, dict[str, Callable[[], dict[str, Any]]]]:
+        app = self.app
+        return {
+            "/v1/models": {"GET": app.models},
+            f"/v1/models/{app.model_name}": {"GET": lambda: app.models()["data"][0]},
+            "/health": {"GET": app.health},
+            "/v1/completions": {"POST": lambda: app.completions(self._json())},
+            "/v1/chat/completions": {"POST": lambda: app.chat(self._json())},
+        }
+
+    def _json(self) -> Any:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.close_connection = True
+            raise RequestError("chunked request bodies are not supported; send a Content-Length", status=411)
+        try:
+            length = int(self.headers.get("Content-Length", "0"))
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY_BYTES:
+            self.close_connection = True  # we will not read the body, so the connection can't be reused
+            raise RequestError(f"bad Content-Length (the limit is {MAX_BODY_BYTES} bytes)", status=413)
+        raw = self.rfile.read(length)
+        try:
+            return json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RequestError(f"the request body is not valid JSON ({exc}); send a JSON object") from None
+
+    def _dispatch(self, method: str) -> None:
+        path = self.path.split("?", 1)[0].rstrip("/") or "/"
+        try:
+            methods = self._routes().get(path)
+            if methods is None:
+                self.close_connection = True  # the body (if any) stays unread
+                raise RequestError(f"no such endpoint: {path}; see /v1/models, /v1/completions, "
+                                   "/v1/chat/completions, /health", status=404)
+            if method not in methods:
+                self.close_connection = True  # the body (if any) stays unread
+                raise RequestError(f"{method} is not allowed on {path}; use {', '.join(methods)}", status=405)
+            self._send(200, methods[method]())
+        except RequestError as exc:
+            if exc.status >= 500:
+                log.warning("%s %s -> %d: %s", method, path, exc.status, exc.message)
+            self._send(exc.status, exc.body(), allow=", ".join(methods) if exc.status == 405 else None)
+        except Exception as exc:  # a bug in our code: answer 500 rather than drop the connection
+            log.exception("%s %s failed", method, path)
+            self._send(500, RequestError(f"internal error: {exc}", status=500, kind="server_error").body())
+
+    def _send(self, status: int, body: dict[str, Any], allow: str | None = None) -> None:
+        data = json.dumps(body).encode("utf-8")
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        if allow:
+            self.send_header("Allow", allow)
+        if self.close_connection:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:  # noqa: N802 - every method is routed, so a wrong one is a 405, not a 501
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._dispatch("DELETE")
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._dispatch("PATCH")
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's signature
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # the listen backlog; socketserver's 5 resets a burst of concurrent clients
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class RunningServer:
+    """A started server: ``url``, ``port``, ``stats()``, and ``shutdown()`` (also a context manager)."""
+
+    def __init__(self, httpd: _Server, app: _App, host: str) -> None:
+        self._httpd, self._app = httpd, app
+        self.port: int = httpd.server_address[1]
+        self.host = host
+        self.model_name = app.model_name
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+        self._stopped = False
+        self._thread = threading.Thread(target=httpd.serve_forever, name="rlfl-serve-http", daemon=True)
+        self._thread.start()
+
+    def stats(self) -> dict[str, Any]:
+        """The batching counters (also served at /health)."""
+        return self._app.engine.stats()
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the server stops (or ``timeout`` seconds pass)."""
+        self._thread.join(timeout)
+
+    def shutdown(self) -> None:
+        """Stop accepting requests, stop the worker and close the socket; safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._app.engine.close()
+        log.info("stopped serving %s at %s", self.model_name, self.url)
+
+    def __enter__(self) -> "RunningServer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+
+def start_server(config: ServeConfig, *, checkpoint: Checkpoint | None = None) -> RunningServer:
+    """Load the checkpoint (unless given), bind, and serve in background threads; returns at once."""
+    ckpt = checkpoint if checkpoint is not None else load_checkpoint(config.checkpoint, device=config.device)
+    app = _App(ckpt, config)
+    handler = type("Handler", (_Handler,), {"app": app})
+    server_cls = _Server6 if ":" in config.host else _Server
+    try:
+        httpd = server_cls((config.host, config.port), handler)
+    except OSError as exc:
+        app.engine.close()
+        raise ValueError(f"cannot bind {config.host}:{config.port} ({exc.strerror or exc}); "
+                         f"pick another --port (0 = any free port)") from None
+    server = RunningServer(httpd, app, config.host)
+    log.info("serving %s (context %d tokens) at %s/v1 (batches of up to %d, waiting %g ms)",
+             app.model_name, app.block_size, server.url, config.max_batch_size, config.batch_wait_ms)
+    return server
+
+
+def serve(config: ServeConfig) -> None:
+    """Run the server in the foreground until Ctrl-C."""
+    server = start_server(config)
+    try:
+        while True:
+            server.wait(1.0)  # short joins so Ctrl-C reaches the main thread promptly
+    except KeyboardInterrupt:
+        log.info("interrupted")
+    finally:
+        server.shutdown()

@@ -1,0 +1,266 @@
+"""Tests for rlfl.serve: the real server on a free loopback port, spoken to over HTTP with urllib only."""
+
+from __future__ import annotations
+
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+
+from rlfl.batching import BatchingEngine, GenerationError, sampling_config
+from rlfl.chat_template import chat_prompt
+from rlfl.checkpoint import load_checkpoint, save_checkpoint
+from rlfl.generate import SamplingConfig, generate
+from rlfl.model import GPT, GPTConfig
+from rlfl.serve import ServeConfig, start_server
+from rlfl.tokenizer import byte_tokenizer
+
+BLOCK = 128
+
+
+@pytest.fixture(scope="module")
+def ckpt_dir(tmp_path_factory):
+    """A tiny byte-level checkpoint whose greedy text is varied printable ASCII.
+
+    Large random weights and larger position embeddings make the text wander (with the tied LM head a
+    random model otherwise repeats its input token); zero embedding rows outside printable ASCII give
+    those tokens logit 0, below the best printable ones, so texts are plain characters that stop
+    strings can be cut from.
+    """
+    torch.manual_seed(2)
+    model = GPT(GPTConfig(vocab_size=262, block_size=BLOCK, n_layer=2, n_head=2, n_embd=64))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0.0, 2.0 if name == "wpe.weight" else 0.3)
+        model.wte.weight[:32] = 0
+        model.wte.weight[127:] = 0
+    d = tmp_path_factory.mktemp("ckpt") / "tiny-sft"
+    save_checkpoint(d, model, byte_tokenizer(), stage="sft")
+    return d
+
+
+@pytest.fixture(scope="module")
+def ref(ckpt_dir):
+    """The same checkpoint loaded in the test process, for direct `generate` calls."""
+    return load_checkpoint(ckpt_dir)
+
+
+@pytest.fixture(scope="module")
+def server(ckpt_dir):
+    srv = start_server(ServeConfig(checkpoint=str(ckpt_dir), port=0, max_batch_size=8, batch_wait_ms=50))
+    yield srv
+    srv.shutdown()
+
+
+def call(server, path: str, body=None, *, method: str | None = None, raw: bytes | None = None):
+    """(status, parsed JSON body, headers) of one request; HTTP errors are returned, not raised."""
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    req = urllib.request.Request(server.url + path, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.loads(resp.read()), resp.headers
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read()), err.headers
+
+
+def direct(ref, ids: list[int], max_tokens: int, **kw) -> tuple[str, str]:
+    """Text and finish_reason that generate gives for one prompt, stop token removed."""
+    tok = ref.tokenizer
+    out = generate(ref.model, [ids], sampling_config(tok, max_new_tokens=max_tokens, **kw), pad_id=tok.pad_id)
+    tokens = out.tokens[0][:-1] if out.finished[0] else out.tokens[0]
+    return tok.decode(tokens), "stop" if out.finished[0] else "length"
+
+
+def complete(server, prompt, **kw) -> dict:
+    status, body, _ = call(server, "/v1/completions", {"prompt": prompt, **kw})
+    assert status == 200, body
+    return body
+
+
+def test_models_and_health(server):
+    status, body, _ = call(server, "/v1/models")
+    assert status == 200 and body["object"] == "list"
+    assert [m["id"] for m in body["data"]] == ["tiny-sft"] and body["data"][0]["object"] == "model"
+    status, body, _ = call(server, "/health")
+    assert status == 200 and body["status"] == "ok" and body["model"] == "tiny-sft" and body["context"] == BLOCK
+
+
+def test_greedy_completion_equals_direct_generate(server, ref):
+    tok = ref.tokenizer
+    body = complete(server, "The movie was", max_tokens=12, temperature=0)
+    text, reason = direct(ref, tok.encode("The movie was"), 12, temperature=0)
+    assert body["object"] == "text_completion" and body["model"] == "tiny-sft" and body["id"].startswith("cmpl-")
+    [choice] = body["choices"]
+    assert choice["index"] == 0 and choice["text"] == text and choice["finish_reason"] == reason
+    assert len(set(text)) > 3  # real, varied output
+    usage = body["usage"]
+    assert usage["prompt_tokens"] == len("The movie was")
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert usage["completion_tokens"] == (12 if reason == "length" else len(tok.encode(text)) + 1)
+
+
+def test_prompt_list_and_n(server, ref):
+    tok = ref.tokenizer
+    body = complete(server, ["a", "bcd"], max_tokens=6, temperature=0, n=2)
+    texts = [c["text"] for c in body["choices"]]
+    assert [c["index"] for c in body["choices"]] == [0, 1, 2, 3]
+    a, b = direct(ref, tok.encode("a"), 6, temperature=0)[0], direct(ref, tok.encode("bcd"), 6, temperature=0)[0]
+    assert texts == [a, a, b, b]
+    assert body["usage"]["prompt_tokens"] == 4
+
+
+def test_chat_completion_uses_the_template(server, ref):
+    tok = ref.tokenizer
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}]
+    status, body, _ = call(server, "/v1/chat/completions",
+                           {"model": "tiny-sft", "messages": messages, "max_tokens": 10, "temperature": 0})
+    assert status == 200, body
+    ids = chat_prompt(tok, messages)
+    text, reason = direct(ref, ids, 10, temperature=0)
+    assert body["object"] == "chat.completion" and body["id"].startswith("chatcmpl-")
+    [choice] = body["choices"]
+    assert choice["message"] == {"role": "assistant", "content": text} and choice["finish_reason"] == reason
+    assert body["usage"]["prompt_tokens"] == len(ids)
+
+
+def test_bad_json_and_non_object_bodies(server):
+    status, body, _ = call(server, "/v1/completions", raw=b'{"prompt": "x",')
+    assert status == 400 and body["error"]["type"] == "invalid_request_error"
+    assert "not valid JSON" in body["error"]["message"] and "param" in body["error"]
+    status, body, _ = call(server, "/v1/completions", [1, 2])
+    assert status == 400 and "JSON object" in body["error"]["message"]
+
+
+def test_unknown_field_is_named(server):
+    status, body, _ = call(server, "/v1/completions", {"prompt": "x", "temprature": 0.5})
+    assert status == 400 and body["error"]["param"] == "temprature"
+    assert "unknown field 'temprature'" in body["error"]["message"] and "'temperature'" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("field,value", [
+    ("temperature", -0.1), ("temperature", "hot"), ("top_p", 0), ("top_p", 1.5), ("max_tokens", 0),
+    ("max_tokens", "5"), ("max_tokens", True), ("top_k", 0), ("stop", [""]), ("stop", 3), ("n", 0), ("seed", -1),
+    ("prompt", 5), ("prompt", []), ("presence_penalty", 0.5),
+])
+def test_wrong_values_are_400_naming_the_field(server, field, value):
+    status, body, _ = call(server, "/v1/completions", {"prompt": "x", field: value})
+    assert status == 400, body
+    assert body["error"]["param"] == field and body["error"]["type"] == "invalid_request_error"
+
+
+def test_bad_chat_messages_and_too_long_prompt(server):
+    status, body, _ = call(server, "/v1/chat/completions", {"messages": [{"role": "bot", "content": "x"}]})
+    assert status == 400 and body["error"]["param"] == "messages" and "role 'bot'" in body["error"]["message"]
+    status, body, _ = call(server, "/v1/completions", {"prompt": "x" * BLOCK})
+    assert status == 400 and body["error"]["param"] == "prompt" and f"context is {BLOCK}" in body["error"]["message"]
+    # a prompt that fits but asks for more than the context holds is clamped, not refused
+    body = complete(server, "x" * (BLOCK - 3), max_tokens=50, temperature=0)
+    assert body["choices"][0]["finish_reason"] in ("stop", "length") and body["usage"]["completion_tokens"] <= 3
+
+
+def test_harmless_openai_fields_are_accepted_and_streaming_refused(server):
+    body = complete(server, "x", model="whatever", user="u1", stream=False, max_tokens=2, logprobs=None,
+                    presence_penalty=0, frequency_penalty=0)
+    assert len(body["choices"]) == 1
+    status, body, _ = call(server, "/v1/completions", {"prompt": "x", "stream": True})
+    assert status == 400 and body["error"]["param"] == "stream" and "streaming is not supported" in body["error"]["message"]
+
+
+def test_unknown_path_and_wrong_method(server):
+    status, body, _ = call(server, "/v1/embeddings", {"input": "x"})
+    assert status == 404 and "no such endpoint" in body["error"]["message"]
+    status, body, headers = call(server, "/v1/completions")
+    assert status == 405 and headers["Allow"] == "POST"
+    status, _, _ = call(server, "/v1/models", {}, method="DELETE")
+    assert status == 405
+
+
+def test_stop_strings_cut_the_text(server, ref):
+    full = complete(server, "Hello", max_tokens=24, temperature=0)["choices"][0]
+    text = full["text"]
+    assert len(text) >= 10, text
+    stop = text[6:8]
+    cut = text[: text.find(stop)]
+    choice = complete(server, "Hello", max_tokens=24, temperature=0, stop=[stop, "\x00never"])["choices"][0]
+    assert choice["text"] == cut and choice["finish_reason"] == "stop"
+    one = complete(server, "Hello", max_tokens=24, temperature=0, stop=stop)  # a bare string works too
+    assert one["choices"][0]["text"] == cut
+    assert one["usage"]["completion_tokens"] == len(ref.tokenizer.encode(cut + stop))  # bytes: one token each
+
+
+def test_seed_reproducible_and_equal_to_direct_sampling(server, ref):
+    tok = ref.tokenizer
+    kw = dict(max_tokens=16, temperature=1.5, top_k=50, top_p=0.95)
+    a = complete(server, "Once", seed=123, **kw)["choices"][0]["text"]
+    assert complete(server, "Once", seed=123, **kw)["choices"][0]["text"] == a
+    assert complete(server, "Once", seed=124, **kw)["choices"][0]["text"] != a
+    assert a == direct(ref, tok.encode("Once"), 16, temperature=1.5, top_k=50, top_p=0.95, seed=123)[0]
+    two = complete(server, "Once", seed=123, n=2, **kw)["choices"]  # choice i uses seed + i
+    assert two[0]["text"] == a and two[1]["text"] != a
+
+
+def _concurrently(fn, args: list) -> list:
+    results: list = [None] * len(args)
+    barrier = threading.Barrier(len(args))
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        results[i] = fn(args[i])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(args))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(server, ref):
+    tok = ref.tokenizer
+    prompts = [f"review {i}: " + "good bad "[: i % 7] for i in range(16)]  # different lengths
+    budgets = [4 + i % 5 for i in range(16)]  # different max_tokens share a batch
+    expected = [direct(ref, tok.encode(p), n, temperature=0) for p, n in zip(prompts, budgets)]
+    before = server.stats()
+    bodies = _concurrently(lambda i: complete(server, prompts[i], max_tokens=budgets[i], temperature=0), list(range(16)))
+    got = [(b["choices"][0]["text"], b["choices"][0]["finish_reason"]) for b in bodies]
+    assert got == expected
+    after = server.stats()
+    assert after["requests"] - before["requests"] == 16
+    assert after["batched_calls"] > before["batched_calls"] and after["max_rows_per_call"] > 1
+    assert after["generate_calls"] - before["generate_calls"] < 16
+
+
+def test_concurrent_seeded_requests_do_not_depend_on_the_batch(server):
+    kw = dict(max_tokens=8, temperature=1.5)
+    alone = [complete(server, "Hey", seed=s, **kw)["choices"][0]["text"] for s in range(4)]
+    together = _concurrently(lambda s: complete(server, "Hey", seed=s, **kw)["choices"][0]["text"], list(range(4)))
+    assert together == alone
+
+
+def test_failing_generation_does_not_kill_the_worker(ref):
+    engine = BatchingEngine(ref.model, pad_id=ref.tokenizer.pad_id, max_batch_size=4, batch_wait_ms=0)
+    try:
+        with pytest.raises(GenerationError, match="outside the vocabulary"):
+            engine.submit([[1, 99999]], SamplingConfig(max_new_tokens=3, greedy=True))
+        [ok] = engine.submit([[1, 2]], SamplingConfig(max_new_tokens=3, greedy=True))
+        assert len(ok.tokens) <= 3 and engine.stats()["errors"] == 1
+    finally:
+        engine.close()
+    with pytest.raises(GenerationError, match="shutting down"):
+        engine.submit([[1, 2]], SamplingConfig(max_new_tokens=3, greedy=True))
+
+
+def test_public_bind_needs_allow_public(ckpt_dir):
+    with pytest.raises(ValueError, match="--allow-public") as err:
+        ServeConfig(checkpoint=str(ckpt_dir), host="0.0.0.0")
+    assert "--host" in str(err.value)
+    assert ServeConfig(checkpoint=str(ckpt_dir), host="0.0.0.0", allow_public=True).allow_public
+    for host in ("127.0.0.1", "127.0.0.2", "localhost", "::1"):
+        ServeConfig(checkpoint=str(ckpt_dir), host=host)
+    with pytest.raises(ValueError, match="max_batch_size"):
+        ServeConfig(checkpoint=str(ckpt_dir), max_batch_size=0)
+    assert ServeConfig(checkpoint=str(ckpt_dir)).model_name == "tiny-sft"
