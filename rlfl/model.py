@@ -5,14 +5,21 @@ MLP, final LayerNorm, LM head tied to the token embedding) so that GPT-2 weights
 (see rlfl/gpt2_weights.py). Parameter names mirror Hugging Face's GPT-2 names (`wte`, `h.0.attn.c_attn`,
 ...) which keeps the weight mapping a plain rename plus a transpose.
 
-Attention goes through `torch.nn.functional.scaled_dot_product_attention`. Three cases:
+Attention goes through `torch.nn.functional.scaled_dot_product_attention`. Four cases:
 - no padding mask and no cache (training): `is_causal=True`, so PyTorch picks its flash / efficient
   kernels and never materialises a (T, T) mask;
 - a padding mask (batched prompts of different lengths, left-padded): an explicit boolean mask that is
   causal AND key-is-real, OR key-is-the-query-itself. The last term matters: a pad query whose keys are
   all pads would otherwise softmax over nothing and produce NaN, which then leaks through later layers;
 - a KV cache: new keys/values are written into the preallocated buffers at [length, length + T) and the
-  queries attend over [0, length + T).
+  queries attend over [0, length + T);
+- packed sequences (`segment_ids`, several SFT examples in one row): a block-diagonal causal mask, so
+  each example attends only within itself, and positions restart at 0 at each example.
+The dense training path (no mask, no segments, n_experts=0) does no work beyond what it always did.
+
+Mixture of experts: with `n_experts >= 2` every block's MLP is an rlfl.moe.MoE of GPT-2 MLPs with a
+top-k router. A training-mode forward leaves the weighted load-balancing loss in `model.aux_loss` (the
+shared Trainer adds it to every stage's loss) and the routing counts behind `model.expert_load()`.
 
 Example:
     >>> import torch
@@ -33,6 +40,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from rlfl.moe import MoE
 
 
 def _is_int(x: object) -> bool:
@@ -57,6 +66,17 @@ class GPTConfig:
     )
     bias: bool = field(default=True, metadata={"help": "Use biases in Linear and LayerNorm layers (GPT-2: true)."})
     layer_norm_eps: float = field(default=1e-5, metadata={"help": "LayerNorm epsilon (GPT-2: 1e-5)."})
+    n_experts: int = field(
+        default=0,
+        metadata={"help": "Experts per MoE layer: 0 = the dense GPT-2 MLP; >= 2 = a mixture-of-experts MLP per block."},
+    )
+    moe_top_k: int = field(
+        default=2, metadata={"help": "Experts each token is routed to (1 <= moe_top_k <= n_experts; MoE only)."}
+    )
+    aux_loss_weight: float = field(
+        default=0.01,
+        metadata={"help": "Weight of the router load-balancing loss added to the training loss (MoE only; 0 = off)."},
+    )
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -74,6 +94,21 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.bias={self.bias!r} must be true or false")
         if not _is_number(self.layer_norm_eps) or self.layer_norm_eps <= 0:
             raise ValueError(f"GPTConfig.layer_norm_eps={self.layer_norm_eps!r} must be > 0; GPT-2 uses 1e-5")
+        if not _is_int(self.n_experts) or self.n_experts < 0 or self.n_experts == 1:
+            raise ValueError(
+                f"GPTConfig.n_experts={self.n_experts!r} must be 0 (dense MLP) or an integer >= 2 (mixture of experts)"
+            )
+        if not _is_int(self.moe_top_k) or self.moe_top_k < 1:
+            raise ValueError(f"GPTConfig.moe_top_k={self.moe_top_k!r} must be an integer >= 1; 2 is the usual choice")
+        if self.n_experts and self.moe_top_k > self.n_experts:
+            raise ValueError(
+                f"GPTConfig.moe_top_k={self.moe_top_k} exceeds n_experts={self.n_experts}; "
+                f"set moe_top_k <= {self.n_experts} (or add experts)"
+            )
+        if not _is_number(self.aux_loss_weight) or not 0.0 <= self.aux_loss_weight < math.inf:
+            raise ValueError(
+                f"GPTConfig.aux_loss_weight={self.aux_loss_weight!r} must be a finite number >= 0; 0.01 is typical"
+            )
 
     @property
     def head_dim(self) -> int:
@@ -225,7 +260,10 @@ class Block(nn.Module):
         self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, bias=config.bias)
-        self.mlp = MLP(config)
+        if config.n_experts:
+            self.mlp: MLP | MoE = MoE(config.n_embd, config.n_experts, config.moe_top_k, lambda: MLP(config))
+        else:
+            self.mlp = MLP(config)
 
     def forward(
         self,
@@ -258,7 +296,12 @@ class GPT(nn.Module):
         residual_std = 0.02 / math.sqrt(2 * config.n_layer)
         for block in self.h:
             nn.init.normal_(block.attn.c_proj.weight, mean=0.0, std=residual_std)
-            nn.init.normal_(block.mlp.c_proj.weight, mean=0.0, std=residual_std)
+            for mlp in block.mlp.experts if isinstance(block.mlp, MoE) else (block.mlp,):
+                nn.init.normal_(mlp.c_proj.weight, mean=0.0, std=residual_std)
+        # The weighted load-balancing loss of the last forward in training mode with autograd on (sum
+        # over the MoE layers); None for a dense model, in eval mode and under torch.no_grad(). The
+        # shared Trainer adds it to the stage's loss.
+        self.aux_loss: torch.Tensor | None = None
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -276,15 +319,20 @@ class GPT(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        segment_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The final-LayerNorm output (B, T, n_embd): what the LM head, a value head or a reward head reads.
 
         attention_mask: (B, cached + T), 1/True for real tokens, 0/False for (left) padding; it covers
             the cached positions plus the new ones.
-        position_ids: (B, T); by default derived from attention_mask as cumsum - 1 (so each row's first
-            real token is position 0), or cached + arange(T) without a mask.
+        position_ids: (B, T); by default derived from segment_ids (positions restart at 0 at each
+            segment start), else from attention_mask as cumsum - 1 (so each row's first real token is
+            position 0), else cached + arange(T).
         cache: a KVCache; the new keys/values are written at [cache.length, cache.length + T) and
             cache.length advances by T.
+        segment_ids: (B, T) integers for packed sequences (several examples in one row): a segment is a
+            maximal run of equal ids, and a token attends only to earlier tokens of its own segment, so
+            each example computes exactly what it would alone. Give padding its own id. Not with a cache.
         """
         if idx.dim() != 2:
             raise ValueError(f"idx must have shape (batch, seq_len), got {tuple(idx.shape)}")
@@ -305,7 +353,7 @@ class GPT(nn.Module):
                     f"KV cache is full: {past} cached + {T} new > max_len {cache.max_len}; allocate a larger KVCache"
                 )
 
-        mask = None
+        mask = keep = None
         if attention_mask is not None:
             if attention_mask.shape != (B, total):
                 raise ValueError(
@@ -313,9 +361,23 @@ class GPT(nn.Module):
                     f"got {tuple(attention_mask.shape)}"
                 )
             keep = attention_mask.bool()
+            if segment_ids is None:
+                if position_ids is None:
+                    position_ids = (keep.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+                mask = self._padded_causal_mask(keep, past, T)
+        if segment_ids is not None:
+            if cache is not None:
+                raise ValueError(
+                    "segment_ids (packed sequences) cannot be combined with a KV cache; "
+                    "run packed rows without a cache, or generate from each sequence separately"
+                )
+            if segment_ids.shape != (B, T):
+                raise ValueError(
+                    f"segment_ids must have shape (batch, seq_len) = {(B, T)}, got {tuple(segment_ids.shape)}"
+                )
+            mask, segment_positions = self._segment_mask(segment_ids, keep)
             if position_ids is None:
-                position_ids = (keep.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
-            mask = self._padded_causal_mask(keep, past, T)
+                position_ids = segment_positions
         elif cache is not None and past > 0 and T > 1:
             # Several new tokens after a cached prefix: SDPA's is_causal would align the triangle to the
             # top-left of the (T, total) score matrix, which is wrong here, so spell the mask out.
@@ -326,13 +388,52 @@ class GPT(nn.Module):
         elif position_ids.shape[-1] != T:
             raise ValueError(f"position_ids must have shape (batch, {T}), got {tuple(position_ids.shape)}")
 
+        if self.config.n_experts:
+            self.aux_loss = None  # drop the previous step's graph before this forward allocates its own
         x = self.drop(self.wte(idx) + self.wpe(position_ids))
         for i, block in enumerate(self.h):
             kv = None if cache is None else (cache.k[i], cache.v[i])
             x = block(x, mask, kv, past)
         if cache is not None:
             cache.length = total
+        if self.config.n_experts:
+            self._collect_aux_loss()
         return self.ln_f(x)
+
+    def _collect_aux_loss(self) -> None:
+        """Move the MoE layers' balancing losses into self.aux_loss (summed and weighted).
+
+        The layers' references are cleared so that the model holds exactly one graph reference, which
+        the next forward drops before it starts.
+        """
+        total = None
+        for block in self.h:
+            moe = block.mlp
+            assert isinstance(moe, MoE)
+            if moe.aux_loss is not None:
+                total = moe.aux_loss if total is None else total + moe.aux_loss
+                moe.aux_loss = None
+        if total is not None and self.config.aux_loss_weight > 0:
+            self.aux_loss = self.config.aux_loss_weight * total
+
+    @staticmethod
+    def _segment_mask(segment_ids: torch.Tensor, keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block-diagonal causal mask (B, 1, T, T) of packed segments, and positions restarting per segment.
+
+        A segment starts wherever the id differs from the previous token's, so [3, 3, 3, 3] is one segment
+        and [1, 1, 2, 2, 1] three. With a padding mask (keep), pad keys are hidden too, and every query
+        still sees itself so no row of the softmax is empty.
+        """
+        B, T = segment_ids.shape
+        arange = torch.arange(T, device=segment_ids.device)
+        starts = torch.ones(B, T, dtype=torch.bool, device=segment_ids.device)
+        starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+        run = starts.long().cumsum(-1)  # segment number of each token
+        first = torch.where(starts, arange, 0).cummax(-1).values  # index where each token's segment starts
+        mask = (run[:, :, None] == run[:, None, :]) & (arange[None, :] <= arange[:, None])
+        if keep is not None:
+            mask = (mask & keep[:, None, :]) | torch.eye(T, dtype=torch.bool, device=keep.device)
+        return mask[:, None], arange - first
 
     @staticmethod
     def _padded_causal_mask(keep: torch.Tensor, past: int, T: int) -> torch.Tensor:
@@ -351,22 +452,64 @@ class GPT(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        segment_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Next-token logits (B, T, vocab_size); the arguments are those of `hidden_states`."""
-        h = self.hidden_states(idx, attention_mask=attention_mask, position_ids=position_ids, cache=cache)
+        h = self.hidden_states(
+            idx, attention_mask=attention_mask, position_ids=position_ids, cache=cache, segment_ids=segment_ids
+        )
         return self.lm_head(h)
+
+    # ---- mixture of experts ---------------------------------------------------------------------------
+
+    # Above this many (layer, expert) pairs expert_load() reports per-layer extremes only, so a big MoE
+    # does not write hundreds of metrics per log step.
+    _PER_EXPERT_KEYS_MAX = 32
+
+    def expert_load(self) -> dict[str, float]:
+        """Share of token-slots each expert received in the most recent training-mode forward.
+
+        Shares are per layer and sum to 1 over the experts (uniform routing = 1 / n_experts; with top-k
+        routing no expert can exceed 1 / k, since a token picks each expert at most once). Keys:
+        "moe/max_load" and "moe/min_load" (extremes over all layers and experts), "moe/layer{i}/max_load"
+        and "moe/layer{i}/min_load", and, while n_layer * n_experts <= 32, "moe/layer{i}/expert{e}".
+        {} for a dense model or before the first training forward.
+        """
+        if not self.config.n_experts:
+            return {}
+        loads = [block.mlp.load for block in self.h]
+        if any(load is None for load in loads):
+            return {}
+        counts = torch.stack(loads).double()
+        shares = (counts / counts.sum(-1, keepdim=True).clamp(min=1)).tolist()  # one host sync
+        out = {"moe/max_load": max(max(row) for row in shares), "moe/min_load": min(min(row) for row in shares)}
+        per_expert = self.config.n_layer * self.config.n_experts <= self._PER_EXPERT_KEYS_MAX
+        for i, row in enumerate(shares):
+            out[f"moe/layer{i}/max_load"] = max(row)
+            out[f"moe/layer{i}/min_load"] = min(row)
+            if per_expert:
+                out.update({f"moe/layer{i}/expert{e}": share for e, share in enumerate(row)})
+        return out
 
     # ---- accounting -----------------------------------------------------------------------------------
 
-    def num_params(self, non_embedding: bool = True) -> int:
+    def num_params(self, non_embedding: bool = True, *, active: bool = False) -> int:
         """Number of parameters; with non_embedding=True the position embeddings are left out.
 
         The token embedding stays in the count even then: it is tied to the LM head, so those weights
         do a real matmul per token, which is what the count is used for (FLOPs, scaling laws).
+
+        active=True counts the parameters one token actually uses: in a mixture-of-experts model, the
+        router plus moe_top_k of the n_experts expert MLPs per layer (the other experts are stored but
+        idle for that token). For a dense model it changes nothing.
         """
         n = sum(p.numel() for p in self.parameters())  # parameters() yields the tied weight once
         if non_embedding:
             n -= self.wpe.weight.numel()
+        cfg = self.config
+        if active and cfg.n_experts:
+            per_expert = sum(p.numel() for p in self.h[0].mlp.experts[0].parameters())
+            n -= cfg.n_layer * (cfg.n_experts - cfg.moe_top_k) * per_expert
         return n
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
@@ -374,13 +517,15 @@ class GPT(nn.Module):
 
         This is the nanoGPT / PaLM-paper convention. 6N: each parameter does one multiply-add (2 FLOPs)
         per token in the forward pass and twice that in the backward pass; N = num_params(non_embedding=
-        True). 12*L*C*T: the attention scores q@k^T and the weighted sum p@v are 2*T*C FLOPs each per
-        token per layer forward, times 3 for forward + backward. LayerNorms, softmax and GELU are ignored.
-        Inference (forward only) costs about a third of this. seq_len defaults to block_size.
+        True, active=True), so a mixture-of-experts model counts the router and the moe_top_k experts a
+        token runs through, not the idle ones. 12*L*C*T: the attention scores q@k^T and the weighted sum
+        p@v are 2*T*C FLOPs each per token per layer forward, times 3 for forward + backward. LayerNorms,
+        softmax, GELU and the MoE gather/scatter are ignored. Inference (forward only) costs about a
+        third of this. seq_len defaults to block_size.
         """
         T = self.config.block_size if seq_len is None else seq_len
         cfg = self.config
-        return 6.0 * self.num_params(non_embedding=True) + 12.0 * cfg.n_layer * cfg.n_embd * T
+        return 6.0 * self.num_params(non_embedding=True, active=True) + 12.0 * cfg.n_layer * cfg.n_embd * T
 
     # ---- loading --------------------------------------------------------------------------------------
 
@@ -390,6 +535,8 @@ class GPT(nn.Module):
 
         See rlfl.gpt2_weights.load_gpt2 for the accepted layouts and the checks made.
         """
-        from rlfl.gpt2_weights import load_gpt2  # local import: gpt2_weights imports this module
+        from rlfl.gpt2_weights import (
+            load_gpt2,  # local import: gpt2_weights imports this module
+        )
 
         return load_gpt2(directory, dropout=dropout)

@@ -50,6 +50,9 @@ class PretrainConfig:
     block_size: int = field(default=64, metadata={"help": "training context length (<= the model's maximum)"})
     dropout: float = field(default=0.0, metadata={"help": "dropout of a new model"})
     bias: bool = field(default=True, metadata={"help": "biases in linear layers and LayerNorms of a new model"})
+    n_experts: int = field(default=0, metadata={"help": "mixture-of-experts MLPs with this many experts (0 = dense)"})
+    moe_top_k: int = field(default=2, metadata={"help": "experts each token is routed to (MoE only)"})
+    aux_loss_weight: float = field(default=0.01, metadata={"help": "weight of the MoE load-balancing loss"})
     sample_tokens: int = field(default=64, metadata={"help": "tokens of the text sample logged at each eval (0 = none)"})
     sample_prompt: str = field(default="\n", metadata={"help": "prompt of the eval-time sample"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training loop settings"})
@@ -81,7 +84,8 @@ def build_model(cfg: PretrainConfig, tokenizer: Tokenizer) -> tuple[GPT, str | N
     if init is None:
         torch.manual_seed(cfg.train.seed)  # the same init on every rank and every run
         config = GPTConfig(vocab_size=tokenizer.n_vocab, block_size=cfg.block_size, n_layer=cfg.n_layer,
-                           n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
+                           n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias,
+                           n_experts=cfg.n_experts, moe_top_k=cfg.moe_top_k, aux_loss_weight=cfg.aux_loss_weight)
         return GPT(config), None
     if init.startswith("gpt2:"):
         if tokenizer.kind != "gpt2":

@@ -249,6 +249,8 @@ def _metrics_line(step: int, max_steps: int, m: dict[str, float]) -> str:
              f"{m['train/tokens_per_s'] / 1000:.1f}k tok/s", f"{m['train/ms_per_step']:.0f} ms/step"]
     if "train/mfu" in m:
         parts.append(f"mfu {100 * m['train/mfu']:.1f}%")
+    if "moe/max_load" in m:
+        parts.append(f"expert load {100 * m['moe/min_load']:.0f}-{100 * m['moe/max_load']:.0f}%")
     return " | ".join(parts)
 
 

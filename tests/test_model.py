@@ -23,7 +23,7 @@ def tiny_model(seed: int = 0, **overrides) -> GPT:
 
 
 def test_config_round_trip_through_dict():
-    cfg = GPTConfig(**TINY, dropout=0.1, bias=False, layer_norm_eps=1e-6)
+    cfg = GPTConfig(**TINY, dropout=0.1, bias=False, layer_norm_eps=1e-6, n_experts=3, moe_top_k=1, aux_loss_weight=0.1)
     data = cfg.to_dict()
     assert json.loads(json.dumps(data)) == data
     assert GPTConfig.from_dict(data) == cfg
@@ -181,6 +181,60 @@ def test_cache_limits_are_clear_errors():
         model(torch.zeros(1, 2, dtype=torch.long), cache=cache)
     with pytest.raises(ValueError, match=r"KV cache holds 1 rows but the input has 2"):
         model(torch.zeros(2, 1, dtype=torch.long), cache=cache)
+
+
+# ---- packed sequences (segment_ids) --------------------------------------------------------------------------
+
+
+def test_packed_row_equals_each_example_alone():
+    model = tiny_model()
+    a, b, c = (torch.randint(0, 300, (1, n)) for n in (9, 14, 5))
+    segments = torch.tensor([[0] * 9 + [1] * 14 + [2] * 5])
+    packed = model(torch.cat([a, b, c], dim=1), segment_ids=segments)
+    for got, alone in zip(packed.split([9, 14, 5], dim=1), (a, b, c)):
+        torch.testing.assert_close(got, model(alone), atol=1e-5, rtol=1e-5)
+
+
+def test_packed_rows_with_padding_and_reused_ids():
+    """A segment is a run of equal ids (so [7, 7, 3, 3, 7] is three segments); pads may sit in a row too."""
+    model = tiny_model()
+    a, b, c = (torch.randint(1, 300, (n,)) for n in (4, 6, 3))
+    pad = torch.zeros(3, dtype=torch.long)
+    idx = torch.stack([torch.cat([pad, a, b, c]), torch.cat([b, a, c, pad])])
+    segment_ids = torch.tensor([[0] * 3 + [7] * 4 + [3] * 6 + [7] * 3, [5] * 6 + [1] * 4 + [5] * 3 + [0] * 3])
+    mask = torch.ones(2, 16, dtype=torch.long)
+    mask[0, :3] = mask[1, 13:] = 0
+    logits = model(idx, attention_mask=mask, segment_ids=segment_ids)
+    assert torch.isfinite(logits).all()
+    alone = {name: model(t[None])[0] for name, t in (("a", a), ("b", b), ("c", c))}
+    layouts = {0: [("pad", 3), ("a", 4), ("b", 6), ("c", 3)], 1: [("b", 6), ("a", 4), ("c", 3), ("pad", 3)]}
+    for row, layout in layouts.items():
+        start = 0
+        for name, n in layout:
+            if name != "pad":
+                torch.testing.assert_close(logits[row, start : start + n], alone[name], atol=1e-5, rtol=1e-5)
+            start += n
+
+
+def test_one_segment_equals_no_segments_and_positions_restart():
+    model = tiny_model()
+    idx = torch.randint(0, 300, (2, 12))
+    torch.testing.assert_close(model(idx, segment_ids=torch.full((2, 12), 4)), model(idx), atol=1e-5, rtol=1e-5)
+    # explicit positions override the per-segment restart: counting on from the first segment changes the second
+    segments = torch.tensor([[0] * 5 + [1] * 7] * 2)
+    restarted = model(idx, segment_ids=segments)
+    continued = model(idx, segment_ids=segments, position_ids=torch.arange(12)[None].expand(2, -1))
+    torch.testing.assert_close(restarted[:, :5], continued[:, :5])
+    assert not torch.allclose(restarted[:, 5:], continued[:, 5:], atol=1e-3)
+
+
+def test_segment_ids_errors():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"segment_ids must have shape \(batch, seq_len\) = \(1, 4\), got \(1, 5\)"):
+        model(torch.zeros(1, 4, dtype=torch.long), segment_ids=torch.zeros(1, 5, dtype=torch.long))
+    cache = KVCache(model.config, 1, 8)
+    with pytest.raises(ValueError, match=r"segment_ids \(packed sequences\) cannot be combined with a KV cache"):
+        model(torch.zeros(1, 4, dtype=torch.long), segment_ids=torch.zeros(1, 4, dtype=torch.long), cache=cache)
 
 
 # ---- GPT-2 weights from a Hugging Face style directory ------------------------------------------------------
