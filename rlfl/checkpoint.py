@@ -60,6 +60,7 @@ class Checkpoint:
     config: dict[str, Any]
     path: Path
     trainer_state: dict[str, Any] | None = field(default=None, repr=False)
+    heads: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)  # e.g. a reward or value head
 
     @property
     def step(self) -> int:
@@ -93,13 +94,48 @@ def _move_into_place(staging: Path, directory: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module under DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def trunk(model: torch.nn.Module) -> GPT:
+    """The GPT inside ``model``: the model itself, or the ``.gpt`` of a GPT-plus-heads module.
+
+    Stages whose network is a GPT with extra heads (a reward model's scalar head, PPO's value head) wrap
+    it as a module with a ``gpt`` attribute; every other parameter of that module is a "head" and is stored
+    in the same ``model.safetensors`` under ``heads.``, so there is still one checkpoint format.
+    """
+    core = unwrap(model)
+    if isinstance(core, GPT):
+        return core
+    gpt = getattr(core, "gpt", None)
+    if not isinstance(gpt, GPT):
+        raise TypeError(f"{type(core).__name__} is neither a GPT nor a module with a .gpt trunk")
+    return gpt
+
+
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    model = getattr(model, "module", model)  # DDP
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    state = model.state_dict()
+    core, gpt = unwrap(model), trunk(model)
+    state = dict(gpt.state_dict())
     # the LM head shares its tensor with the token embedding; safetensors refuses shared storage
     state.pop("lm_head.weight", None)
+    if core is not gpt:
+        state.update({f"heads.{k}": v for k, v in core.state_dict().items() if not k.startswith("gpt.")})
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+
+def load_into(model: torch.nn.Module, saved: "Checkpoint") -> None:
+    """Copy a loaded checkpoint's weights (trunk and heads) into ``model`` of the same shape."""
+    core, gpt = unwrap(model), trunk(model)
+    gpt.load_state_dict(saved.model.state_dict())
+    if core is not gpt:
+        missing, unexpected = core.load_state_dict(saved.heads, strict=False)
+        missing = [k for k in missing if not k.startswith("gpt.")]
+        if missing or unexpected:
+            raise ValueError(f"{saved.path}: heads {sorted(saved.heads)} do not fit {type(core).__name__} "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
 def save_checkpoint(
@@ -121,7 +157,7 @@ def save_checkpoint(
     staging = directory / STAGING
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
-    core = getattr(getattr(model, "module", model), "_orig_mod", getattr(model, "module", model))
+    core = trunk(model)
     config = {
         "format_version": FORMAT_VERSION,
         "stage": stage,
@@ -184,6 +220,7 @@ def load_checkpoint(
     if not weights_path.is_file():
         raise FileNotFoundError(f"{weights_path}: missing; the checkpoint is incomplete")
     state = load_file(str(weights_path))
+    heads = {k[len("heads."):]: state.pop(k) for k in list(state) if k.startswith("heads.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:
@@ -196,4 +233,5 @@ def load_checkpoint(
         if int(trainer_state.get("step", -1)) != int(config.get("step", 0)):
             raise ValueError(f"{d / STATE_FILE}: step {trainer_state.get('step')} differs from config.json's "
                              f"step {config.get('step')}; delete trainer_state.pt to start fresh from the weights")
-    return Checkpoint(model=model, tokenizer=tokenizer, config=config, path=d, trainer_state=trainer_state)
+    return Checkpoint(model=model, tokenizer=tokenizer, config=config, path=d, trainer_state=trainer_state,
+                      heads=heads)

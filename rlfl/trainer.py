@@ -284,6 +284,7 @@ class Trainer:
         self.extra_config = extra_config or {}
         self.out_dir = Path(config.out_dir)
         self.model = model.to(self.rt.device)
+        self.gpt = ckpt.trunk(self.model)  # the GPT itself, or the trunk of a GPT-plus-heads model
         self.optimizer = make_optimizer(self.model, config, self.rt.device)
         self.scaler = torch.amp.GradScaler(enabled=self.rt.amp_dtype == torch.float16)
         self.step = 0
@@ -307,7 +308,7 @@ class Trainer:
             dist.barrier()
         if saved is None or saved.trainer_state is None:
             return
-        mine = getattr(self.model, "config").to_dict()
+        mine = ckpt.trunk(self.model).config.to_dict()
         if saved.config["model"] != mine:
             raise ValueError(f"{self.out_dir}: holds a checkpoint of a different model ({saved.config['model']}); "
                              "pass a new --out-dir, or --no-resume to overwrite it")
@@ -316,7 +317,7 @@ class Trainer:
                              "pass a new --out-dir, or --no-resume to overwrite it")
         if saved.tokenizer.fingerprint != self.tokenizer.fingerprint:
             raise ValueError(f"{self.out_dir}: checkpoint tokenizer differs from this run's; pass a new --out-dir")
-        self.model.load_state_dict(saved.model.state_dict())
+        ckpt.load_into(self.model, saved)
         state = saved.trainer_state
         self.optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state:
@@ -391,7 +392,7 @@ class Trainer:
             metrics_log = MetricsLog(self.out_dir, self._resume_step)
         if self._resume_step is None:  # a resumed run continues the saved dropout RNG stream instead
             torch.manual_seed(cfg.seed + rt.rank)
-        flops = getattr(self.model, "flops_per_token", None)
+        flops = self.gpt.flops_per_token
         peak = peak_flops(rt.device, cfg)
         bar = None
         if rt.is_main and cfg.progress:
@@ -416,7 +417,7 @@ class Trainer:
                             loss, _ = _split_loss(self.loss_fn(self.train_model, batch))
                             # a mixture-of-experts model leaves its (already weighted) router balancing
                             # loss on the model after each forward; every stage gets it added here
-                            aux = getattr(self.model, "aux_loss", None)
+                            aux = self.gpt.aux_loss
                             if aux is not None:
                                 loss = loss + aux
                         self.scaler.scale(loss / cfg.grad_accum).backward()
@@ -442,11 +443,9 @@ class Trainer:
                     tok_s = self.tokens_per_batch * cfg.grad_accum * rt.world_size * window_steps / elapsed
                     summary = {"train/loss": loss_val, "train/lr": lr, "train/tokens_per_s": tok_s,
                                "train/ms_per_step": 1000 * elapsed / window_steps}
-                    if flops is not None and peak > 0:
+                    if peak > 0:
                         summary["train/mfu"] = flops() * tok_s / (peak * rt.world_size)
-                    load = getattr(self.model, "expert_load", None)
-                    if callable(load):
-                        summary.update(load())  # MoE: share of tokens routed to each expert (empty if dense)
+                    summary.update(self.gpt.expert_load())  # MoE: share of tokens per expert ({} if dense)
                     if rt.is_main:
                         metrics_log.write(self.step, summary)
                         if bar is not None:

@@ -73,3 +73,25 @@ def test_mismatched_state_and_missing_files_are_refused(tmp_path):
         ckpt.load_checkpoint(tmp_path)
     with pytest.raises(FileNotFoundError, match="not an rlfl checkpoint"):
         ckpt.load_checkpoint(tmp_path / "..")
+
+
+class _WithHead(torch.nn.Module):
+    """A GPT trunk plus a scalar head, the shape of a reward model or a value-head policy."""
+
+    def __init__(self, gpt: GPT) -> None:
+        super().__init__()
+        self.gpt = gpt
+        self.head = torch.nn.Linear(gpt.config.n_embd, 1)
+
+
+def test_heads_round_trip_in_the_same_format(tmp_path):
+    model, tok = _WithHead(_model(3)), byte_tokenizer()
+    ckpt.save_checkpoint(tmp_path, model, tok, stage="reward")
+    loaded = ckpt.load_checkpoint(tmp_path)
+    assert set(loaded.heads) == {"head.weight", "head.bias"}
+    assert _same(loaded.model, model.gpt)  # the trunk opens as a plain GPT for any later stage
+    fresh = _WithHead(_model(4))
+    ckpt.load_into(fresh, loaded)
+    assert torch.equal(fresh.head.weight, model.head.weight) and _same(fresh.gpt, model.gpt)
+    with pytest.raises(ValueError, match="do not fit"):
+        ckpt.load_into(_WithHead(_model(4)), ckpt.Checkpoint(loaded.model, tok, {}, tmp_path, heads={}))
