@@ -235,3 +235,14 @@ def load_checkpoint(
                              f"step {config.get('step')}; delete trainer_state.pt to start fresh from the weights")
     return Checkpoint(model=model, tokenizer=tokenizer, config=config, path=d, trainer_state=trainer_state,
                       heads=heads)
+
+
+def update_config(directory: str | Path, **fields: Any) -> dict[str, Any]:
+    """Add or replace top-level fields of a checkpoint's ``config.json`` atomically (e.g. reward statistics)."""
+    d = Path(directory)
+    config = read_config(d)
+    config.update(fields)
+    tmp = d / (CONFIG_FILE + ".tmp")
+    _fsync_write(tmp, (json.dumps(config, indent=2) + "\n").encode())
+    os.replace(tmp, d / CONFIG_FILE)
+    return config

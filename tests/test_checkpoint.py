@@ -95,3 +95,11 @@ def test_heads_round_trip_in_the_same_format(tmp_path):
     assert torch.equal(fresh.head.weight, model.head.weight) and _same(fresh.gpt, model.gpt)
     with pytest.raises(ValueError, match="do not fit"):
         ckpt.load_into(_WithHead(_model(4)), ckpt.Checkpoint(loaded.model, tok, {}, tmp_path, heads={}))
+
+
+def test_update_config_adds_fields_atomically(tmp_path):
+    ckpt.save_checkpoint(tmp_path, _model(), byte_tokenizer(), stage="reward", step=2)
+    ckpt.update_config(tmp_path, reward={"mean": 0.5, "std": 2.0})
+    loaded = ckpt.load_checkpoint(tmp_path)
+    assert loaded.config["reward"] == {"mean": 0.5, "std": 2.0} and loaded.step == 2
+    assert not list(tmp_path.glob("*.tmp"))
