@@ -133,3 +133,26 @@ def test_rlfl_serve_command_answers_over_http(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_rlfl_sft_bad_lines_fatal_or_skipped(tmp_path, capsys):
+    import torch
+
+    from rlfl.checkpoint import load_checkpoint, save_checkpoint
+    from rlfl.model import GPT, GPTConfig
+    from rlfl.tokenizer import byte_tokenizer
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "base", GPT(GPTConfig(vocab_size=262, block_size=64, n_layer=1, n_head=2, n_embd=32)),
+                    byte_tokenizer(), stage="pretrain")
+    data = tmp_path / "sft.jsonl"
+    good = [json.dumps({"prompt": f"Say {i}", "response": str(i)}) for i in range(20)]
+    data.write_text("\n".join(good[:5] + ['{"prompt": "x", "response": ""}'] + good[5:]) + "\n")
+    flags = ["sft", "--init-from", str(tmp_path / "base"), "--data", str(data), "--max-steps", "3", "--batch-size",
+             "4", "--no-progress", "--eval-interval", "3", "--num-samples", "1"]
+    err = _error(capsys, [*flags, "--out-dir", str(tmp_path / "a")])
+    assert "sft.jsonl line 6" in err and "--on-bad-line skip" in err
+    assert not (tmp_path / "a").exists()
+    main([*flags, "--out-dir", str(tmp_path / "b"), "--on-bad-line", "skip"])
+    done = load_checkpoint(tmp_path / "b")
+    assert done.config["stage"] == "sft" and done.config["data"]["skipped"] == 1 and done.step == 3
