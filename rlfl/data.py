@@ -543,6 +543,18 @@ def load_shards(directory: str | os.PathLike) -> TokenShards:
 # Batches
 # ----------------------------------------------------------------------------------------------
 
+def check_sampler_args(batch_size: int, block_size: int, seed: int, rank: int, world_size: int) -> None:
+    """Validate what every batch sampler takes (pretraining windows, SFT rows), with the flag to fix."""
+    if block_size < 1 or batch_size < 1:
+        raise ValueError(f"block_size={block_size} and batch_size={batch_size} must be >= 1; "
+                         "pass positive --block-size / --batch-size")
+    if seed < 0:
+        raise ValueError(f"seed={seed} must be >= 0; pass a non-negative --seed")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank={rank} must be in [0, world_size={world_size}); check the launcher's "
+                         "RANK / WORLD_SIZE")
+
+
 class BatchSampler:
     """Random (x, y) windows from a token array, reproducible from (seed, step, rank) alone.
 
@@ -558,14 +570,7 @@ class BatchSampler:
 
     def __init__(self, data: np.ndarray, block_size: int, batch_size: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1, *, split: str = "train") -> None:
-        if block_size < 1 or batch_size < 1:
-            raise ValueError(f"block_size={block_size} and batch_size={batch_size} must be >= 1; "
-                             "pass positive --block-size / --batch-size")
-        if seed < 0:
-            raise ValueError(f"seed={seed} must be >= 0; pass a non-negative --seed")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank={rank} must be in [0, world_size={world_size}); check the launcher's "
-                             "RANK / WORLD_SIZE")
+        check_sampler_args(batch_size, block_size, seed, rank, world_size)
         if len(data) <= block_size:
             raise ValueError(f"{split} split has {len(data)} tokens, fewer than block_size+1="
                              f"{block_size + 1}; lower --block-size or add data")

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 
 from rlfl.chat_template import render_chat, validate_messages
+from rlfl.data import check_sampler_args
 from rlfl.tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -426,14 +427,7 @@ class SFTBatcher:
     def __init__(self, examples: Sequence[SFTExample], batch_size: int, block_size: int, *, pad_id: int,
                  seed: int = 0, pack: bool = False, rank: int = 0, world_size: int = 1,
                  pad_to_block: bool = False) -> None:
-        if batch_size < 1 or block_size < 1:
-            raise ValueError(f"batch_size={batch_size} and block_size={block_size} must be >= 1; "
-                             "pass positive --batch-size / --block-size")
-        if seed < 0:
-            raise ValueError(f"seed={seed} must be >= 0; pass a non-negative --seed")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank={rank} must be in [0, world_size={world_size}); check the launcher's "
-                             "RANK / WORLD_SIZE")
+        check_sampler_args(batch_size, block_size, seed, rank, world_size)
         if not examples:
             raise ValueError("no SFT examples to batch; check the data file (and --val-fraction for val)")
         self.examples = list(examples)

@@ -27,3 +27,28 @@ def synthetic_shards(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards")
     prepare_corpus(synthetic_documents(600, seed=0), byte_tokenizer(), out, val_fraction=0.1, seed=0)
     return out
+
+
+def printable_checkpoint(directory: Path, block_size: int) -> Path:
+    """A tiny byte-level checkpoint whose greedy text is varied printable ASCII (serve and chat tests).
+
+    Large random weights and larger position embeddings make the text wander (with the tied LM head a
+    random model otherwise repeats its input token); zero embedding rows outside printable ASCII give
+    those tokens logit 0, below the best printable ones, so texts are plain characters that stop
+    strings can be cut from.
+    """
+    import torch
+
+    from rlfl.checkpoint import save_checkpoint
+    from rlfl.model import GPT, GPTConfig
+    from rlfl.tokenizer import byte_tokenizer
+
+    torch.manual_seed(2)
+    model = GPT(GPTConfig(vocab_size=262, block_size=block_size, n_layer=2, n_head=2, n_embd=64))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0.0, 2.0 if name == "wpe.weight" else 0.3)
+        model.wte.weight[:32] = 0
+        model.wte.weight[127:] = 0
+    save_checkpoint(directory, model, byte_tokenizer(), stage="sft")
+    return directory

@@ -5,30 +5,21 @@ from __future__ import annotations
 import io
 
 import pytest
-import torch
+from conftest import printable_checkpoint
 
 from rlfl.batching import sampling_config
 from rlfl.chat import REPLY, ChatConfig, chat, fit_conversation
 from rlfl.chat_template import chat_prompt
-from rlfl.checkpoint import load_checkpoint, save_checkpoint
+from rlfl.checkpoint import load_checkpoint
 from rlfl.generate import generate
-from rlfl.model import GPT, GPTConfig
 from rlfl.tokenizer import byte_tokenizer
 
 MAX_NEW = 8
 
 
 def make_checkpoint(directory, block_size: int):
-    """A tiny byte-level model with varied printable greedy output (see tests/test_serve.py's fixture)."""
-    torch.manual_seed(2)
-    model = GPT(GPTConfig(vocab_size=262, block_size=block_size, n_layer=2, n_head=2, n_embd=64))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.normal_(0.0, 2.0 if name == "wpe.weight" else 0.3)
-        model.wte.weight[:32] = 0
-        model.wte.weight[127:] = 0
-    save_checkpoint(directory, model, byte_tokenizer(), stage="sft")
-    return load_checkpoint(directory)
+    """The printable tiny checkpoint, loaded (the chat runs on the saved copy, references on this one)."""
+    return load_checkpoint(printable_checkpoint(directory, block_size))
 
 
 @pytest.fixture(scope="module")

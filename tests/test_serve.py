@@ -8,38 +8,21 @@ import urllib.error
 import urllib.request
 
 import pytest
-import torch
+from conftest import printable_checkpoint
 
 from rlfl.batching import BatchingEngine, GenerationError, sampling_config
 from rlfl.chat_template import chat_prompt
-from rlfl.checkpoint import load_checkpoint, save_checkpoint
+from rlfl.checkpoint import load_checkpoint
 from rlfl.generate import SamplingConfig, generate
-from rlfl.model import GPT, GPTConfig
 from rlfl.serve import ServeConfig, start_server
-from rlfl.tokenizer import byte_tokenizer
 
 BLOCK = 128
 
 
 @pytest.fixture(scope="module")
 def ckpt_dir(tmp_path_factory):
-    """A tiny byte-level checkpoint whose greedy text is varied printable ASCII.
-
-    Large random weights and larger position embeddings make the text wander (with the tied LM head a
-    random model otherwise repeats its input token); zero embedding rows outside printable ASCII give
-    those tokens logit 0, below the best printable ones, so texts are plain characters that stop
-    strings can be cut from.
-    """
-    torch.manual_seed(2)
-    model = GPT(GPTConfig(vocab_size=262, block_size=BLOCK, n_layer=2, n_head=2, n_embd=64))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.normal_(0.0, 2.0 if name == "wpe.weight" else 0.3)
-        model.wte.weight[:32] = 0
-        model.wte.weight[127:] = 0
-    d = tmp_path_factory.mktemp("ckpt") / "tiny-sft"
-    save_checkpoint(d, model, byte_tokenizer(), stage="sft")
-    return d
+    """A tiny byte-level checkpoint whose greedy text is varied printable ASCII."""
+    return printable_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-sft", BLOCK)
 
 
 @pytest.fixture(scope="module")
