@@ -1,5 +1,45 @@
 """rlfl.envs: Gymnasium environments for text generation (installed as ``rlfl.envs``).
 
-The text-generation environments, reward sources and the env registry live here (see DESIGN.md);
-this package is the installed home for them and is imported as ``rlfl.envs``, never as ``envs``.
+Importing this package registers the built-in ids ``rlfl/SyntheticReviews-v0``, ``rlfl/ImdbPositive-v0``
+and ``rlfl/Helpful-v0`` with Gymnasium (nothing is loaded until ``gymnasium.make``). The environment
+classes are imported on first use, so ``import rlfl.envs`` stays light. Import it as ``rlfl.envs``,
+never as ``envs``.
+
+Example:
+    >>> import gymnasium
+    >>> import rlfl.envs
+    >>> env = gymnasium.make("rlfl/SyntheticReviews-v0")
+    >>> obs, info = env.reset(seed=0)
+    >>> env.unwrapped.gold_judge.score(["The food was"], [" great."]).tolist()
+    [0.75]
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+from rlfl.envs.prompts import (PromptList, PromptSource, as_prompt_source, hh_prompts, imdb_prompts,
+                               synthetic_review_prompts)
+from rlfl.envs.registry import BUILTIN_IDS, build_reward_env, register_builtin_envs, register_reward_env
+from rlfl.envs.rewards import (CallableReward, Clipped, GoldSentiment, RewardError, RewardSource, RunningNormalizer,
+                               WeightedSum, as_reward_source, check_scores, reward_model_source)
+
+__all__ = [
+    "BUILTIN_IDS", "CallableReward", "Clipped", "GoldSentiment", "PromptList", "PromptSource", "RewardError",
+    "RewardSource", "RunningNormalizer", "TextGenerationEnv", "TextGenerationVectorEnv", "WeightedSum",
+    "as_prompt_source", "as_reward_source", "build_reward_env", "check_scores", "hh_prompts", "imdb_prompts",
+    "register_reward_env", "reward_model_source", "synthetic_review_prompts",
+]
+
+register_builtin_envs()
+
+_LAZY = {"TextGenerationEnv": "rlfl.envs.text_env", "TextGenerationVectorEnv": "rlfl.envs.vector_env"}
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: the env classes import rlfl.tokenizer / rlfl.chat_template; load them when first asked for.
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'rlfl.envs' has no attribute {name!r}")

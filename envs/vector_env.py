@@ -1,0 +1,191 @@
+"""N text-generation episodes stepped at once with numpy, finished completions scored in ONE reward call.
+
+`TextGenerationVectorEnv` is a native `gymnasium.vector.VectorEnv` (not N copies of the single env behind
+a `SyncVectorEnv`): all rows live in one (N, L) int64 token buffer and one mask, a step is a handful of
+numpy operations over the whole batch, and Python only loops over the rows that finish in that step (to
+decode their text). Every completion that finishes in a step goes to the reward source in a single
+``score(prompts, completions)`` call: a reward model is a network, and one batched forward beats N small
+ones by a wide margin.
+
+**Autoreset: SAME_STEP** (``metadata["autoreset_mode"] == gymnasium.vector.AutoresetMode.SAME_STEP``).
+When row i finishes in a step, that step returns the row's terminal reward and ``terminated/truncated``,
+its final observation in ``info["final_obs"][i]`` (a dict; ``info["_final_obs"][i]`` is True), and in the
+returned observation row i already holds the *next* episode's prompt. There is no dead "reset step"
+(Gymnasium's NEXT_STEP mode), so every step of every row is a real token: a PPO rollout of T steps holds
+exactly N*T tokens, and an agent that keeps a KV cache clears the rows flagged in ``info["reset_rows"]``.
+
+``info`` keys (arrays of length N; entries of rows that did not finish are ""/0/None):
+    ``prompts``, ``completions``     text of each finished row's prompt and completion (stop token excluded)
+    ``scores``                       the reward source's raw score
+    ``episode_reward``, ``episode_length``   the finished episode's return and number of tokens
+    ``final_obs``, ``_final_obs``    Gymnasium's SAME_STEP convention (object array of dicts, and its mask)
+    ``reset_rows``                   bool: the row started a new episode (all True after ``reset()``)
+``reset()``'s info has ``prompts`` (every row's prompt) and ``reset_rows``. ``current_prompts`` and
+``completion_lengths`` give the state of every row at any time.
+
+Seeding: ``reset(seed=s)`` reseeds ``self.np_random``; with the same seed and the same actions every
+prompt draw (initial and autoreset) repeats. ``reset(options={"prompts": [...]})`` forces one prompt per
+row for the first episodes (later autoresets draw from the prompt source).
+
+If the reward source raises (or returns NaN), the error propagates and the batch is mid-step: call
+``reset()`` before stepping again.
+
+Example:
+    >>> import numpy as np
+    >>> from rlfl.tokenizer import byte_tokenizer
+    >>> class Length:
+    ...     def score(self, prompts, completions):
+    ...         return np.array([len(c) for c in completions], dtype=float)
+    >>> env = TextGenerationVectorEnv(byte_tokenizer(), ["a", "b"], Length(), num_envs=3, max_new_tokens=2)
+    >>> obs, info = env.reset(seed=0)
+    >>> obs["input_ids"].shape
+    (3, 34)
+    >>> _ = env.step(np.array([120, 120, 256]))   # row 2 emits <|endoftext|>: it finishes with ""
+    >>> obs, rewards, terminated, truncated, info = env.step(np.array([121, 121, 120]))
+    >>> rewards.tolist(), truncated.tolist(), info["completions"].tolist()
+    ([2.0, 2.0, 0.0], [True, True, False], ['xy', 'xy', ''])
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import gymnasium
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from rlfl.envs.text_env import EpisodeBatch, RewardShaping, check_render_mode, write_human
+from rlfl.tokenizer import Tokenizer
+
+
+class TextGenerationVectorEnv(VectorEnv):
+    """``num_envs`` text-generation episodes in one numpy batch, SAME_STEP autoreset, batched reward calls.
+
+    Same arguments as `rlfl.envs.text_env.TextGenerationEnv` plus ``num_envs``; the observation of each
+    row is the single env's (left-padded ``input_ids`` and ``attention_mask`` of length
+    ``max_prompt_tokens + max_new_tokens``), stacked to (num_envs, L). Actions: one token id per row.
+    """
+
+    metadata = {"render_modes": ["ansi", "human"], "render_fps": 4, "autoreset_mode": AutoresetMode.SAME_STEP}
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        prompts: Any,
+        reward: Any,
+        *,
+        num_envs: int = 8,
+        max_new_tokens: int = 32,
+        max_prompt_tokens: int = 32,
+        stop_tokens: Sequence[int] | None = None,
+        chat_template: bool = False,
+        reward_shaping: RewardShaping | None = None,
+        render_mode: str | None = None,
+    ) -> None:
+        self._batch = EpisodeBatch(
+            tokenizer, prompts, reward, num_rows=num_envs, max_new_tokens=max_new_tokens,
+            max_prompt_tokens=max_prompt_tokens, stop_tokens=stop_tokens, chat_template=chat_template,
+            reward_shaping=reward_shaping,
+        )
+        self.tokenizer = tokenizer
+        self.reward = self._batch.reward  # the adapted source
+        self.num_envs = int(num_envs)
+        self.single_observation_space = self._batch.single_observation_space()
+        self.single_action_space = spaces.Discrete(self._batch.n_vocab)
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.render_mode = check_render_mode(render_mode)
+        self._all_rows = np.arange(self.num_envs)
+        self._running = False
+
+    # ------------------------------------------------------------------------------ state for agents
+    @property
+    def stop_tokens(self) -> list[int]:
+        """The token ids that end an episode."""
+        return list(self._batch.stop_tokens)
+
+    @property
+    def current_prompts(self) -> list[str]:
+        """The prompt text of every row's episode in progress."""
+        return [str(p) for p in self._batch.prompts]
+
+    @property
+    def completion_lengths(self) -> np.ndarray:
+        """Tokens generated so far in every row's episode in progress (a copy)."""
+        return self._batch.n_new.copy()
+
+    # ------------------------------------------------------------------------------ Gymnasium API
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Start a new episode in every row (prompts drawn, or ``options["prompts"]``, one per row)."""
+        super().reset(seed=seed)
+        forced = None
+        if options:
+            unknown = set(options) - {"prompts"}
+            if unknown:
+                raise ValueError(f"reset(options=...): unknown option {sorted(unknown)[0]!r}; the only option is 'prompts'")
+            if "prompts" in options:
+                forced = options["prompts"]
+                if isinstance(forced, str) or len(forced) != self.num_envs or not all(isinstance(p, str) for p in forced):
+                    raise ValueError(f"reset(options={{'prompts': ...}}): expected a list of {self.num_envs} strings, one per row")
+        self._batch.start(self._all_rows, self.np_random, forced)
+        self._running = True
+        info = {"prompts": self._batch.prompts.copy(), "reset_rows": np.ones(self.num_envs, dtype=bool)}
+        return self._batch.observation(), info
+
+    def step(
+        self, actions: Any
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Append one token per row; score every row that finished in ONE reward call; restart those rows."""
+        if not self._running:
+            raise gymnasium.error.ResetNeeded("step() called before reset() (or after a failed step); call reset()")
+        b = self._batch
+        actions = b.check_actions(actions)
+        terminated, truncated = b.push(actions)
+        rewards = b.shaping()
+        done = terminated | truncated
+        n = self.num_envs
+        info: dict[str, Any] = {
+            "prompts": np.full(n, "", dtype=object),
+            "completions": np.full(n, "", dtype=object),
+            "scores": np.zeros(n),
+            "episode_reward": np.zeros(n),
+            "episode_length": np.zeros(n, dtype=np.int64),
+            "final_obs": np.full(n, None, dtype=object),
+            "_final_obs": done.copy(),
+            "reset_rows": done.copy(),
+        }
+        rows = np.flatnonzero(done)
+        if rows.size:
+            self._running = False  # until the rows are restarted: a raising reward source leaves them half-done
+            completions, scores = b.finish(rows, terminated[rows])
+            rewards[rows] += scores
+            info["prompts"][rows] = b.prompts[rows]
+            info["completions"][rows] = completions
+            info["scores"][rows] = scores
+            info["episode_reward"][rows] = b.returns[rows] + rewards[rows]
+            info["episode_length"][rows] = b.n_new[rows]
+            for r in rows:
+                info["final_obs"][r] = b.observation(r)
+            if self.render_mode == "human":
+                for r in rows:
+                    write_human(b.render_text(int(r)))
+        b.returns += rewards
+        if rows.size:
+            b.start(rows, self.np_random)
+            self._running = True
+        return b.observation(), rewards, terminated, truncated, info
+
+    def render(self) -> tuple[str, ...] | None:
+        """Every row's prompt and completion so far ("ansi": returned; "human": written to stdout)."""
+        if self.render_mode is None:
+            gymnasium.logger.warn("render() called without a render_mode; pass render_mode='ansi' or 'human'")
+            return None
+        texts = tuple(self._batch.render_text(r) for r in range(self.num_envs))
+        if self.render_mode == "ansi":
+            return texts
+        write_human("\n".join(texts))
+        return None
