@@ -144,6 +144,13 @@ def cmd_sft(a: Any) -> None:
     print(f"checkpoint: {out}")
 
 
+def cmd_reward_train(a: Any) -> None:
+    from rlfl.reward import train_reward_model
+
+    out = train_reward_model(a)
+    print(f"reward model: {out}")
+
+
 def cmd_sample(a: SampleArgs) -> None:
     from rlfl.checkpoint import load_checkpoint
     from rlfl.generate import SamplingConfig, generate
@@ -167,6 +174,7 @@ def cmd_sample(a: SampleArgs) -> None:
 def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], None], str]]:
     from rlfl.pretrain import PretrainConfig
     from rlfl.chat import ChatConfig, chat
+    from rlfl.reward import RewardTrainConfig
     from rlfl.serve import ServeConfig, serve
     from rlfl.sft import SFTConfig
 
@@ -175,6 +183,8 @@ def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], None], str]
         ("tokenizer", "train"): (TokenizerTrainArgs, cmd_tokenizer_train, "train a byte-level BPE tokenizer"),
         ("pretrain",): (PretrainConfig, cmd_pretrain, "pretrain or continue pretraining a GPT (torchrun for DDP)"),
         ("sft",): (SFTConfig, cmd_sft, "supervised fine-tuning / instruct-tuning of a checkpoint"),
+        ("reward", "train"): (RewardTrainConfig, cmd_reward_train,
+                              "train a reward model (Bradley-Terry pairs or labels) on any checkpoint's trunk"),
         ("sample",): (SampleArgs, cmd_sample, "generate text from a checkpoint"),
         ("serve",): (ServeConfig, serve, "OpenAI-compatible HTTP server over a checkpoint (127.0.0.1 by default)"),
         ("chat",): (ChatConfig, chat, "chat with a checkpoint in the terminal"),
