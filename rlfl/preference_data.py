@@ -53,9 +53,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from rlfl.data import clean_text
 # The line reader (gzip, BOM, UTF-8 and JSON errors as values) and the bad-record type are shared with the
 # SFT reader, so both report bad lines the same way.
+from rlfl.data import clean_text
 from rlfl.sft_data import _BadRecord, _iter_jsonl, _json_type
 
 logger = logging.getLogger(__name__)

@@ -36,9 +36,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -431,7 +431,7 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
         raise ValueError(f"block_size={block} exceeds the model's maximum context {model.gpt.config.block_size}; "
                          f"pass --block-size {model.gpt.config.block_size} or less")
 
-    read = dict(format=cfg.format, on_bad_line=cfg.on_bad_line, seed=tc.seed)
+    read = {"format": cfg.format, "on_bad_line": cfg.on_bad_line, "seed": tc.seed}
     data = load_reward_data(cfg.data, max_examples=cfg.max_examples, **read)
     if cfg.val_data:
         train_data, val_data = data, load_reward_data(cfg.val_data, **read)
@@ -483,7 +483,7 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
         pick = rng.choice(len(train_ex.seqs), size=min(cfg.stats_samples, len(train_ex.seqs)), replace=False)
         scores = score_sequences(model, [train_ex.seqs[i] for i in pick], pad_id=tokenizer.pad_id,
                                  batch_size=2 * tc.batch_size)
-        stats = {"mean": float(scores.mean()), "std": max(float(scores.std()), 1e-6), "n_stats": int(len(pick)),
+        stats = {"mean": float(scores.mean()), "std": max(float(scores.std()), 1e-6), "n_stats": len(pick),
                  "kind": data.kind, "loss": loss_name, "max_len": block, "input_format": INPUT_FORMAT}
         if val_ex is not None:
             stats["val_accuracy"] = exact_accuracy(model, val_ex, pad_id=tokenizer.pad_id,

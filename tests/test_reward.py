@@ -15,9 +15,9 @@ import torch
 from rlfl import checkpoint as ckpt
 from rlfl import reward
 from rlfl.model import GPT, GPTConfig
+from rlfl.preference_data import read_pairs
 from rlfl.reward import (RewardBatcher, RewardModel, RewardTrainConfig, bradley_terry_loss, encode_for_reward,
                          encode_reward_data, load_reward_model, score_sequences, train_reward_model)
-from rlfl.preference_data import read_pairs
 from rlfl.tokenizer import byte_tokenizer
 from rlfl.trainer import TrainConfig
 
@@ -93,7 +93,7 @@ def test_input_format_and_left_truncation_keep_the_end(caplog, monkeypatch):
 
 def test_bradley_terry_loss_matches_a_hand_computation():
     chosen, rejected = torch.tensor([1.0, 0.5, 2.0]), torch.tensor([0.0, 1.5, 2.5])
-    sig = lambda z: 1 / (1 + math.exp(-z))  # noqa: E731
+    sig = lambda z: 1 / (1 + math.exp(-z))
     plain = -(math.log(sig(1.0)) + math.log(sig(-1.0)) + math.log(sig(-0.5))) / 3
     assert float(bradley_terry_loss(chosen, rejected)) == pytest.approx(plain, abs=1e-6)
     margin = torch.tensor([0.5, 0.0, 0.0])
@@ -128,7 +128,7 @@ def test_batches_are_reproducible_and_ranks_disjoint(tmp_path):
     assert x.shape[0] == 8 and lengths.shape == (8,) and margin.shape == target.shape == (4,)
     assert tok.decode(x[0, : lengths[0]]).endswith("<|endoftext|>") and (x[:, -1] != tok.pad_id).any()
     r0, r1 = (RewardBatcher(ex, 4, pad_id=tok.pad_id, seed=3, rank=r, world_size=2) for r in (0, 1))
-    rows = lambda t: {tuple(row.tolist()) for row in t[0]}  # noqa: E731
+    rows = lambda t: {tuple(row.tolist()) for row in t[0]}
     assert not rows(r0.batch(1)) & rows(r1.batch(1))
 
 
@@ -246,3 +246,9 @@ def test_config_errors_say_the_fix(base):
     with pytest.raises(ValueError, match="holds labels but --data .* holds pairs"):
         train_reward_model(RewardTrainConfig(init_from=str(base / "base"), data=str(data), val_data=str(labels),
                                              train=_train_cfg(base / "rm-err")))
+
+
+def test_doctests():
+    import doctest
+
+    assert doctest.testmod(reward).failed == 0
