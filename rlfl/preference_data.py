@@ -40,11 +40,9 @@ Example:
 
 from __future__ import annotations
 
-import gzip
 import logging
 import math
 import os
-import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -56,11 +54,11 @@ import numpy as np
 # The line reader (gzip, BOM, UTF-8 and JSON errors as values) and the bad-record type are shared with the
 # SFT reader, so both report bad lines the same way.
 from rlfl.data import clean_text
-from rlfl.sft_data import _BadRecord, _iter_jsonl, _json_type
+from rlfl.sft_data import MAX_WARNINGS as MAX_WARNINGS  # re-exported: one warning cap for every reader
+from rlfl.sft_data import _BadRecord, _iter_jsonl, _json_type, collect_records
 
 logger = logging.getLogger(__name__)
 
-MAX_WARNINGS = 10  # bad lines logged one by one in skip mode; the rest are only counted
 SUFFIXES = (".jsonl.gz", ".jsonl", ".json.gz", ".json")
 PAIR_SHAPE = '{"prompt", "chosen", "rejected"} (+ optional "margin", "tie", "source")'
 LABEL_SHAPE = '{"prompt"?, "text", "label"}'
@@ -225,26 +223,7 @@ def _read(path: Path, parse: Callable[[Any], T], *, on_bad_line: str, limit: int
     _check_on_bad_line(on_bad_line)
     if limit is not None and limit < 1:
         raise ValueError(f"max_examples={limit} must be >= 1 (or None for all); fix --max-examples")
-    out: list[T] = []
-    skipped = 0
-    try:
-        for lineno, value in _iter_jsonl(path):
-            try:
-                out.append(parse(value))
-            except _BadRecord as bad:
-                if on_bad_line == "error":
-                    raise ValueError(f"{path} line {lineno}: {bad}; fix it or pass --on-bad-line skip") from None
-                skipped += 1
-                if skipped <= MAX_WARNINGS:
-                    logger.warning("%s line %d: %s; skipped", path, lineno, bad)
-            if limit is not None and len(out) >= limit:
-                break
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise ValueError(f"{path}: not a valid gzip file ({e}); re-download or re-compress it") from None
-    if skipped:
-        more = f" ({skipped - MAX_WARNINGS} not shown above)" if skipped > MAX_WARNINGS else ""
-        logger.warning("%s: skipped %d bad line(s)%s", path, skipped, more)
-    return out, skipped
+    return collect_records(path, _iter_jsonl(path), parse, on_bad_line=on_bad_line, limit=limit, unit="line")
 
 
 def _nonempty(path: Path, items: list, skipped: int, shape: str) -> None:

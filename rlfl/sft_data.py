@@ -33,7 +33,7 @@ import logging
 import os
 import re
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -208,6 +208,39 @@ def _read_text(path: Path) -> str:
         raise ValueError(f"{path}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8") from None
 
 
+def collect_records(path: Path, records: Iterable[tuple[int, Any]], parse: Callable[[Any], T], *,
+                    on_bad_line: str, limit: int | None, unit: str = "line") -> tuple[list[T], int]:
+    """Parse every (line number, value) record; bad ones are fatal or skipped with capped warnings.
+
+    The one bad-line policy of every JSONL reader (SFT data, preference pairs, labels): ``parse`` raises
+    ``_BadRecord`` (a value that is already a ``_BadRecord``, e.g. invalid JSON, counts as bad too);
+    ``on_bad_line="error"`` turns it into a one-line ValueError naming the file and line, ``"skip"`` logs
+    the first MAX_WARNINGS and a summary. Returns the parsed records (at most ``limit``) and the skip count.
+    """
+    out: list[T] = []
+    skipped = 0
+    try:
+        for lineno, value in records:
+            try:
+                if isinstance(value, _BadRecord):
+                    raise value
+                out.append(parse(value))
+            except _BadRecord as bad:
+                if on_bad_line == "error":
+                    raise ValueError(f"{path} line {lineno}: {bad}; fix it or pass --on-bad-line skip") from None
+                skipped += 1
+                if skipped <= MAX_WARNINGS:
+                    logger.warning("%s line %d: %s; skipped", path, lineno, bad)
+            if limit is not None and len(out) >= limit:
+                break
+    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
+        raise ValueError(f"{path}: not a valid gzip file ({e}); re-download or re-compress it") from None
+    if skipped:
+        more = f" ({skipped - MAX_WARNINGS} not shown above)" if skipped > MAX_WARNINGS else ""
+        logger.warning("%s: skipped %d bad %s(s)%s", path, skipped, unit, more)
+    return out, skipped
+
+
 def read_sft(path: str | os.PathLike, *, on_bad_line: str = "error", max_examples: int | None = None) -> SFTData:
     """Read the conversations of an SFT file (.jsonl, .json array, either optionally .gz).
 
@@ -231,27 +264,8 @@ def read_sft(path: str | os.PathLike, *, on_bad_line: str = "error", max_example
     if not path.name.lower().endswith(SUFFIXES):
         raise ValueError(f"{path}: unsupported file type; use one of {', '.join(SUFFIXES)} "
                          f"holding records like {SHAPES}")
-    conversations: list[list[dict[str, str]]] = []
-    skipped = 0
-    try:
-        for lineno, value in _records(path):
-            try:
-                if isinstance(value, _BadRecord):
-                    raise value
-                conversations.append(_conversation(value))
-            except _BadRecord as bad:
-                if on_bad_line == "error":
-                    raise ValueError(f"{path} line {lineno}: {bad}; fix it or pass --on-bad-line skip") from None
-                skipped += 1
-                if skipped <= MAX_WARNINGS:
-                    logger.warning("%s line %d: %s; skipped", path, lineno, bad)
-            if max_examples is not None and len(conversations) >= max_examples:
-                break
-    except (gzip.BadGzipFile, EOFError, zlib.error) as e:
-        raise ValueError(f"{path}: not a valid gzip file ({e}); re-download or re-compress it") from None
-    if skipped:
-        more = f" ({skipped - MAX_WARNINGS} not shown above)" if skipped > MAX_WARNINGS else ""
-        logger.warning("%s: skipped %d bad record(s)%s", path, skipped, more)
+    conversations, skipped = collect_records(path, _records(path), _conversation, on_bad_line=on_bad_line,
+                                             limit=max_examples, unit="record")
     if not conversations:
         why = f"all {skipped} records were bad" if skipped else "it holds no records"
         raise ValueError(f"{path}: no SFT examples ({why}); pass a file of records like {SHAPES}")
