@@ -38,4 +38,7 @@ def test_readme_test_command_is_what_ci_runs():
     blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", readme, re.S)
     test_cmd = blocks[1].strip().splitlines()[-1]
     assert "pytest" in test_cmd and test_cmd in ci
+    # the last command CI runs is the README's: its pytest summary is the run's verdict
+    commands = [ln for ln in ci.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    assert commands[-1].strip() == test_cmd
     assert "torch==2.13.0" in test_cmd.split("pip install -e")[0]  # torch pinned before the project
