@@ -1,5 +1,22 @@
 """rlfl.agents: PPO agents and transformer policies on stable-baselines3 (installed as ``rlfl.agents``).
 
-The SB3-based ``TransformerPolicy`` and the batched KV-cache ``PPO`` live here (see DESIGN.md); this
-package is imported as ``rlfl.agents``, never as ``agents``.
+- `TransformerPolicy`: an rlfl GPT checkpoint as an SB3 actor-critic policy (LM head = action logits, plus
+  a value head and a frozen reference), usable by ``stable_baselines3.PPO``/``A2C`` as is;
+- `PPO`: SB3's on-policy algorithm with batched KV-cache rollouts through the text vector env, one
+  forward per sequence in training, a KL penalty to the reference (fixed or adaptive), token-level GAE;
+- `TextVecEnv` / `make_text_vec_env`: the rlfl text vector env as an SB3 ``VecEnv``.
+
+Import it as ``rlfl.agents``, never as ``agents``.
+
+Example:
+    >>> from rlfl.agents import PPO, TransformerPolicy
+    >>> PPO.policy_aliases["TransformerPolicy"] is TransformerPolicy
+    True
 """
+
+from rlfl.agents.kl import AdaptiveKL, FixedKL, kl_per_token
+from rlfl.agents.policy import TransformerPolicy
+from rlfl.agents.ppo import PPO
+from rlfl.agents.vec_env import TextVecEnv, make_text_vec_env
+
+__all__ = ["PPO", "AdaptiveKL", "FixedKL", "TextVecEnv", "TransformerPolicy", "kl_per_token", "make_text_vec_env"]

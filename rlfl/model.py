@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from rlfl.moe import MoE
 
@@ -120,7 +120,7 @@ class GPTConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "GPTConfig":
+    def from_dict(cls, data: dict[str, Any]) -> GPTConfig:
         """Build a config from a dict, rejecting unknown keys (a typo must not silently become a default)."""
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(data) - set(names))
@@ -185,7 +185,7 @@ class KVCache:
         """Forget all cached positions (the buffers are reused, not reallocated)."""
         self.length = 0
 
-    def select(self, indices: torch.Tensor | list[int]) -> "KVCache":
+    def select(self, indices: torch.Tensor | list[int]) -> KVCache:
         """Keep (and reorder to) the given batch rows, e.g. to drop finished episodes; returns self.
 
         This copies the kept rows into new, smaller buffers: it is meant for occasional use between
@@ -220,18 +220,26 @@ class CausalSelfAttention(nn.Module):
         x: torch.Tensor,
         mask: torch.Tensor | None,
         kv: tuple[torch.Tensor, torch.Tensor] | None,
-        past: int,
+        past: int | torch.Tensor,
     ) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        if kv is not None:
+        if kv is not None and isinstance(past, torch.Tensor):
+            # ragged decode: one new token per row, written at that row's own column; the caller's mask
+            # says which columns each row sees, so every column of the buffer is a key
+            k_buf, v_buf = kv
+            rows = torch.arange(B, device=x.device)
+            k_buf[rows, :, past] = k[:, :, 0]
+            v_buf[rows, :, past] = v[:, :, 0]
+            k, v = k_buf, v_buf
+        elif kv is not None:
             k_buf, v_buf = kv
             k_buf[:, :, past : past + T] = k
             v_buf[:, :, past : past + T] = v
             k, v = k_buf[:, :, : past + T], v_buf[:, :, : past + T]
         # With no mask and nothing cached before this call, keys == queries and SDPA's top-left aligned
         # causal mask is right. With a cache and T == 1 (the decode step) the query may see every key.
-        is_causal = mask is None and past == 0 and T > 1
+        is_causal = mask is None and isinstance(past, int) and past == 0 and T > 1
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attn_dropout.p if self.training else 0.0, is_causal=is_causal
         )
@@ -270,7 +278,7 @@ class Block(nn.Module):
         x: torch.Tensor,
         mask: torch.Tensor | None,
         kv: tuple[torch.Tensor, torch.Tensor] | None,
-        past: int,
+        past: int | torch.Tensor,
     ) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), mask, kv, past)
         return x + self.mlp(self.ln_2(x))
@@ -399,6 +407,49 @@ class GPT(nn.Module):
         if self.config.n_experts:
             self._collect_aux_loss()
         return self.ln_f(x)
+
+    def decode_ragged(
+        self,
+        tokens: torch.Tensor,
+        cache: KVCache,
+        *,
+        columns: torch.Tensor,
+        position_ids: torch.Tensor,
+        key_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """One decode step where every row is at its own length: final-LayerNorm output (B, n_embd).
+
+        `hidden_states` with a cache assumes every row has the same number of cached positions. An agent
+        that steps many episodes which start and stop at different times (the PPO rollout) keeps each
+        row's positions at its own place in the buffer instead: row b writes its new token's key/value at
+        cache column ``columns[b]``, embeds it at position ``position_ids[b]``, and attends to the columns
+        where ``key_mask[b]`` is True, which must include ``columns[b]`` itself. ``cache.length`` is not
+        used or changed: the caller owns the layout.
+
+        Example:
+            >>> cfg = GPTConfig(vocab_size=50, block_size=16, n_layer=1, n_head=2, n_embd=16)
+            >>> model, cache = GPT(cfg).eval(), KVCache(cfg, batch_size=2, max_len=8)
+            >>> mask = torch.zeros(2, 8, dtype=torch.bool); mask[0, 0] = mask[1, 3] = True
+            >>> h = model.decode_ragged(torch.tensor([5, 7]), cache, columns=torch.tensor([0, 3]),
+            ...                         position_ids=torch.tensor([0, 0]), key_mask=mask)
+            >>> torch.allclose(h[1], model.hidden_states(torch.tensor([[7]]))[0, 0], atol=1e-6)
+            True
+        """
+        B = tokens.shape[0]
+        if tokens.shape != (B,) or columns.shape != (B,) or position_ids.shape != (B,):
+            raise ValueError("decode_ragged: tokens, columns and position_ids must all have shape (batch,)")
+        if key_mask.shape != (B, cache.max_len) or cache.batch_size != B:
+            raise ValueError(f"decode_ragged: key_mask must have shape (batch, cache.max_len) = {(B, cache.max_len)} "
+                             f"and the cache {B} rows, got {tuple(key_mask.shape)} and {cache.batch_size}")
+        if self.config.n_experts:
+            self.aux_loss = None
+        x = self.drop(self.wte(tokens[:, None]) + self.wpe(position_ids[:, None]))
+        mask = key_mask.bool()[:, None, None, :]
+        for i, block in enumerate(self.h):
+            x = block(x, mask, (cache.k[i], cache.v[i]), columns)
+        if self.config.n_experts:
+            self._collect_aux_loss()
+        return self.ln_f(x)[:, 0]
 
     def _collect_aux_loss(self) -> None:
         """Move the MoE layers' balancing losses into self.aux_loss (summed and weighted).
@@ -530,7 +581,7 @@ class GPT(nn.Module):
     # ---- loading --------------------------------------------------------------------------------------
 
     @classmethod
-    def from_gpt2(cls, directory: str | Path, *, dropout: float = 0.0) -> "GPT":
+    def from_gpt2(cls, directory: str | Path, *, dropout: float = 0.0) -> GPT:
         """Load GPT-2 weights from a Hugging Face style directory (config.json + model.safetensors).
 
         See rlfl.gpt2_weights.load_gpt2 for the accepted layouts and the checks made.

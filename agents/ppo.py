@@ -1,0 +1,422 @@
+"""`PPO` for language models on stable-baselines3: batched KV-cache rollouts, whole-sequence training, KL control.
+
+An ``OnPolicyAlgorithm`` subclass, so SB3's ``learn()``, callbacks, logger (stdout/CSV/TensorBoard through
+``configure``), ``save``/``load`` and schedules all work as for any SB3 algorithm. Two methods change:
+
+- ``collect_rollouts`` steps the text vector env one token per row per step (the Gymnasium API stays the
+  contract), while `rlfl.agents.rollout.CachedActor` keeps every row's context in a KV cache, so a step is
+  one single-token forward of the batch. Tokens come from the plain softmax (no top-k/top-p), so the
+  recorded log-probs are those of the policy being trained and the KL is right.
+- ``train`` re-reads each episode segment with ONE forward per sequence, and builds per-token rewards:
+  the env's reward on the completion's last real token (never on padding) minus ``beta * KL(policy ||
+  reference)`` on every token (``kl_estimator`` k1 or k3). GAE over tokens (gamma, lambda), whitened
+  advantages, clipped policy and value losses, entropy bonus, gradient clipping, minibatches of about
+  ``batch_size`` tokens, ``n_epochs`` epochs.
+
+Safety rails: the reference policy is frozen (no grad, never updated); an epoch stops early when the
+approximate KL of the update exceeds ``1.5 * target_kl`` (SB3's rule); a minibatch whose probability
+ratios explode (any ratio above ``ratio_threshold`` or below its inverse) is skipped and counted in
+``train/skipped_batches``; a NaN/inf loss raises `FloatingPointError` (training never goes on silently).
+``beta`` is fixed or adaptive (``adaptive_kl=True``: keeps the KL per completion near ``kl_target``).
+Optional: ``no_stop_penalty`` (added to the reward of completions that ran out of tokens without a stop
+token), ``reward_clip`` and ``normalize_reward`` (running mean/std of the reward source's scores).
+
+Units: one timestep is one token of one env row, as in SB3 (``n_steps`` tokens per row per rollout,
+``num_timesteps`` counts tokens). ``save_checkpoint`` writes the policy in rlfl's checkpoint format (the
+GPT and its value head), which ``rlfl sample``/``serve`` and a further PPO run open; ``save`` writes SB3's zip.
+
+Example:
+    >>> import tempfile, rlfl.envs
+    >>> from rlfl.checkpoint import save_checkpoint
+    >>> from rlfl.model import GPT, GPTConfig
+    >>> from rlfl.tokenizer import byte_tokenizer
+    >>> tok, d = byte_tokenizer(), tempfile.mkdtemp()
+    >>> save_checkpoint(d, GPT(GPTConfig(vocab_size=tok.n_vocab, block_size=96, n_layer=1, n_head=2, n_embd=32)),
+    ...                 tok, stage="sft")
+    >>> model = PPO(d, "rlfl/SyntheticReviews-v0", n_envs=4, n_steps=8, env_kwargs={"max_new_tokens": 8}, seed=0)
+    >>> _ = model.learn(total_timesteps=64)
+    >>> model.num_timesteps
+    64
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from rlfl.agents.kl import ESTIMATORS, AdaptiveKL, FixedKL, RunningMoments, kl_per_token
+from rlfl.agents.policy import TransformerPolicy
+from rlfl.agents.rollout import CachedActor, RolloutStore
+from rlfl.agents.vec_env import TextVecEnv, make_text_vec_env
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.type_aliases import GymEnv, Schedule
+from stable_baselines3.common.utils import FloatSchedule, explained_variance
+
+from rlfl.checkpoint import is_checkpoint, save_checkpoint
+
+logger = logging.getLogger(__name__)
+
+
+def _as_text_vec_env(env: Any, n_envs: int, env_kwargs: dict[str, Any] | None) -> TextVecEnv:
+    if isinstance(env, TextVecEnv):
+        return env
+    if isinstance(env, str):
+        return make_text_vec_env(env, n_envs, **(env_kwargs or {}))
+    from rlfl.envs.vector_env import TextGenerationVectorEnv
+
+    if isinstance(getattr(env, "unwrapped", env), TextGenerationVectorEnv):
+        return TextVecEnv(env)
+    raise ValueError(f"rlfl PPO steps an rlfl text vector env, got {type(env).__name__}; pass an env id such as "
+                     "'rlfl/SyntheticReviews-v0', gymnasium.make_vec(id, num_envs=N, vectorization_mode="
+                     "'vector_entry_point'), or a TextVecEnv (stable_baselines3.PPO takes any env)")
+
+
+class PPO(OnPolicyAlgorithm):
+    """PPO with a KL penalty to a frozen reference for rlfl transformer policies (see the module docstring).
+
+    ``policy`` is an rlfl checkpoint directory (the starting policy and, unless
+    ``policy_kwargs["reference_checkpoint"]`` says otherwise, the reference) or `TransformerPolicy` with
+    ``policy_kwargs={"checkpoint": ...}``. ``env`` is an env id (built with ``n_envs`` rows and
+    ``env_kwargs``), a text vector env, or a `TextVecEnv`.
+    """
+
+    policy_aliases = {"TransformerPolicy": TransformerPolicy}
+    policy: TransformerPolicy
+
+    def __init__(
+        self,
+        policy: str | Path | type[TransformerPolicy],
+        env: GymEnv | str | None,
+        learning_rate: float | Schedule = 1e-5,
+        n_steps: int = 32,
+        batch_size: int = 512,
+        n_epochs: int = 4,
+        gamma: float = 1.0,
+        gae_lambda: float = 0.95,
+        clip_range: float | Schedule = 0.2,
+        clip_range_vf: float | None = 0.2,
+        normalize_advantage: bool = True,
+        ent_coef: float = 0.0,
+        vf_coef: float = 0.1,
+        max_grad_norm: float = 1.0,
+        target_kl: float | None = None,
+        kl_coef: float = 0.05,
+        adaptive_kl: bool = False,
+        kl_target: float = 6.0,
+        kl_horizon: int = 10_000,
+        kl_estimator: str = "k1",
+        ratio_threshold: float = 10.0,
+        no_stop_penalty: float = 0.0,
+        reward_clip: float | None = None,
+        normalize_reward: bool = False,
+        n_envs: int = 32,
+        env_kwargs: dict[str, Any] | None = None,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: torch.device | str = "auto",
+        _init_setup_model: bool = True,
+    ) -> None:
+        policy_kwargs = dict(policy_kwargs or {})
+        if isinstance(policy, (str, Path)) and str(policy) not in self.policy_aliases:
+            if not is_checkpoint(policy):
+                raise FileNotFoundError(f"{policy}: not an rlfl checkpoint directory; pass the policy to train "
+                                        "(a directory written by rlfl pretrain/sft/ppo)")
+            policy_kwargs["checkpoint"] = str(policy)
+            policy = TransformerPolicy
+        if env is not None:
+            env = _as_text_vec_env(env, n_envs, env_kwargs)
+        checks = {"n_steps": n_steps >= 1, "batch_size": batch_size >= 1, "n_epochs": n_epochs >= 1,
+                  "gamma": 0.0 <= gamma <= 1.0, "gae_lambda": 0.0 <= gae_lambda <= 1.0, "kl_coef": kl_coef >= 0,
+                  "ratio_threshold": ratio_threshold > 1.0, "max_grad_norm": max_grad_norm > 0,
+                  "reward_clip": reward_clip is None or reward_clip > 0,
+                  "target_kl": target_kl is None or target_kl > 0}
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"PPO {name}={locals()[name]!r} is out of range; see the PPO docstring for valid values")
+        if kl_estimator not in ESTIMATORS:
+            raise ValueError(f"kl_estimator={kl_estimator!r}; use one of {', '.join(ESTIMATORS)}")
+        super().__init__(
+            policy, env, learning_rate=learning_rate, n_steps=n_steps, gamma=gamma, gae_lambda=gae_lambda,
+            ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=max_grad_norm, use_sde=False, sde_sample_freq=-1,
+            stats_window_size=stats_window_size, tensorboard_log=tensorboard_log, policy_kwargs=policy_kwargs,
+            verbose=verbose, seed=seed, device=device, _init_setup_model=False, supported_action_spaces=(spaces.Discrete,),
+        )
+        self.batch_size, self.n_epochs = int(batch_size), int(n_epochs)
+        self.clip_range, self.clip_range_vf = clip_range, clip_range_vf
+        self.normalize_advantage, self.target_kl = normalize_advantage, target_kl
+        self.kl_coef, self.adaptive_kl, self.kl_target, self.kl_horizon = kl_coef, adaptive_kl, kl_target, kl_horizon
+        self.kl_estimator, self.ratio_threshold = kl_estimator, float(ratio_threshold)
+        self.no_stop_penalty, self.reward_clip, self.normalize_reward = no_stop_penalty, reward_clip, normalize_reward
+        self.kl_ctl: FixedKL | AdaptiveKL = (AdaptiveKL(kl_coef, kl_target, kl_horizon) if adaptive_kl
+                                             else FixedKL(kl_coef))
+        self.score_moments = RunningMoments()
+        self.parent_checkpoint = policy_kwargs.get("checkpoint")
+        self._actor: CachedActor | None = None
+        self._store: RolloutStore | None = None
+        self.rollout_buffer = None  # SB3's learn() passes it along; rollouts live in a RolloutStore instead
+        self._episode_kl = np.zeros(self.n_envs if env is not None else 0)
+        if _init_setup_model:
+            self._setup_model()
+
+    # ------------------------------------------------------------------------------ setup and saving
+    def _setup_model(self) -> None:
+        self._setup_lr_schedule()
+        self.set_random_seed(self.seed)
+        self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule,
+                                        **self.policy_kwargs).to(self.device)
+        # a saved zip rebuilds the network from its architecture (weights and reference come from the zip)
+        self.policy_kwargs = {k: v for k, v in self.policy_kwargs.items()
+                              if k not in ("checkpoint", "reference_checkpoint")}
+        self.policy_kwargs["gpt_config"] = self.policy.gpt.config.to_dict()
+        self.clip_range = FloatSchedule(self.clip_range)
+        if self.clip_range_vf is not None and not callable(self.clip_range_vf):
+            self.clip_range_vf = FloatSchedule(self.clip_range_vf)
+        if self.env is not None:
+            self._check_env(self.env)
+
+    def _check_env(self, env: TextVecEnv) -> None:
+        tok = self.policy.tokenizer
+        if tok is not None and tok.fingerprint != env.tokenizer.fingerprint:
+            raise ValueError(f"the policy's tokenizer ({tok.name}) differs from the env's ({env.tokenizer.name}); build "
+                             "the env with tokenizer=<the policy checkpoint directory>")
+        need = env.max_prompt_tokens + env.max_new_tokens
+        if need > self.policy.gpt.config.block_size:
+            raise ValueError(f"the env's max_prompt_tokens + max_new_tokens = {need} exceeds the policy's block_size "
+                             f"{self.policy.gpt.config.block_size}; lower max_prompt_tokens or max_new_tokens")
+        if len(self._episode_kl) != env.num_envs:
+            self._episode_kl = np.zeros(env.num_envs)
+
+    def _excluded_save_params(self) -> list[str]:
+        # in-flight episodes are not saved: a resumed run starts fresh episodes
+        return super()._excluded_save_params() + ["_actor", "_store", "_last_obs", "_last_original_obs",
+                                                   "_last_episode_starts", "_episode_kl"]
+
+    def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
+        env = _as_text_vec_env(env, self.n_envs, None)
+        super().set_env(env, force_reset=force_reset)
+        self._check_env(env)
+        self._actor = None
+
+    @property
+    def tokenizer(self) -> Any:
+        """The policy's tokenizer (from its checkpoint, else the env's)."""
+        if self.policy.tokenizer is not None:
+            return self.policy.tokenizer
+        if self.env is None:
+            raise ValueError("this PPO model has no env and no tokenizer; pass env= to PPO.load")
+        return self.env.tokenizer
+
+    def save_checkpoint(self, directory: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
+        """Write the policy (GPT + value head) as an rlfl checkpoint: ``rlfl sample``/``serve`` open it."""
+        hyper = {k: getattr(self, k) for k in ("n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "ent_coef",
+                                              "vf_coef", "max_grad_norm", "target_kl", "kl_coef", "adaptive_kl",
+                                              "kl_target", "kl_estimator", "no_stop_penalty", "reward_clip",
+                                              "normalize_reward")}
+        hyper["learning_rate"] = self.lr_schedule(self._current_progress_remaining)
+        hyper["kl_beta"] = self.kl_ctl.beta
+        save_checkpoint(directory, self.policy.net, self.tokenizer, stage="ppo", step=self.num_timesteps,
+                        train_config=hyper, parent=self.parent_checkpoint, extra=extra)
+        return Path(directory)
+
+    # ------------------------------------------------------------------------------ rollouts
+    def collect_rollouts(self, env: TextVecEnv, callback: Any, rollout_buffer: Any, n_rollout_steps: int) -> bool:
+        """Step the env ``n_rollout_steps`` tokens per row with the KV-cached actor; fill a `RolloutStore`."""
+        assert self._last_obs is not None, "No previous observation was provided"
+        self.policy.set_training_mode(False)
+        if self._actor is None:
+            self._actor = CachedActor(self.policy, env.num_envs, env.max_prompt_tokens, env.max_new_tokens,
+                                      env.tokenizer.pad_id, self.device)
+        actor = self._actor
+        actor.load(self._last_obs, env.completion_lengths())  # the weights changed since the last rollout
+        store = RolloutStore(n_rollout_steps, env.num_envs, actor.width)
+        seg_j0, seg_t0 = actor.n.copy(), np.zeros(env.num_envs, dtype=np.int64)
+        callback.on_rollout_start()
+        for t in range(n_rollout_steps):
+            actions, logp = actor.sample()
+            values = actor.values.clone()
+            actions_np = actions.cpu().numpy()
+            actor.append(actions_np)
+            new_obs, rewards, dones, infos = env.step(actions_np)
+            self.num_timesteps += env.num_envs
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+            self._update_info_buffer(infos, dones)
+            store.actions[t], store.logp[t], store.values[t] = actions_np, logp.cpu().numpy(), values.cpu().numpy()
+            store.rewards[t], store.dones[t] = rewards, dones
+            for r in np.flatnonzero(dones):
+                info = infos[r]
+                store.scores[t, r], store.stopped[t, r] = info["score"], info["stopped"]
+                store.completions.append((info["prompt"], info["completion"], info["score"]))
+                store.close_segment(r, seg_j0[r], actor.n[r], seg_t0[r], actor.tokens[r], actor.mask[r])
+                seg_j0[r], seg_t0[r] = 0, t + 1
+            actor.advance(actions, dones, new_obs)
+            store.steps += 1
+            self._last_obs, self._last_episode_starts = new_obs, dones
+        for r in range(env.num_envs):  # episodes that go on into the next rollout: their part so far
+            if not store.dones[-1, r]:
+                store.close_segment(r, seg_j0[r], actor.n[r], seg_t0[r], actor.tokens[r], actor.mask[r])
+        store.last_values = actor.values.cpu().numpy().copy()
+        store.index(env.max_prompt_tokens)
+        self._store = store
+        callback.update_locals(locals())
+        callback.on_rollout_end()
+        return True
+
+    # ------------------------------------------------------------------------------ rewards and advantages
+    def _shaped_rewards(self, store: RolloutStore) -> np.ndarray:
+        """Env rewards with the score on each episode's last token transformed (clip/normalise/no-stop penalty)."""
+        rewards = store.rewards.astype(np.float64).copy()
+        ended = store.dones
+        scores = store.scores[ended].astype(np.float64)
+        new = scores.copy()
+        if self.normalize_reward:
+            self.score_moments.update(scores)
+            new = (new - self.score_moments.mean) / max(self.score_moments.std, 1e-6)
+        if self.reward_clip is not None:
+            new = np.clip(new, -self.reward_clip, self.reward_clip)
+        rewards[ended] += new - scores
+        rewards[ended & ~store.stopped] += self.no_stop_penalty
+        return rewards
+
+    def _gae(self, rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, last_values: np.ndarray) -> np.ndarray:
+        """Generalised advantage estimates over the (steps, rows) grid; a done token has no next value."""
+        adv = np.zeros_like(rewards)
+        last = np.zeros(rewards.shape[1])
+        for t in reversed(range(rewards.shape[0])):
+            next_values = last_values if t == rewards.shape[0] - 1 else values[t + 1]
+            alive = 1.0 - dones[t]
+            delta = rewards[t] + self.gamma * next_values * alive - values[t]
+            last = delta + self.gamma * self.gae_lambda * alive * last
+            adv[t] = last
+        return adv
+
+    @torch.no_grad()
+    def _reference_logp(self, store: RolloutStore) -> np.ndarray:
+        out = np.zeros(store.steps * store.num_rows, dtype=np.float32)
+        order = np.arange(store.num_segments)
+        for chunk in np.array_split(order, max(1, math.ceil(len(order) / 64))):
+            b = store.batch(chunk, self.device)
+            out[b.cells.cpu().numpy()] = self.policy.reference_logprobs(b.tokens, b.mask, b.positions, b.actions).cpu().numpy()
+        return out.reshape(store.steps, store.num_rows)
+
+    def _episode_kls(self, store: RolloutStore, kl: np.ndarray) -> list[float]:
+        """KL (nats) of every completion that finished in this rollout, summed over its tokens."""
+        done_kls: list[float] = []
+        for t in range(store.steps):
+            self._episode_kl += kl[t]
+            for r in np.flatnonzero(store.dones[t]):
+                done_kls.append(float(self._episode_kl[r]))
+                self._episode_kl[r] = 0.0
+        return done_kls
+
+    # ------------------------------------------------------------------------------ training
+    def train(self) -> None:
+        """PPO epochs over the last rollout: one forward per segment, clipped losses, KL-penalised rewards."""
+        store = self._store
+        assert store is not None, "train() needs a rollout: call learn()"
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        clip_range = self.clip_range(self._current_progress_remaining)
+        clip_vf = None if self.clip_range_vf is None else self.clip_range_vf(self._current_progress_remaining)
+
+        ref_logp = self._reference_logp(store)
+        kl_tok = kl_per_token(torch.from_numpy(store.logp), torch.from_numpy(ref_logp), self.kl_estimator).numpy()
+        beta = self.kl_ctl.beta
+        rewards = self._shaped_rewards(store) - beta * kl_tok
+        advantages = self._gae(rewards, store.values.astype(np.float64), store.dones, store.last_values)
+        returns = advantages + store.values
+        episode_kls = self._episode_kls(store, kl_tok)
+        if self.normalize_advantage:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        flat = lambda a: torch.as_tensor(a.reshape(-1), dtype=torch.float32, device=self.device)
+        adv_t, ret_t, old_logp_t, old_v_t = flat(advantages), flat(returns), flat(store.logp), flat(store.values)
+
+        n_tokens = store.steps * store.num_rows
+        n_minibatches = max(1, round(n_tokens / self.batch_size))
+        stats: dict[str, list[float]] = {k: [] for k in ("pg", "vf", "ent", "approx_kl", "clip")}
+        skipped, continue_training, updates = 0, True, 0
+        max_log_ratio = math.log(self.ratio_threshold)
+        for epoch in range(self.n_epochs):
+            for segs in np.array_split(np.random.permutation(store.num_segments), n_minibatches):
+                if len(segs) == 0:
+                    continue
+                b = store.batch(segs, self.device)
+                logp, entropy, values = self.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions,
+                                                                     entropy_grad=self.ent_coef != 0)
+                adv, ret, old_logp, old_v = adv_t[b.cells], ret_t[b.cells], old_logp_t[b.cells], old_v_t[b.cells]
+                log_ratio = logp - old_logp
+                if not torch.isfinite(log_ratio).all():
+                    raise FloatingPointError(
+                        f"PPO: NaN/inf log-probabilities at timestep {self.num_timesteps} (epoch {epoch}); the policy "
+                        "diverged: lower learning_rate, set target_kl or restart from the last checkpoint")
+                if log_ratio.detach().abs().max() > max_log_ratio:
+                    skipped += 1  # one sample this far off would dominate the update: drop the minibatch
+                    continue
+                ratio = log_ratio.exp()
+                pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip_range, 1 + clip_range)).mean()
+                v_pred = values if clip_vf is None else old_v + (values - old_v).clamp(-clip_vf, clip_vf)
+                vf_loss = 0.5 * torch.max((values - ret) ** 2, (v_pred - ret) ** 2).mean()
+                ent = entropy.mean()
+                loss = pg_loss + self.vf_coef * vf_loss - self.ent_coef * ent
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f"PPO: the loss is {loss.item()} at timestep {self.num_timesteps} (policy {pg_loss.item():.4g}, "
+                        f"value {vf_loss.item():.4g}); lower learning_rate or vf_coef, or clip rewards (reward_clip)")
+                with torch.no_grad():
+                    approx_kl = ((ratio - 1) - log_ratio).mean().item()
+                stats["pg"].append(pg_loss.item())
+                stats["vf"].append(vf_loss.item())
+                stats["ent"].append(ent.item())
+                stats["approx_kl"].append(approx_kl)
+                stats["clip"].append(((ratio - 1).abs() > clip_range).float().mean().item())
+                if self.target_kl is not None and approx_kl > 1.5 * self.target_kl:
+                    continue_training = False
+                    if self.verbose >= 1:
+                        logger.info("early stop at epoch %d: approx KL %.4f > 1.5 * target_kl", epoch, approx_kl)
+                    break
+                self.policy.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                self.policy.optimizer.step()
+                updates += 1
+            if not continue_training:
+                break
+        self._n_updates += updates
+        self.kl_ctl.update(float(np.mean(episode_kls)) if episode_kls else float("nan"), len(episode_kls))
+
+        ended = store.dones
+        record = self.logger.record
+        for key, name in (("pg", "policy_gradient_loss"), ("vf", "value_loss"), ("ent", "entropy"),
+                          ("approx_kl", "approx_kl"), ("clip", "clip_fraction")):
+            if stats[key]:
+                record(f"train/{name}", float(np.mean(stats[key])))
+        record("train/skipped_batches", skipped)
+        record("train/n_updates", self._n_updates, exclude="tensorboard")
+        record("train/learning_rate", self.lr_schedule(self._current_progress_remaining))
+        record("train/clip_range", clip_range)
+        record("train/kl_coef", beta)
+        record("train/explained_variance", float(explained_variance(store.values.reshape(-1), returns.reshape(-1))))
+        record("rollout/kl_per_token", float(kl_tok.mean()))
+        if ended.any():
+            record("rollout/score_mean", float(store.scores[ended].mean()))
+            record("rollout/stop_rate", float(store.stopped[ended].mean()))
+        if episode_kls:
+            record("rollout/kl", float(np.mean(episode_kls)))
+        self._last_train_stats = {"kl": float(np.mean(episode_kls)) if episode_kls else float("nan"),
+                                  "score": float(store.scores[ended].mean()) if ended.any() else float("nan"),
+                                  "skipped_batches": skipped}
+
+    def learn(self, total_timesteps: int, callback: Any = None, log_interval: int = 1, tb_log_name: str = "PPO",
+              reset_num_timesteps: bool = True, progress_bar: bool = False) -> PPO:
+        """SB3's learn loop (rollout, log, train), counting one timestep per generated token."""
+        return super().learn(total_timesteps=total_timesteps, callback=callback, log_interval=log_interval,
+                             tb_log_name=tb_log_name, reset_num_timesteps=reset_num_timesteps, progress_bar=progress_bar)

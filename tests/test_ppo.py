@@ -1,0 +1,277 @@
+"""rlfl.agents: the KV-cached actor, rollout segments, GAE, KL control, PPO learning, save/load, SB3's own PPO."""
+
+from __future__ import annotations
+
+import string
+
+import gymnasium
+import numpy as np
+import pytest
+import rlfl.envs
+import torch
+from rlfl.agents import (
+    PPO,
+    AdaptiveKL,
+    TextVecEnv,
+    TransformerPolicy,
+    kl_per_token,
+    make_text_vec_env,
+)
+from rlfl.agents.kl import RunningMoments
+from rlfl.agents.rollout import CachedActor
+from stable_baselines3.common.callbacks import BaseCallback
+
+from rlfl.checkpoint import load_checkpoint, save_checkpoint
+from rlfl.model import GPT, GPTConfig
+from rlfl.tokenizer import byte_tokenizer, train_bpe
+
+PROMPTS = ["The film was", "Dinner was", "I think", "Our hotel room", "My dog"]
+RAGGED_STOPS = list(range(96, 128))
+
+
+def lower_share(prompt: str, completion: str) -> float:
+    """Share of the completion's characters that are lowercase letters: a reward a tiny policy can learn."""
+    return sum(c in string.ascii_lowercase for c in completion) / max(1, len(completion))
+
+
+def one(prompt: str, completion: str) -> float:
+    return 1.0
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory) -> str:
+    tok = byte_tokenizer()
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("policy")
+    save_checkpoint(d, GPT(GPTConfig(vocab_size=tok.n_vocab, block_size=32, n_layer=2, n_head=2, n_embd=64)), tok,
+                    stage="sft")
+    return str(d)
+
+
+def env_id(name: str, reward=lower_share, **kwargs) -> str:
+    full = f"test/{name}-v0"
+    options = {"max_new_tokens": 8, "max_prompt_tokens": 16, **kwargs}
+    rlfl.envs.register_reward_env(full, reward=reward, prompts=PROMPTS, overwrite=True, **options)
+    return full
+
+
+def ragged_env(reward=lower_share) -> str:
+    # an eighth of the vocabulary stops an episode: episodes end at scattered steps (rows restart at
+    # different times), and some still run out of tokens
+    return env_id("Ragged", reward=reward, stop_tokens=RAGGED_STOPS)
+
+
+def collect(model: PPO) -> None:
+    """One rollout without training (what learn() does first)."""
+    _, callback = model._setup_learn(model.n_steps * model.n_envs, None)
+    assert model.collect_rollouts(model.env, callback, None, model.n_steps)
+
+
+# ---------------------------------------------------------------------------------------------- rollouts
+def test_cached_actor_matches_a_full_forward_of_every_observation(policy_dir):
+    model = PPO(policy_dir, ragged_env(), n_envs=6, n_steps=4, seed=0)
+    env = model.env
+    obs = env.reset()
+    actor = CachedActor(model.policy, env.num_envs, env.max_prompt_tokens, env.max_new_tokens,
+                        env.tokenizer.pad_id, torch.device("cpu"))
+    actor.load(obs, env.completion_lengths())
+    restarts, worst = 0, 0.0
+    for _ in range(40):
+        with torch.no_grad():
+            full = model.policy.get_distribution({k: torch.as_tensor(v) for k, v in obs.items()}).distribution.logits
+            values = model.policy.predict_values({k: torch.as_tensor(v) for k, v in obs.items()})[:, 0]
+        worst = max(worst, (torch.log_softmax(actor.logits, -1) - full).abs().max().item())
+        torch.testing.assert_close(actor.values, values, atol=1e-5, rtol=0)
+        actions, _ = actor.sample()
+        actor.append(actions.numpy())
+        obs, _, dones, _ = env.step(actions.numpy())
+        actor.advance(actions, dones, obs)
+        restarts += int(dones.sum())
+        assert (actor.n == env.completion_lengths()).all()
+    assert worst < 1e-4
+    assert restarts > 20  # the check covered many staggered restarts
+
+
+def test_segments_tile_the_rollout_and_one_forward_per_sequence_reproduces_the_logprobs(policy_dir):
+    model = PPO(policy_dir, ragged_env(), n_envs=5, n_steps=12, seed=1)
+    collect(model)
+    store = model._store
+    assert store.num_segments > store.num_rows  # episodes ended mid-rollout
+    b = store.batch(np.arange(store.num_segments), torch.device("cpu"))
+    assert len(b.cells) == 5 * 12
+    with torch.no_grad():
+        logp, _, values = model.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions)
+    cells = b.cells.numpy()
+    np.testing.assert_allclose(logp.numpy(), store.logp.reshape(-1)[cells], atol=2e-5)
+    np.testing.assert_allclose(values.numpy(), store.values.reshape(-1)[cells], atol=2e-5)
+
+
+def test_the_reward_lands_on_the_last_token_and_the_no_stop_penalty_only_on_unfinished_completions(policy_dir):
+    model = PPO(policy_dir, ragged_env(reward=one), n_envs=6, n_steps=12, no_stop_penalty=-0.25, seed=2)
+    collect(model)
+    store = model._store
+    np.testing.assert_array_equal(store.rewards, store.dones.astype(np.float32))
+    shaped = model._shaped_rewards(store)
+    stopped, ran_out = store.dones & store.stopped, store.dones & ~store.stopped
+    assert stopped.any() and ran_out.any()
+    assert (shaped[stopped] == 1.0).all() and (shaped[ran_out] == 0.75).all() and (shaped[~store.dones] == 0).all()
+    # a stopped episode's last token (the action at its done cell) is a stop token
+    assert set(store.actions[stopped].tolist()) <= set(RAGGED_STOPS)
+
+
+def test_gae_over_the_grid_matches_returns_computed_by_hand(policy_dir):
+    model = PPO(policy_dir, env_id("Plain"), n_envs=2, n_steps=3, gamma=1.0, gae_lambda=1.0, seed=0)
+    rewards = np.array([[0.0, 1.0], [2.0, 0.0], [0.0, 3.0]])
+    values = np.array([[0.5, 0.1], [0.2, 0.3], [0.4, 0.6]])
+    dones = np.array([[False, True], [True, False], [False, False]])
+    last = np.array([10.0, 20.0])
+    adv = model._gae(rewards, values, dones, last)
+    # row 0: episode ends at t=1 (returns 2, 2), a new one runs from t=2 and bootstraps with 10
+    # row 1: episode ends at t=0 (return 1), a new one runs t=1..2 and bootstraps with 20 (returns 23, 23)
+    returns = np.array([[2.0, 1.0], [2.0, 23.0], [10.0, 23.0]])
+    np.testing.assert_allclose(adv + values, returns)
+
+
+# ---------------------------------------------------------------------------------------------- KL
+def test_kl_estimators_and_controllers():
+    logp, ref = torch.tensor([-1.0, -3.0]), torch.tensor([-2.0, -2.0])
+    assert kl_per_token(logp, ref, "k1").tolist() == [1.0, -1.0]
+    k3 = kl_per_token(logp, ref, "k3")
+    assert (k3 >= 0).all() and abs(k3[1].item() - (np.e - 1 - 1)) < 1e-5
+    with pytest.raises(ValueError, match="kl_estimator"):
+        kl_per_token(logp, ref, "k2")
+    ctl = AdaptiveKL(beta=0.1, target=6.0, horizon=100)
+    ctl.update(kl=1.0, n_episodes=50)  # far below target: beta shrinks by the capped 20 % * 50/100
+    assert ctl.beta == pytest.approx(0.09)
+    ctl.update(kl=60.0, n_episodes=100)
+    assert ctl.beta == pytest.approx(0.108)
+    m = RunningMoments()
+    data = np.random.default_rng(0).normal(3.0, 2.0, 1000)
+    for part in np.array_split(data, 7):
+        m.update(part)
+    assert m.mean == pytest.approx(data.mean()) and m.std == pytest.approx(data.std())
+
+
+# ---------------------------------------------------------------------------------------------- learning
+class ScoreLog(BaseCallback):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scores: list[float] = []
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        store = self.model._store
+        self.scores.append(float(store.scores[store.dones].mean()))
+
+
+def test_ppo_raises_the_reward_and_keeps_the_reference_frozen(policy_dir):
+    model = PPO(policy_dir, env_id("Lower"), n_envs=16, n_steps=8, batch_size=128, learning_rate=2e-3,
+                kl_coef=0.01, seed=0)
+    ref_before = {k: v.clone() for k, v in model.policy.reference.state_dict().items()}
+    pol_before = model.policy.gpt.wte.weight.detach().clone()
+    log = ScoreLog()
+    model.learn(16 * 8 * 25, callback=log)
+    first, last = np.mean(log.scores[:4]), np.mean(log.scores[-4:])
+    assert last > first + 0.2, log.scores
+    for k, v in model.policy.reference.state_dict().items():
+        assert torch.equal(v, ref_before[k]), k
+    assert not torch.equal(model.policy.gpt.wte.weight, pol_before)
+    values = model.logger.name_to_value
+    assert values["rollout/kl"] > 0 and values["train/skipped_batches"] == 0
+
+
+def test_exploding_ratios_skip_the_batch(policy_dir):
+    model = PPO(policy_dir, env_id("Lower"), n_envs=4, n_steps=8, batch_size=16, n_epochs=2, learning_rate=1e-3,
+                ratio_threshold=1.0 + 1e-9, seed=0)
+    before = model.policy.gpt.wte.weight.detach().clone()
+    model.learn(32)
+    assert model.logger.name_to_value["train/skipped_batches"] > 0
+    # every minibatch whose ratio moved by more than 1e-9 was dropped: nothing (or next to nothing) changed
+    assert (model.policy.gpt.wte.weight - before).abs().max() < 1e-3
+
+
+def test_diverged_weights_stop_training_with_a_message(policy_dir):
+    model = PPO(policy_dir, env_id("Lower"), n_envs=2, n_steps=4, seed=0)
+    with torch.no_grad():
+        model.policy.gpt.h[0].attn.c_proj.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="NaN/inf.*lower learning_rate"):
+        model.learn(8)
+
+
+# ---------------------------------------------------------------------------------------------- saving
+def test_save_load_and_checkpoint_round_trip(policy_dir, tmp_path):
+    model = PPO(policy_dir, env_id("Lower"), n_envs=4, n_steps=8, batch_size=16, learning_rate=1e-3,
+                adaptive_kl=True, kl_target=0.01, seed=0)
+    model.learn(64)
+    model.save(tmp_path / "ppo.zip")
+    loaded = PPO.load(tmp_path / "ppo.zip", env=make_text_vec_env("test/Lower-v0", n_envs=4))
+    for (k, v), (k2, v2) in zip(model.policy.state_dict().items(), loaded.policy.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+    assert loaded.kl_ctl.beta == model.kl_ctl.beta != 0.05  # the adaptive coefficient moved and was kept
+    loaded.learn(64, reset_num_timesteps=False)
+    assert loaded.num_timesteps == 128
+
+    ckpt = model.save_checkpoint(tmp_path / "ckpt")
+    saved = load_checkpoint(ckpt)
+    assert saved.config["stage"] == "ppo" and saved.config["parent"] == policy_dir and saved.step == 64
+    torch.testing.assert_close(saved.model.wte.weight, model.policy.gpt.wte.weight)
+    again = PPO(str(ckpt), env_id("Lower"), n_envs=4, n_steps=8, seed=0)  # a further stage starts from it
+    torch.testing.assert_close(again.policy.net.value.proj.weight, model.policy.net.value.proj.weight)
+    # the new run's reference is its own starting point (the PPO checkpoint), not the first SFT policy
+    torch.testing.assert_close(again.policy.reference.wte.weight, model.policy.gpt.wte.weight)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+def test_clear_errors_for_mismatched_parts(policy_dir, tmp_path):
+    bpe = train_bpe(["some text to learn merges from, some text again"] * 20, 300)
+    save_checkpoint(tmp_path / "bpe", GPT(GPTConfig(vocab_size=bpe.n_vocab, block_size=32, n_layer=1, n_head=2,
+                                                    n_embd=32)), bpe, stage="sft")
+    with pytest.raises(ValueError, match="vocabulary|tokenizer"):
+        PPO(str(tmp_path / "bpe"), env_id("Lower"), n_envs=2)
+    with pytest.raises(ValueError, match="block_size 32"):
+        PPO(policy_dir, env_id("Long", max_new_tokens=20), n_envs=2)
+    with pytest.raises(ValueError, match="rlfl text vector env"):
+        PPO(policy_dir, gymnasium.make("CartPole-v1"), n_envs=2)
+    with pytest.raises(FileNotFoundError, match="not an rlfl checkpoint"):
+        PPO(str(tmp_path / "missing"), env_id("Lower"))
+    with pytest.raises(ValueError, match="not registered.*did you mean"):
+        make_text_vec_env("test/Lowr-v0")
+    with pytest.raises(ValueError, match="n_epochs=0"):
+        PPO(policy_dir, env_id("Lower"), n_epochs=0)
+
+
+# ---------------------------------------------------------------------------------------------- plain SB3
+def test_stable_baselines3_ppo_and_a2c_train_the_transformer_policy(policy_dir):
+    from stable_baselines3 import A2C
+    from stable_baselines3 import PPO as SB3PPO
+
+    env = make_text_vec_env(env_id("Lower"), n_envs=4)
+    model = SB3PPO(TransformerPolicy, env, n_steps=32, batch_size=32, n_epochs=2, learning_rate=1e-3,
+                   policy_kwargs={"checkpoint": policy_dir}, seed=0)
+    before = model.policy.gpt.wte.weight.detach().clone()
+    model.learn(256)
+    assert model.num_timesteps == 256 and not torch.equal(model.policy.gpt.wte.weight, before)
+    assert len(model.ep_info_buffer) > 0  # TextVecEnv reports episodes like SB3's Monitor
+    # a single Gymnasium env, which SB3 wraps itself
+    a2c = A2C(TransformerPolicy, gymnasium.make("test/Lower-v0"), n_steps=8, policy_kwargs={"checkpoint": policy_dir},
+              seed=0)
+    a2c.learn(64)
+    assert a2c.num_timesteps == 64
+
+
+def test_text_vec_env_reports_finished_episodes(policy_dir):
+    env = TextVecEnv(gymnasium.make_vec(ragged_env(reward=one), num_envs=3, vectorization_mode="vector_entry_point"))
+    env.seed(0)
+    env.reset()
+    seen = 0
+    for _ in range(10):
+        _obs, rewards, dones, infos = env.step(np.full(3, 101))  # 'e' (a stop token here) ends every episode
+        assert dones.all() and (rewards == 1.0).all()
+        for info in infos:
+            assert info["stopped"] and info["completion"] == "" and info["episode"]["l"] == 1
+            assert "TimeLimit.truncated" not in info and set(info["terminal_observation"]) == {"input_ids",
+                                                                                               "attention_mask"}
+            seen += 1
+    assert seen == 30
