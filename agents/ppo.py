@@ -41,6 +41,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from pathlib import Path
@@ -60,6 +61,26 @@ from stable_baselines3.common.utils import FloatSchedule, explained_variance
 from rlfl.checkpoint import is_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
+
+
+PRECISIONS = ("float32", "bfloat16", "auto")
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` (None: plain float32).
+
+    "auto" picks bfloat16 where the hardware computes it natively (a CUDA GPU with bf16, or a CPU with
+    AVX-512 BF16/AMX, where it runs matmuls 2-3x faster than float32), else float32.
+    """
+    if precision == "float32":
+        return None
+    if device.type == "cuda":
+        native = torch.cuda.is_bf16_supported()
+    else:
+        native = bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    if precision == "bfloat16" or native:
+        return torch.bfloat16
+    return None
 
 
 def _as_text_vec_env(env: Any, n_envs: int, env_kwargs: dict[str, Any] | None) -> TextVecEnv:
@@ -114,6 +135,7 @@ class PPO(OnPolicyAlgorithm):
         no_stop_penalty: float = 0.0,
         reward_clip: float | None = None,
         normalize_reward: bool = False,
+        precision: str = "float32",
         n_envs: int = 32,
         env_kwargs: dict[str, Any] | None = None,
         stats_window_size: int = 100,
@@ -143,6 +165,8 @@ class PPO(OnPolicyAlgorithm):
                 raise ValueError(f"PPO {name}={locals()[name]!r} is out of range; see the PPO docstring for valid values")
         if kl_estimator not in ESTIMATORS:
             raise ValueError(f"kl_estimator={kl_estimator!r}; use one of {', '.join(ESTIMATORS)}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision={precision!r}; use one of {', '.join(PRECISIONS)}")
         super().__init__(
             policy, env, learning_rate=learning_rate, n_steps=n_steps, gamma=gamma, gae_lambda=gae_lambda,
             ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=max_grad_norm, use_sde=False, sde_sample_freq=-1,
@@ -155,6 +179,7 @@ class PPO(OnPolicyAlgorithm):
         self.kl_coef, self.adaptive_kl, self.kl_target, self.kl_horizon = kl_coef, adaptive_kl, kl_target, kl_horizon
         self.kl_estimator, self.ratio_threshold = kl_estimator, float(ratio_threshold)
         self.no_stop_penalty, self.reward_clip, self.normalize_reward = no_stop_penalty, reward_clip, normalize_reward
+        self.precision = precision
         self.kl_ctl: FixedKL | AdaptiveKL = (AdaptiveKL(kl_coef, kl_target, kl_horizon) if adaptive_kl
                                              else FixedKL(kl_coef))
         self.score_moments = RunningMoments()
@@ -176,6 +201,7 @@ class PPO(OnPolicyAlgorithm):
         self.policy_kwargs = {k: v for k, v in self.policy_kwargs.items()
                               if k not in ("checkpoint", "reference_checkpoint")}
         self.policy_kwargs["gpt_config"] = self.policy.gpt.config.to_dict()
+        self._amp_dtype = resolve_precision(self.precision, self.device)
         self.clip_range = FloatSchedule(self.clip_range)
         if self.clip_range_vf is not None and not callable(self.clip_range_vf):
             self.clip_range_vf = FloatSchedule(self.clip_range_vf)
@@ -197,7 +223,13 @@ class PPO(OnPolicyAlgorithm):
     def _excluded_save_params(self) -> list[str]:
         # in-flight episodes are not saved: a resumed run starts fresh episodes
         return super()._excluded_save_params() + ["_actor", "_store", "_last_obs", "_last_original_obs",
-                                                   "_last_episode_starts", "_episode_kl"]
+                                                   "_last_episode_starts", "_episode_kl", "_amp_dtype"]
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast for the forwards when ``precision`` asks for it (losses stay float32)."""
+        if self._amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self._amp_dtype)
 
     def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
         env = _as_text_vec_env(env, self.n_envs, None)
@@ -233,7 +265,7 @@ class PPO(OnPolicyAlgorithm):
         self.policy.set_training_mode(False)
         if self._actor is None:
             self._actor = CachedActor(self.policy, env.num_envs, env.max_prompt_tokens, env.max_new_tokens,
-                                      env.tokenizer.pad_id, self.device)
+                                      env.tokenizer.pad_id, self.device, autocast=self._autocast)
         actor = self._actor
         actor.load(self._last_obs, env.completion_lengths())  # the weights changed since the last rollout
         store = RolloutStore(n_rollout_steps, env.num_envs, actor.width)
@@ -300,13 +332,27 @@ class PPO(OnPolicyAlgorithm):
         return adv
 
     @torch.no_grad()
-    def _reference_logp(self, store: RolloutStore) -> np.ndarray:
-        out = np.zeros(store.steps * store.num_rows, dtype=np.float32)
+    def _forward_pass(self, store: RolloutStore) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Reference log-probs of every action, and (in bfloat16) the policy's own log-probs and values.
+
+        In float32 the rollout's cached log-probs equal a whole-sequence forward to ~1e-6, so they are the
+        "old" policy as is. In bfloat16 the cached decode and the sequence forward round differently, so
+        the old log-probs and values are recomputed here with exactly the forward training uses: the
+        probability ratio then starts at exactly 1.
+        """
+        n = store.steps * store.num_rows
+        ref, logp, values = np.zeros(n, np.float32), store.logp.reshape(-1).copy(), store.values.reshape(-1).copy()
         order = np.arange(store.num_segments)
         for chunk in np.array_split(order, max(1, math.ceil(len(order) / 64))):
             b = store.batch(chunk, self.device)
-            out[b.cells.cpu().numpy()] = self.policy.reference_logprobs(b.tokens, b.mask, b.positions, b.actions).cpu().numpy()
-        return out.reshape(store.steps, store.num_rows)
+            cells = b.cells.cpu().numpy()
+            with self._autocast():
+                ref[cells] = self.policy.reference_logprobs(b.tokens, b.mask, b.positions, b.actions).cpu().numpy()
+                if self._amp_dtype is not None:
+                    lp, _, v = self.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions, entropy_grad=False)
+                    logp[cells], values[cells] = lp.cpu().numpy(), v.cpu().numpy()
+        shape = (store.steps, store.num_rows)
+        return ref.reshape(shape), logp.reshape(shape), values.reshape(shape)
 
     def _episode_kls(self, store: RolloutStore, kl: np.ndarray) -> list[float]:
         """KL (nats) of every completion that finished in this rollout, summed over its tokens."""
@@ -328,17 +374,17 @@ class PPO(OnPolicyAlgorithm):
         clip_range = self.clip_range(self._current_progress_remaining)
         clip_vf = None if self.clip_range_vf is None else self.clip_range_vf(self._current_progress_remaining)
 
-        ref_logp = self._reference_logp(store)
-        kl_tok = kl_per_token(torch.from_numpy(store.logp), torch.from_numpy(ref_logp), self.kl_estimator).numpy()
+        ref_logp, old_logp, old_values = self._forward_pass(store)
+        kl_tok = kl_per_token(torch.from_numpy(old_logp), torch.from_numpy(ref_logp), self.kl_estimator).numpy()
         beta = self.kl_ctl.beta
         rewards = self._shaped_rewards(store) - beta * kl_tok
-        advantages = self._gae(rewards, store.values.astype(np.float64), store.dones, store.last_values)
-        returns = advantages + store.values
+        advantages = self._gae(rewards, old_values.astype(np.float64), store.dones, store.last_values)
+        returns = advantages + old_values
         episode_kls = self._episode_kls(store, kl_tok)
         if self.normalize_advantage:
             advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         flat = lambda a: torch.as_tensor(a.reshape(-1), dtype=torch.float32, device=self.device)
-        adv_t, ret_t, old_logp_t, old_v_t = flat(advantages), flat(returns), flat(store.logp), flat(store.values)
+        adv_t, ret_t, old_logp_t, old_v_t = flat(advantages), flat(returns), flat(old_logp), flat(old_values)
 
         n_tokens = store.steps * store.num_rows
         n_minibatches = max(1, round(n_tokens / self.batch_size))
@@ -350,8 +396,9 @@ class PPO(OnPolicyAlgorithm):
                 if len(segs) == 0:
                     continue
                 b = store.batch(segs, self.device)
-                logp, entropy, values = self.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions,
-                                                                     entropy_grad=self.ent_coef != 0)
+                with self._autocast():
+                    logp, entropy, values = self.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions,
+                                                                         entropy_grad=self.ent_coef != 0)
                 adv, ret, old_logp, old_v = adv_t[b.cells], ret_t[b.cells], old_logp_t[b.cells], old_v_t[b.cells]
                 log_ratio = logp - old_logp
                 if not torch.isfinite(log_ratio).all():
@@ -404,7 +451,7 @@ class PPO(OnPolicyAlgorithm):
         record("train/learning_rate", self.lr_schedule(self._current_progress_remaining))
         record("train/clip_range", clip_range)
         record("train/kl_coef", beta)
-        record("train/explained_variance", float(explained_variance(store.values.reshape(-1), returns.reshape(-1))))
+        record("train/explained_variance", float(explained_variance(old_values.reshape(-1), returns.reshape(-1))))
         record("rollout/kl_per_token", float(kl_tok.mean()))
         if ended.any():
             record("rollout/score_mean", float(store.scores[ended].mean()))

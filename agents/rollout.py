@@ -21,7 +21,9 @@ Example (shapes only; `rlfl.agents.PPO` drives these):
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -38,15 +40,19 @@ class CachedActor:
     """
 
     def __init__(self, policy: torch.nn.Module, num_rows: int, prompt_tokens: int, max_new_tokens: int,
-                 pad_id: int, device: torch.device) -> None:
+                 pad_id: int, device: torch.device, *,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
         self.policy = policy
         self.gpt = policy.net.gpt
         self.rows, self.P, self.N = int(num_rows), int(prompt_tokens), int(max_new_tokens)
         self.width = self.P + self.N
         self.pad_id = int(pad_id)
         self.device = device
+        self.autocast = autocast
+        with autocast():  # the cache holds keys/values in the dtype the forwards compute them in
+            dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
         self.cache = KVCache(self.gpt.config, self.rows, self.width, device=device,
-                             dtype=next(self.gpt.parameters()).dtype)
+                             dtype=dtype or next(self.gpt.parameters()).dtype)
         self.tokens = np.full((self.rows, self.width), self.pad_id, dtype=np.int64)  # the layout, on the host
         self.mask = np.zeros((self.rows, self.width), dtype=bool)
         self.n = np.zeros(self.rows, dtype=np.int64)  # completion tokens so far (the env's completion_lengths)
@@ -82,7 +88,8 @@ class CachedActor:
         ids = torch.from_numpy(self.tokens[rows, :width]).to(self.device)
         mask = torch.from_numpy(self.mask[rows, :width]).to(self.device)
         tmp = KVCache(self.gpt.config, len(rows), width, device=self.device, dtype=self.cache.k.dtype)
-        hidden = self.gpt.hidden_states(ids, attention_mask=mask, cache=tmp)
+        with self.autocast():
+            hidden = self.gpt.hidden_states(ids, attention_mask=mask, cache=tmp)
         index = torch.from_numpy(rows).to(self.device)
         self.cache.k[:, index, :, :width] = tmp.k
         self.cache.v[:, index, :, :width] = tmp.v
@@ -93,8 +100,9 @@ class CachedActor:
         self._set_outputs(index, h)
 
     def _set_outputs(self, index: torch.Tensor | slice, h: torch.Tensor) -> None:
-        logits = self.gpt.lm_head(h).float()
-        values = self.policy.net.value(h).float()
+        with self.autocast():
+            logits = self.gpt.lm_head(h).float()
+            values = self.policy.net.value(h).float()
         if not (torch.isfinite(logits).all() and torch.isfinite(values).all()):
             raise FloatingPointError("the policy produced NaN/inf logits or values during the rollout; the weights "
                                      "have diverged: lower learning_rate, raise kl_coef or restart from a checkpoint")
@@ -142,8 +150,9 @@ class CachedActor:
             cols = torch.from_numpy(self.P + self.n - 1).to(self.device)
             rows_t = torch.arange(self.rows, device=self.device)
             self.key_mask[rows_t, cols] = True
-            h = self.gpt.decode_ragged(actions, self.cache, columns=cols, position_ids=self.n_real,
-                                       key_mask=self.key_mask)
+            with self.autocast():
+                h = self.gpt.decode_ragged(actions, self.cache, columns=cols, position_ids=self.n_real,
+                                           key_mask=self.key_mask)
             self.n_real += 1
             # finished rows computed garbage here; their outputs are replaced by the prefill below
             self._set_outputs(slice(None), h)

@@ -151,6 +151,13 @@ def cmd_reward_train(a: Any) -> None:
     print(f"reward model: {out}")
 
 
+def cmd_ppo(a: Any) -> None:
+    from rlfl.agents.train import train_ppo
+
+    out = train_ppo(a)
+    print(f"checkpoint: {out}")
+
+
 def cmd_sample(a: SampleArgs) -> None:
     from rlfl.checkpoint import load_checkpoint
     from rlfl.generate import SamplingConfig, generate
@@ -172,6 +179,7 @@ def cmd_sample(a: SampleArgs) -> None:
 
 # ------------------------------------------------------------------------------------ parser
 def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], None], str]]:
+    from rlfl.agents.train import PPOConfig
     from rlfl.pretrain import PretrainConfig
     from rlfl.chat import ChatConfig, chat
     from rlfl.reward import RewardTrainConfig
@@ -185,6 +193,8 @@ def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], None], str]
         ("sft",): (SFTConfig, cmd_sft, "supervised fine-tuning / instruct-tuning of a checkpoint"),
         ("reward", "train"): (RewardTrainConfig, cmd_reward_train,
                               "train a reward model (Bradley-Terry pairs or labels) on any checkpoint's trunk"),
+        ("ppo",): (PPOConfig, cmd_ppo, ("fine-tune a policy with PPO in a text env (reward model, KL to the "
+                                        "reference, gold evaluation; resumes from its out-dir)")),
         ("sample",): (SampleArgs, cmd_sample, "generate text from a checkpoint"),
         ("serve",): (ServeConfig, serve, "OpenAI-compatible HTTP server over a checkpoint (127.0.0.1 by default)"),
         ("chat",): (ChatConfig, chat, "chat with a checkpoint in the terminal"),

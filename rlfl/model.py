@@ -240,9 +240,15 @@ class CausalSelfAttention(nn.Module):
         # With no mask and nothing cached before this call, keys == queries and SDPA's top-left aligned
         # causal mask is right. With a cache and T == 1 (the decode step) the query may see every key.
         is_causal = mask is None and isinstance(past, int) and past == 0 and T > 1
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout.p if self.training else 0.0, is_causal=is_causal
-        )
+        dropout_p = self.attn_dropout.p if self.training else 0.0
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+            # bfloat16 autocast on a CPU: the matmuls gain 2-3x from bf16, but SDPA's CPU flash-attention
+            # backward runs ~6x slower in bf16 than in fp32 (torch 2.13), so attention itself stays fp32
+            with torch.autocast("cpu", enabled=False):
+                y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask,
+                                                   dropout_p=dropout_p, is_causal=is_causal).to(q.dtype)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_dropout(self.c_proj(y))
 

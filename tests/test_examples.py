@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -28,3 +30,15 @@ def test_sft_from_script(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "held-out loss:" in r.stdout and r.stdout.count("PROMPT: Say") == 2
     assert (tmp_path / "run" / "sft" / "config.json").is_file()
+
+
+def test_train_ppo_from_script(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "train_ppo_from_script.py"), "--tiny", "--out",
+                        str(tmp_path)], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    figures = {line.split(":")[0]: float(line.split("gold ")[1].split(" ")[0]) for line in r.stdout.splitlines()
+               if line.startswith(("before:", "after:"))}
+    assert figures["after"] > figures["before"]  # the lowercase-letter reward rises (seeded)
+    assert "sample @ " in r.stderr and (tmp_path / "ppo" / "ppo_state.zip").is_file()
+    assert json.loads((tmp_path / "ppo" / "config.json").read_text())["stage"] == "ppo"

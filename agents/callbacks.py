@@ -1,0 +1,432 @@
+"""SB3 callbacks for rlfl PPO runs: sample completions, gold-judge evaluation, checkpoints, a metrics line.
+
+All of them are ordinary ``stable_baselines3`` ``BaseCallback`` subclasses, so they go in ``learn(callback=[...])``
+beside any SB3 callback. Each one survives a resume (a killed run restarted from its last checkpoint):
+they keep no counters of their own but read the model's ``num_timesteps``, and `GoldEval` re-reads its CSV.
+
+**When they act.** Inside a rollout the weights do not change; they change in ``train()``, between
+``on_rollout_end`` and the next ``on_rollout_start``. The start of a rollout is therefore the one point where
+the weights, the optimizer, the KL coefficient and ``num_timesteps`` all describe the same moment (every
+counted token has been trained on), so checkpoints and evaluations happen there, plus once when
+training starts (the "before" figure) and once when it ends.
+
+- `SampleLogger`: a few finished completions of the last rollout with their rewards (best to worst).
+- `GoldEval` / `evaluate_policy`: the policy samples completions of held-out prompts (plain softmax,
+  temperature 1, the env's stop tokens and prompt encoding); a gold judge scores them; the KL to the
+  reference and the reference's perplexity of the text say what the reward cost.
+- `CheckpointEvery`: the rlfl checkpoint (for ``rlfl sample``/``serve`` and later stages) and SB3's zip
+  (for resuming and ``PPO.load``), each written atomically.
+- `ProgressLine`: a progress bar over tokens and one metrics line per update (score, KL, beta, tok/s).
+
+Example:
+    >>> from rlfl.agents import PPO                                                    # doctest: +SKIP
+    >>> model = PPO("runs/sft", "rlfl/SyntheticReviews-v0", n_envs=32)                 # doctest: +SKIP
+    >>> prompts = ["The food was", "I bought this"]
+    >>> before = evaluate_policy(model, prompts)                                      # doctest: +SKIP
+    >>> model.learn(65536, callback=[SampleLogger(every_rollouts=8), GoldEval(prompts, every_steps=8192),
+    ...                              CheckpointEvery("runs/ppo", every_steps=8192)])   # doctest: +SKIP
+    >>> evaluate_policy(model, prompts)["gold_mean"] > before["gold_mean"]             # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+
+from rlfl.generate import SamplingConfig, generate
+
+logger = logging.getLogger(__name__)
+
+EVAL_FIELDS = ("timesteps", "gold_mean", "gold_positive_rate", "kl", "perplexity", "length", "stop_rate", "n")
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _text_env(env: Any) -> Any:
+    """The rlfl text env (single or vector) under a `TextVecEnv` or Gymnasium wrappers."""
+    inner = getattr(env, "inner", None) or getattr(env, "unwrapped", env)
+    if not hasattr(inner, "_batch"):
+        raise ValueError(f"{type(env).__name__} is not an rlfl text env; pass the env the policy was trained in "
+                         "(a TextVecEnv, or a gymnasium env built from an rlfl env id)")
+    return inner
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file in the same directory and ``os.replace`` (never half a file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def save_sb3_zip(model: BaseAlgorithm, path: str | Path) -> None:
+    """``model.save(path)`` made atomic: SB3 writes the zip in place, so a kill mid-save would corrupt it."""
+    buffer = io.BytesIO()
+    model.save(buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate_policy(
+    model_or_policy: Any,
+    prompts: Sequence[str],
+    judge: Any = None,
+    *,
+    env: Any = None,
+    n_samples: int = 1,
+    max_new_tokens: int | None = None,
+    seed: int | None = 0,
+    batch_size: int = 64,
+    n_show: int = 3,
+) -> dict[str, Any]:
+    """Sample the policy on ``prompts`` and measure it: gold score, KL to the reference, reference perplexity.
+
+    ``model_or_policy`` is an rlfl `PPO` (its env is used) or a `TransformerPolicy` (then pass ``env=``, the
+    text env or `TextVecEnv` it acts in). Prompts are encoded exactly as the env encodes them (chat template,
+    left truncation to ``max_prompt_tokens``); completions are drawn from the plain softmax (temperature 1, no
+    top-k/top-p), ``n_samples`` per prompt, up to ``max_new_tokens`` (default: the env's) or a stop token of
+    the env. ``judge`` is a reward source or ``fn(prompt, completion) -> float`` (default: the env's
+    ``gold_judge``); it scores the completion text without its stop token. With a fixed ``seed`` two calls on
+    the same weights draw the same completions, so figures before and after training are comparable.
+
+    Returns floats: ``gold_mean``, ``gold_positive_rate`` (share of scores > 0), ``kl`` (mean over completions
+    of the summed ``log p_policy - log p_reference`` of the sampled tokens, nats), ``perplexity`` (exp of the
+    mean per-token NLL of the sampled tokens under the REFERENCE: how fluent the text is by the starting
+    model's standards), ``length`` (mean tokens generated, a final stop token included), ``stop_rate`` and
+    ``n`` (completions); plus ``samples``: the first ``n_show`` as dicts of prompt, completion and score.
+    """
+    from rlfl.envs.rewards import as_reward_source, check_scores
+
+    policy = model_or_policy.policy if isinstance(model_or_policy, BaseAlgorithm) else model_or_policy
+    if env is None:
+        env = getattr(model_or_policy, "env", None)
+    if env is None:
+        raise ValueError("evaluate_policy: pass env= (the text env the policy acts in: prompt encoding, stop "
+                         "tokens and the default gold judge come from it)")
+    inner = _text_env(env)
+    if judge is None:
+        judge = getattr(inner, "gold_judge", None)
+        if judge is None:
+            raise ValueError("evaluate_policy: the env has no gold judge; pass judge= (a reward source or "
+                             "fn(prompt, completion) -> float)")
+    judge = as_reward_source(judge)
+    prompts = list(prompts)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("evaluate_policy: prompts must be a non-empty list of strings")
+    if n_samples < 1 or batch_size < 1:
+        raise ValueError(f"evaluate_policy: n_samples={n_samples} and batch_size={batch_size} must be >= 1")
+    episodes = inner._batch
+    tok = episodes.tokenizer
+    # the env's own encoding (chat template, truncation), cut out of its left-padded rows
+    _, ids, lengths = episodes.pool.encode_many(prompts)
+    width = ids.shape[1]
+    encoded = [ids[i, width - int(n):].tolist() for i, n in enumerate(lengths)]
+    rows = [i for i in range(len(prompts)) for _ in range(n_samples)]
+    sampling = {"max_new_tokens": int(max_new_tokens or episodes.max_new_tokens),
+                "stop_tokens": tuple(episodes.stop_tokens)}
+
+    texts: list[str] = []
+    kls, nll_sum, n_tokens, lengths_out, stopped = [], 0.0, 0, [], []
+    for c, start in enumerate(range(0, len(rows), batch_size)):
+        chunk = rows[start:start + batch_size]
+        chunk_prompts = [encoded[i] for i in chunk]
+        out = generate(policy.gpt, chunk_prompts, SamplingConfig(seed=None if seed is None else seed + c, **sampling),
+                       pad_id=tok.pad_id, return_logprobs=True)
+        ref = _reference_logprobs(policy, chunk_prompts, out.tokens, tok.pad_id)
+        for tokens, logp, ref_logp, done in zip(out.tokens, out.logprobs, ref, out.finished):
+            kls.append(float(np.sum(np.asarray(logp, dtype=np.float64) - ref_logp)))
+            nll_sum -= float(ref_logp.sum())
+            n_tokens += len(tokens)
+            lengths_out.append(len(tokens))
+            stopped.append(bool(done))
+            texts.append(tok.decode(tokens[:-1] if done else tokens))
+    prompt_texts = [prompts[i] for i in rows]
+    scores = check_scores(judge.score(prompt_texts, texts), prompt_texts, texts, judge)
+    return {
+        "gold_mean": float(np.mean(scores)),
+        "gold_positive_rate": float(np.mean(scores > 0)),
+        "kl": float(np.mean(kls)),
+        "perplexity": float(math.exp(nll_sum / max(n_tokens, 1))),
+        "length": float(np.mean(lengths_out)),
+        "stop_rate": float(np.mean(stopped)),
+        "n": len(rows),
+        "samples": [{"prompt": p, "completion": t, "score": float(s)}
+                    for p, t, s in list(zip(prompt_texts, texts, scores))[:n_show]],
+    }
+
+
+def _reference_logprobs(policy: Any, prompts: list[list[int]], completions: list[list[int]], pad_id: int
+                        ) -> list[np.ndarray]:
+    """Log-probs of each completion's tokens under the policy's frozen reference (one forward for the batch).
+
+    Rows are ``prompt + completion``, right-padded: with causal attention the padding after a row's last token
+    changes nothing before it, and the positions count from each row's first token as in generation.
+    """
+    device = next(policy.reference.parameters()).device
+    width = max(len(p) + len(c) for p, c in zip(prompts, completions))
+    tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.bool)
+    positions, actions = [], []
+    for r, (p, c) in enumerate(zip(prompts, completions)):
+        tokens[r, : len(p) + len(c)] = torch.tensor(p + c)
+        mask[r, : len(p) + len(c)] = True
+        positions += [(r, len(p) - 1 + j) for j in range(len(c))]  # the state before token j chose it
+        actions += c
+    logp = policy.reference_logprobs(tokens.to(device), mask.to(device), torch.tensor(positions, device=device),
+                                     torch.tensor(actions, device=device)).double().cpu().numpy()
+    return np.split(logp, np.cumsum([len(c) for c in completions])[:-1])
+
+
+# ---------------------------------------------------------------------------------------------- callbacks
+class SampleLogger(BaseCallback):
+    """Logs ``n`` finished completions of every ``every_rollouts``-th rollout with their rewards.
+
+    The completions are spread over the rollout's score ranking (best first, worst last), so a user sees both
+    what the reward likes and what it does not. Lines go to Python logging; the text also goes to the SB3
+    logger as ``samples/text`` (TensorBoard/JSON only: it would break stdout and CSV tables).
+    """
+
+    def __init__(self, every_rollouts: int = 1, n: int = 3, max_chars: int = 200) -> None:
+        super().__init__()
+        if every_rollouts < 1 or n < 1:
+            raise ValueError(f"SampleLogger: every_rollouts={every_rollouts} and n={n} must be >= 1")
+        self.every_rollouts, self.n, self.max_chars = int(every_rollouts), int(n), int(max_chars)
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        store = getattr(self.model, "_store", None)
+        # the rollout number comes from the token count, so a resumed run keeps the same schedule
+        rollout = self.num_timesteps // max(1, self.model.n_steps * self.model.n_envs)
+        if store is None or not store.completions or rollout % self.every_rollouts:
+            return
+        ranked = sorted(store.completions, key=lambda c: -c[2])
+        picks = sorted({round(i) for i in np.linspace(0, len(ranked) - 1, min(self.n, len(ranked)))})
+        lines = []
+        for i in picks:
+            prompt, completion, score = ranked[i]
+            lines.append(f"[{score:+.3f}] {prompt[-self.max_chars:]!r} -> {completion[:self.max_chars]!r}")
+        for line in lines:
+            logger.info("sample @ %d: %s", self.num_timesteps, line)
+        self.logger.record("samples/text", "\n".join(lines), exclude=("stdout", "log", "csv"))
+
+
+class GoldEval(BaseCallback):
+    """Evaluates the policy on held-out ``prompts`` with a gold judge (see `evaluate_policy`) during training.
+
+    Runs when training starts (unless this timestep is already evaluated: the "before" figure of a fresh
+    run), at the first rollout boundary past every multiple of ``every_steps`` timesteps (0: never in between)
+    and when training ends. Each evaluation is recorded as ``eval/<figure>`` in the SB3 logger, appended to
+    ``history`` (a list of dicts with ``timesteps``) and, with ``csv_path``, written to that CSV (the whole
+    file is rewritten atomically). On resume the CSV is read back, minus rows past the resumed timestep (the
+    run that wrote them was killed before its next checkpoint), so history and schedule continue.
+    ``judge=None`` uses the env's ``gold_judge``; other keywords go to `evaluate_policy`. ``last_samples``
+    holds the first few completions of the latest evaluation (prompt, completion, score).
+    """
+
+    def __init__(self, prompts: Sequence[str], judge: Any = None, *, every_steps: int = 0, n_samples: int = 1,
+                 max_new_tokens: int | None = None, seed: int = 0, batch_size: int = 64,
+                 csv_path: str | Path | None = None, verbose: int = 1) -> None:
+        super().__init__(verbose=verbose)
+        if every_steps < 0:
+            raise ValueError(f"GoldEval: every_steps={every_steps} must be >= 0 (0 = only at start and end)")
+        if not prompts:
+            raise ValueError("GoldEval: prompts is empty; pass held-out prompt strings")
+        self.prompts, self.judge, self.every_steps = list(prompts), judge, int(every_steps)
+        self.kwargs = {"n_samples": n_samples, "max_new_tokens": max_new_tokens, "seed": seed, "batch_size": batch_size}
+        self.csv_path = None if csv_path is None else Path(csv_path)
+        self.history: list[dict[str, float]] = []
+        self.last_samples: list[dict[str, Any]] = []
+
+    def _on_training_start(self) -> None:
+        if self.judge is None and getattr(_text_env(self.model.env), "gold_judge", None) is None:
+            raise ValueError("GoldEval: the env has no gold judge; pass judge= (a reward source or "
+                             "fn(prompt, completion) -> float)")
+        now = self.num_timesteps
+        if self.csv_path is not None and self.csv_path.is_file():
+            self.history = _read_eval_csv(self.csv_path)
+        kept = [row for row in self.history if row["timesteps"] <= now]
+        if len(kept) != len(self.history):
+            logger.info("GoldEval: dropped %d evaluation(s) after timestep %d (from a run that did not reach its "
+                        "next checkpoint)", len(self.history) - len(kept), now)
+        self.history = kept
+        if self.csv_path is not None:
+            self._write_csv()
+        if not self.history:
+            self.evaluate()
+        else:
+            self._maybe_evaluate()
+
+    def _on_rollout_start(self) -> None:
+        self._maybe_evaluate()
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_training_end(self) -> None:
+        if not self.history or self.history[-1]["timesteps"] != self.num_timesteps:
+            self.evaluate()
+
+    def _maybe_evaluate(self) -> None:
+        if not self.every_steps or not self.history:
+            return
+        last = int(self.history[-1]["timesteps"])
+        if self.num_timesteps // self.every_steps > last // self.every_steps:
+            self.evaluate()
+
+    def evaluate(self) -> dict[str, float]:
+        """Evaluate now; record, keep and write the figures; returns them."""
+        t0 = time.perf_counter()
+        result = evaluate_policy(self.model, self.prompts, self.judge, **self.kwargs)
+        self.last_samples = result.pop("samples")
+        row = {"timesteps": int(self.num_timesteps), **result}
+        self.history.append(row)
+        for key in EVAL_FIELDS[1:-1]:
+            self.logger.record(f"eval/{key}", row[key])
+        if self.csv_path is not None:
+            self._write_csv()
+        if self.verbose:
+            logger.info("eval @ %d: gold %.4f | positive %.3f | kl %.3f | ppl %.2f | length %.1f (%d completions, "
+                        "%.1fs)", row["timesteps"], row["gold_mean"], row["gold_positive_rate"], row["kl"],
+                        row["perplexity"], row["length"], row["n"], time.perf_counter() - t0)
+        return row
+
+    def _write_csv(self) -> None:
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerow(EVAL_FIELDS)
+        for row in self.history:
+            writer.writerow([row[k] for k in EVAL_FIELDS])
+        self.csv_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.csv_path, text.getvalue().encode())
+
+
+def _read_eval_csv(path: Path) -> list[dict[str, float]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = set(EVAL_FIELDS) - set(reader.fieldnames or ())
+        if missing:
+            raise ValueError(f"{path}: not a GoldEval CSV (no column {min(missing)!r}); delete it or pick "
+                             "another csv_path")
+        rows = []
+        for row in reader:
+            parsed: dict[str, Any] = {k: float(row[k]) for k in EVAL_FIELDS}
+            parsed["timesteps"], parsed["n"] = int(parsed["timesteps"]), int(parsed["n"])
+            rows.append(parsed)
+    return rows
+
+
+class CheckpointEvery(BaseCallback):
+    """Saves the rlfl checkpoint and SB3's zip every ``every_steps`` timesteps and when training ends.
+
+    ``out_dir`` becomes an rlfl checkpoint directory (``model.save_checkpoint``: atomic as a whole) and also
+    holds ``zip_name`` (SB3's ``save``, made atomic by writing a temp file and renaming it). The checkpoint is
+    written first, so wherever a kill lands the zip is never newer than the checkpoint and both always load
+    (at worst the zip is one save behind, and a resume from it redoes those steps). ``every_steps=0``: only at
+    the end. ``extra`` is added to the checkpoint's config.json (e.g. the run's config).
+    """
+
+    def __init__(self, out_dir: str | Path, every_steps: int, *, zip_name: str = "ppo_state.zip",
+                 extra: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if every_steps < 0:
+            raise ValueError(f"CheckpointEvery: every_steps={every_steps} must be >= 0 (0 = only at the end)")
+        self.out_dir, self.every_steps, self.zip_path = Path(out_dir), int(every_steps), Path(out_dir) / zip_name
+        self.extra = extra
+        self.last_saved = -1
+
+    def _on_training_start(self) -> None:
+        self.last_saved = self.num_timesteps  # what we resumed from (or 0) is already on disk or is the start
+
+    def _on_rollout_start(self) -> None:
+        if self.every_steps and self.num_timesteps // self.every_steps > self.last_saved // self.every_steps:
+            self.save()
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_training_end(self) -> None:
+        if self.num_timesteps != self.last_saved or not self.zip_path.is_file():
+            self.save()
+
+    def save(self) -> None:
+        """Write both files now."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.model.save_checkpoint(self.out_dir, extra=self.extra)
+        save_sb3_zip(self.model, self.zip_path)
+        self.last_saved = self.num_timesteps
+        logger.debug("saved %s at timestep %d", self.zip_path, self.num_timesteps)
+
+
+class ProgressLine(BaseCallback):
+    """A progress bar over timesteps (tokens) and a metrics line after every PPO update.
+
+    The line reads what ``train()`` recorded in the SB3 logger (rollout score, KL per completion, the KL
+    coefficient) plus the last gold evaluation; with ``progress=True`` it is the bar's postfix, otherwise it is
+    logged once per update.
+    """
+
+    def __init__(self, progress: bool = True) -> None:
+        super().__init__()
+        self.progress = progress
+        self.bar: Any = None
+        self.total = 0
+        self._t0, self._steps0 = 0.0, 0
+
+    def _on_training_start(self) -> None:
+        self.total = int(self.locals.get("total_timesteps", 0))
+        self._t0, self._steps0 = time.perf_counter(), self.num_timesteps
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=self.total, initial=self.num_timesteps, desc="ppo", unit="tok", dynamic_ncols=True)
+
+    def _on_step(self) -> bool:
+        if self.bar is not None:
+            self.bar.update(self.training_env.num_envs)
+        return True
+
+    def _on_rollout_start(self) -> None:
+        self._report()
+
+    def _on_training_end(self) -> None:
+        self._report()
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def _report(self) -> None:
+        values = self.logger.name_to_value
+        if "train/kl_coef" not in values:  # no update since the last dump: nothing new to say
+            return
+        rate = (self.num_timesteps - self._steps0) / max(time.perf_counter() - self._t0, 1e-9)
+        parts = [f"score {values['rollout/score_mean']:.4f}" if "rollout/score_mean" in values else "score -",
+                 f"kl {values['rollout/kl']:.3f}" if "rollout/kl" in values else "kl -",
+                 f"beta {values['train/kl_coef']:.3g}", f"{rate:.0f} tok/s"]
+        if "eval/gold_mean" in values:
+            parts.append(f"gold {values['eval/gold_mean']:.4f}")
+        if self.bar is not None:
+            self.bar.set_postfix_str(" | ".join(parts), refresh=False)
+        else:
+            logger.info("ppo %d/%d tok | %s", self.num_timesteps, self.total, " | ".join(parts))

@@ -1,0 +1,366 @@
+"""`rlfl ppo`: one PPO run from a config, resumable, with gold evaluation, checkpoints and a report.
+
+`train_ppo` is what the command runs and what a script calls with a `PPOConfig`:
+
+1. checks the inputs before anything heavy (the policy checkpoint, the env id, the reward-model path, the
+   log formats), so a typo fails in a second, not after the first rollout;
+2. builds the env (``make_text_vec_env(env_id, n_envs, ...)``) with the policy's own tokenizer, and holds
+   ``eval_prompts`` of the env's prompts out of training for `GoldEval` (a seeded split);
+3. **resumes** when ``out_dir`` holds ``ppo_state.zip`` (``PPO.load`` then ``learn(remaining,
+   reset_num_timesteps=False)``: the same command after a crash or a SIGKILL continues from the last
+   checkpoint), else starts `PPO` from ``init_from``;
+4. trains with `SampleLogger`, `GoldEval`, `CheckpointEvery` and `ProgressLine`; SB3's logger writes
+   ``out_dir/logs`` (CSV by default; ``stdout``/``tensorboard``/``json`` on request);
+5. leaves in ``out_dir``: the final policy as an rlfl checkpoint (``rlfl sample OUT_DIR`` and ``rlfl serve
+   OUT_DIR`` open it; a later stage starts from it), ``ppo_state.zip`` (``rlfl.agents.PPO.load``),
+   ``eval.csv`` (every gold evaluation), ``ppo_config.json`` and ``ppo_report.json`` (gold figures before
+   and after, timesteps, wall time). While a run writes ``out_dir`` it holds a lock on ``.ppo.lock`` there, so
+   a second run on the same directory stops with an error instead of mixing its saves in.
+
+Example:
+    >>> from rlfl.agents.train import PPOConfig, train_ppo
+    >>> out = train_ppo(PPOConfig(init_from="runs/sft", out_dir="runs/ppo", total_timesteps=65536))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rlfl.agents.callbacks import (
+    CheckpointEvery,
+    GoldEval,
+    ProgressLine,
+    SampleLogger,
+    atomic_write_bytes,
+)
+
+from rlfl.config import to_dict
+
+log = logging.getLogger(__name__)
+
+STATE_ZIP = "ppo_state.zip"
+LOG_FORMATS = ("stdout", "csv", "tensorboard", "json", "log")
+# settings a resumed run takes from ppo_state.zip, whatever the command line says now
+_FROM_ZIP = ("init_from", "reference", "n_steps", "batch_size", "n_epochs", "learning_rate", "kl_coef", "adaptive_kl",
+             "kl_target", "kl_estimator", "target_kl", "gamma", "gae_lambda", "clip_range", "clip_range_vf",
+             "ent_coef", "vf_coef", "max_grad_norm", "no_stop_penalty", "reward_clip", "normalize_reward")
+
+
+@dataclass
+class PPOConfig:
+    """`rlfl ppo`: which policy to fine-tune, in which env, against which reward, and how."""
+
+    init_from: str = field(default="runs/sft", metadata={"help": "policy checkpoint directory to start from (any stage)"})
+    env_id: str = field(default="rlfl/SyntheticReviews-v0", metadata={"help": "registered text env id"})
+    reward: str | None = field(default=None, metadata={
+        "help": "reward-model checkpoint directory (`rlfl reward train`); default: the env's own reward"})
+    gold: str | None = field(default=None, metadata={
+        "help": "reward-model checkpoint used as the gold judge of evaluations (default: the env's gold judge)"})
+    reference: str | None = field(default=None, metadata={
+        "help": "checkpoint of the KL reference (default: the starting policy)"})
+    # ---- env options (None: the env's default)
+    max_new_tokens: int | None = field(default=None, metadata={"help": "tokens per completion at most"})
+    max_prompt_tokens: int | None = field(default=None, metadata={"help": "prompt tokens kept (longer ones are left-truncated)"})
+    chat_template: bool | None = field(default=None, metadata={"help": "wrap prompts as a chat user turn"})
+    stop_tokens: list[int] | None = field(default=None, metadata={"help": "token ids that end a completion"})
+    data_path: str | None = field(default=None, metadata={"help": "prompt data of envs that need it (IMDB, HH-RLHF)"})
+    n_prompts: int | None = field(default=None, metadata={"help": "prompts the env draws from"})
+    # ---- run size
+    n_envs: int = field(default=32, metadata={"help": "parallel episodes (rows of the vector env)"})
+    total_timesteps: int = field(default=65536, metadata={
+        "help": "generated tokens to train on (runs to the end of the rollout that reaches it)"})
+    # ---- PPO
+    n_steps: int = field(default=32, metadata={"help": "tokens per row per rollout (rollout = n_steps * n_envs)"})
+    batch_size: int = field(default=512, metadata={"help": "tokens per minibatch (about)"})
+    n_epochs: int = field(default=4, metadata={"help": "passes over each rollout"})
+    learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate"})
+    kl_coef: float = field(default=0.05, metadata={"help": "beta: weight of the per-token KL penalty (initial, if adaptive)"})
+    adaptive_kl: bool = field(default=False, metadata={"help": "adapt beta to keep the KL per completion near --kl-target"})
+    kl_target: float = field(default=6.0, metadata={"help": "target KL per completion (nats) of the adaptive controller"})
+    kl_estimator: str = field(default="k1", metadata={"help": "per-token KL estimator: k1 (log ratio) | k3 (always >= 0)"})
+    target_kl: float | None = field(default=None, metadata={
+        "help": "stop an update's epochs when the approximate KL of the update exceeds 1.5x this"})
+    gamma: float = field(default=1.0, metadata={"help": "discount over tokens"})
+    gae_lambda: float = field(default=0.95, metadata={"help": "GAE lambda"})
+    clip_range: float = field(default=0.2, metadata={"help": "PPO ratio clip"})
+    clip_range_vf: float | None = field(default=0.2, metadata={
+        "help": "value clip (null in a config file: unclipped value loss)"})
+    ent_coef: float = field(default=0.0, metadata={"help": "entropy bonus weight"})
+    vf_coef: float = field(default=0.1, metadata={"help": "value loss weight"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient norm clip"})
+    no_stop_penalty: float = field(default=0.0, metadata={
+        "help": "added to the reward of completions that never emit a stop token (e.g. -1.0)"})
+    reward_clip: float | None = field(default=None, metadata={"help": "clip scores to [-x, x]"})
+    normalize_reward: bool = field(default=False, metadata={"help": "normalise scores by their running mean/std"})
+    # ---- output, evaluation, logging
+    out_dir: str = field(default="runs/ppo", metadata={
+        "help": "output directory: final checkpoint, ppo_state.zip (resume), eval.csv, logs/, ppo_report.json"})
+    checkpoint_every: int = field(default=8192, metadata={"help": "save every N timesteps (and at the end; 0 = end only)"})
+    eval_every: int = field(default=8192, metadata={"help": "gold evaluation every N timesteps (and at start and end; 0 = those only)"})
+    eval_prompts: int = field(default=64, metadata={"help": "prompts held out of training for gold evaluation (0 = no evaluation)"})
+    eval_samples: int = field(default=1, metadata={"help": "completions per evaluation prompt"})
+    sample_every: int = field(default=8, metadata={"help": "log a few completions every N rollouts (0 = never)"})
+    seed: int = field(default=0, metadata={"help": "seed for initialisation, prompts, sampling and the eval split"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
+    num_threads: int = field(default=0, metadata={"help": "torch CPU threads (0 = torch's default)"})
+    log_formats: list[str] = field(default_factory=lambda: ["csv"], metadata={
+        "help": "SB3 logger outputs in out_dir/logs: stdout csv tensorboard json log"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar (off: one metrics line per update)"})
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"PPOConfig.{name}={getattr(self, name)!r}: {what}; fix {flag}")
+
+        need(bool(self.init_from), "init_from", "pass the policy checkpoint directory")
+        need(bool(self.env_id), "env_id", "pass a registered env id such as rlfl/SyntheticReviews-v0")
+        for name in ("n_envs", "total_timesteps", "n_steps", "batch_size", "n_epochs", "eval_samples"):
+            need(getattr(self, name) >= 1, name, "must be an integer >= 1")
+        for name in ("checkpoint_every", "eval_every", "eval_prompts", "sample_every", "num_threads", "ent_coef",
+                     "vf_coef", "kl_coef"):
+            need(getattr(self, name) >= 0, name, "must be >= 0")
+        for name in ("max_new_tokens", "max_prompt_tokens", "n_prompts"):
+            need(getattr(self, name) is None or getattr(self, name) >= 1, name, "must be >= 1 (or unset)")
+        for name in ("learning_rate", "kl_target", "clip_range", "max_grad_norm"):
+            need(getattr(self, name) > 0, name, "must be > 0")
+        for name in ("target_kl", "clip_range_vf", "reward_clip"):
+            need(getattr(self, name) is None or getattr(self, name) > 0, name, "must be > 0 (or unset)")
+        for name in ("gamma", "gae_lambda"):
+            need(0.0 <= getattr(self, name) <= 1.0, name, "must be in [0, 1]")
+        need(self.kl_estimator in ("k1", "k3"), "kl_estimator", "use k1 or k3")
+        need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
+             "use auto, cpu, cuda or cuda:N")
+        bad = [f for f in self.log_formats if f not in LOG_FORMATS]
+        need(not bad, "log_formats", f"unknown format {bad[0]!r}; use any of {' '.join(LOG_FORMATS)}" if bad else "")
+
+    def env_kwargs(self) -> dict[str, Any]:
+        """The env options that were set (the others stay the env's defaults)."""
+        names = ("max_new_tokens", "max_prompt_tokens", "chat_template", "stop_tokens", "data_path", "n_prompts")
+        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+
+
+# ---------------------------------------------------------------------------------------------- pieces
+def _device(want: str) -> str:
+    if want == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if want.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device=cuda but no CUDA GPU is visible; pass --device cpu")
+    return want
+
+
+def _check_inputs(cfg: PPOConfig, resuming: bool) -> None:
+    """Fail on bad paths and names before anything is built or written."""
+    import gymnasium
+    import rlfl.envs
+
+    from rlfl.checkpoint import is_checkpoint
+
+    for name, path in (("init_from", None if resuming else cfg.init_from), ("reference", cfg.reference)):
+        if path is not None and not is_checkpoint(path):
+            raise FileNotFoundError(f"{path}: not an rlfl checkpoint directory (--{name.replace('_', '-')}); pass a "
+                                    "directory written by rlfl pretrain/sft/ppo")
+    for name, path in (("reward", cfg.reward), ("gold", cfg.gold)):
+        if path is not None and not Path(path).is_dir():
+            raise FileNotFoundError(f"{path}: no such reward-model checkpoint directory (--{name}); pass a directory "
+                                    "written by `rlfl reward train`")
+    if cfg.env_id not in gymnasium.registry:
+        import difflib
+
+        close = difflib.get_close_matches(cfg.env_id, list(gymnasium.registry), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"--env-id {cfg.env_id!r} is not a registered env{hint} (built in: "
+                         f"{', '.join(rlfl.envs.BUILTIN_IDS)}; custom ids: rlfl.envs.register_reward_env)")
+    if "tensorboard" in cfg.log_formats and importlib.util.find_spec("tensorboard") is None:
+        raise ValueError("--log-formats tensorboard needs the tensorboard package; pip install tensorboard or drop "
+                         "it from --log-formats")
+    if Path(cfg.out_dir).resolve() == Path(cfg.init_from).resolve():
+        raise ValueError(f"--out-dir {cfg.out_dir} is the policy checkpoint itself; pass another output directory")
+
+
+def split_prompts(texts: list[str] | None, sampler: Any, n_eval: int, seed: int) -> tuple[list[str] | None, list[str]]:
+    """(training prompts or None = all of them, held-out evaluation prompts), a seeded split.
+
+    A prompt list with more than ``2 * n_eval`` prompts loses ``n_eval`` of them to evaluation. A smaller
+    list is evaluated on ``n_eval`` of its own prompts (nothing to hold out; a warning says so), and a prompt
+    source without a list (``sample()`` only) on ``n_eval`` fresh draws from it.
+
+    Example:
+        >>> train, held = split_prompts([f"p{i}" for i in range(10)], None, 2, seed=0)
+        >>> len(train), len(held), set(train) & set(held)
+        (8, 2, set())
+    """
+    rng = np.random.default_rng(seed)
+    if texts is None:
+        return None, [str(sampler.sample(rng)) for _ in range(n_eval)]
+    if len(texts) > 2 * n_eval:
+        held = set(rng.choice(len(texts), size=n_eval, replace=False).tolist())
+        return ([t for i, t in enumerate(texts) if i not in held], [texts[i] for i in sorted(held)])
+    log.warning("only %d prompts: too few to hold %d out; evaluating on training prompts", len(texts), n_eval)
+    picks = rng.choice(len(texts), size=min(n_eval, len(texts)), replace=False)
+    return None, [texts[i] for i in sorted(picks.tolist())]
+
+
+def _sb3_logger(out_dir: Path, formats: list[str], resumed_at: int | None) -> Any:
+    from stable_baselines3.common.logger import Logger, make_output_format
+
+    folder = out_dir / "logs"
+    # SB3's CSV writer truncates its file: a resumed run writes progress-from-<step>.csv beside the first one
+    suffix = "" if resumed_at is None else f"-from-{resumed_at}"
+    return Logger(str(folder), [make_output_format(f, str(folder), suffix) for f in formats])
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out`` for the run: two runs writing one directory would mix their saves.
+
+    ``flock`` locks die with their process, so a run killed with SIGKILL never leaves a stale lock behind.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before
+        yield
+        return
+    with open(out / ".ppo.lock", "w") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"{out}: another rlfl ppo run is writing this directory; wait for it to end or pass "
+                             "another --out-dir") from None
+        yield
+
+
+def _write_json(path: Path, data: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
+
+
+def _warn_changed_settings(out: Path, cfg: PPOConfig) -> None:
+    path = out / "ppo_config.json"
+    if not path.is_file():
+        return
+    before, now = json.loads(path.read_text(encoding="utf-8")), to_dict(cfg)
+    changed = [k for k in _FROM_ZIP if k in before and before[k] != now.get(k)]
+    if changed:
+        log.warning("resuming %s: %s changed since the run started; the saved run's values are used (start a new "
+                    "--out-dir to train with the new ones)", out, ", ".join(changed))
+
+
+# ---------------------------------------------------------------------------------------------- the run
+def train_ppo(cfg: PPOConfig) -> Path:
+    """Run (or resume) PPO as ``cfg`` says; returns ``cfg.out_dir``, which holds the final checkpoint."""
+    out = Path(cfg.out_dir)
+    _check_inputs(cfg, (out / STATE_ZIP).is_file())
+    out.mkdir(parents=True, exist_ok=True)
+    with _exclusive(out):
+        _run(cfg, out)
+    return out
+
+
+def _run(cfg: PPOConfig, out: Path) -> None:
+    from rlfl.agents.ppo import PPO
+    from rlfl.agents.vec_env import make_text_vec_env
+    from rlfl.envs.rewards import as_reward_source
+    from stable_baselines3.common.callbacks import CallbackList
+
+    state = out / STATE_ZIP
+    resuming = state.is_file()
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    device = _device(cfg.device)
+
+    # ---- the env: the policy's tokenizer, the reward loaded once, eval prompts held out
+    # (a resumed run reads the tokenizer from out_dir: the checkpoint there is written before the zip)
+    env_kwargs: dict[str, Any] = {"tokenizer": str(out if resuming else cfg.init_from), **cfg.env_kwargs()}
+    if cfg.reward is not None:
+        env_kwargs["reward"] = as_reward_source(cfg.reward, device=device)
+    eval_prompts: list[str] = []
+    if cfg.eval_prompts:
+        probe = make_text_vec_env(cfg.env_id, 1, **env_kwargs).inner._batch.pool
+        train_prompts, eval_prompts = split_prompts(probe.texts, probe._sampler, cfg.eval_prompts, cfg.seed)
+        if train_prompts is not None:
+            env_kwargs["prompts"] = train_prompts
+    env = make_text_vec_env(cfg.env_id, cfg.n_envs, **env_kwargs)
+
+    # ---- the model: resume from the zip, or start from the policy checkpoint
+    resumed_at = None
+    if resuming:
+        _warn_changed_settings(out, cfg)
+        model = PPO.load(state, env=env, device=device)
+        resumed_at = model.num_timesteps
+        model.set_random_seed(cfg.seed + resumed_at)  # don't replay the first run's prompts and samples
+        log.info("resumed PPO from %s at timestep %d of %d", state, resumed_at, cfg.total_timesteps)
+    else:
+        model = PPO(
+            cfg.init_from, env, learning_rate=cfg.learning_rate, n_steps=cfg.n_steps, batch_size=cfg.batch_size,
+            n_epochs=cfg.n_epochs, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, clip_range=cfg.clip_range,
+            clip_range_vf=cfg.clip_range_vf, ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef,
+            max_grad_norm=cfg.max_grad_norm, target_kl=cfg.target_kl, kl_coef=cfg.kl_coef, adaptive_kl=cfg.adaptive_kl,
+            kl_target=cfg.kl_target, kl_estimator=cfg.kl_estimator, no_stop_penalty=cfg.no_stop_penalty,
+            reward_clip=cfg.reward_clip, normalize_reward=cfg.normalize_reward, seed=cfg.seed, device=device,
+            policy_kwargs={"reference_checkpoint": cfg.reference} if cfg.reference else None,
+        )
+        _write_json(out / "ppo_config.json", to_dict(cfg))
+    model.set_logger(_sb3_logger(out, cfg.log_formats, resumed_at))
+    rollout = model.n_steps * model.n_envs
+    if cfg.total_timesteps % rollout:
+        log.info("total_timesteps %d is not a multiple of the rollout (%d tokens): training stops at %d",
+                 cfg.total_timesteps, rollout, math.ceil(cfg.total_timesteps / rollout) * rollout)
+
+    # ---- train
+    gold_eval = None
+    callbacks: list[Any] = []
+    if cfg.sample_every:
+        callbacks.append(SampleLogger(every_rollouts=cfg.sample_every))
+    if eval_prompts:
+        judge = as_reward_source(cfg.gold, device=device) if cfg.gold else None
+        if judge is None and env.gold_judge is None:
+            log.warning("%s has no gold judge and --gold is unset: eval/gold_* measure the training reward",
+                        cfg.env_id)
+            judge = env.inner.reward
+        gold_eval = GoldEval(eval_prompts, judge, every_steps=cfg.eval_every, n_samples=cfg.eval_samples,
+                             seed=cfg.seed, csv_path=out / "eval.csv")
+        callbacks.append(gold_eval)
+    # evaluate before saving at the same step: a kill in between leaves an eval row newer than the zip,
+    # which GoldEval drops on resume (and redoes), never a zip whose evaluation is missing from eval.csv
+    callbacks.append(CheckpointEvery(out, cfg.checkpoint_every, zip_name=STATE_ZIP,
+                                     extra={"ppo": {"env_id": cfg.env_id, "reward": cfg.reward, "config": to_dict(cfg)}}))
+    callbacks.append(ProgressLine(progress=cfg.progress))
+    start = model.num_timesteps
+    remaining = cfg.total_timesteps - start
+    t0 = time.perf_counter()
+    if remaining > 0:
+        model.learn(remaining, callback=CallbackList(callbacks), reset_num_timesteps=not resuming)
+        if model.logger.name_to_value:
+            model.logger.dump(model.num_timesteps)  # the last update's figures and the final evaluation
+    else:
+        log.info("%s is already trained to %d timesteps (>= --total-timesteps %d); nothing to do", out,
+                 model.num_timesteps, cfg.total_timesteps)
+    wall = time.perf_counter() - t0
+    model.logger.close()
+
+    history = gold_eval.history if gold_eval is not None else []
+    report = {
+        "env_id": cfg.env_id, "init_from": cfg.init_from, "reward": cfg.reward or "the env's default",
+        "out_dir": str(out), "timesteps": int(model.num_timesteps), "total_timesteps": cfg.total_timesteps,
+        "resumed_from": resumed_at, "wall_time_s": round(wall, 3),
+        "tokens_per_s": round((model.num_timesteps - start) / wall, 1) if remaining > 0 else None,
+        "kl_coef": model.kl_ctl.beta, "start": history[0] if history else None,
+        "end": history[-1] if history else None, "evaluations": len(history),
+    }
+    _write_json(out / "ppo_report.json", report)
+    if history:
+        s, e = history[0], history[-1]
+        log.info("ppo: gold %.4f -> %.4f | positive %.3f -> %.3f | kl %.3f | ppl %.2f -> %.2f | %d timesteps",
+                 s["gold_mean"], e["gold_mean"], s["gold_positive_rate"], e["gold_positive_rate"], e["kl"],
+                 s["perplexity"], e["perplexity"], model.num_timesteps)
