@@ -208,24 +208,26 @@ class TransformerPolicy(ActorCriticPolicy):
     # ------------------------------------------------------------------------------ batched paths (rlfl PPO)
     def sequence_outputs(
         self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, actions: torch.Tensor,
-        *, entropy_grad: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        *, entropy: str = "grad",
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Log-probs, entropies and values of many actions from ONE forward per sequence.
 
         ``tokens``/``mask``: (S, W) whole sequences (prompt window + completion); ``positions``: (K, 2) rows of
         (sequence, column) whose hidden state chose an action; ``actions``: (K,) the tokens chosen there.
         The LM head runs at those K positions only (the vocabulary projection is the costliest matmul of a
-        small model, and the prompt's positions never choose an action). With ``entropy_grad=False`` the
-        entropies are computed without a graph (for logging, when the loss has no entropy bonus).
+        small model, and the prompt's positions never choose an action). ``entropy``: "grad" (part of the
+        graph, for an entropy bonus), "log" (no graph: for logging only) or "none" (returned as None).
         """
         hidden = self.net.gpt.hidden_states(tokens, attention_mask=mask)
         h = hidden[positions[:, 0], positions[:, 1]]
         logits = self.net.gpt.lm_head(h).float()
         logp_all = F.log_softmax(logits, dim=-1)
         logp = logp_all.gather(1, actions[:, None]).squeeze(1)
-        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            entropy = -(logp_all.exp() * logp_all).sum(-1)
-        return logp, entropy, self.net.value(h).float()
+        ent = None
+        if entropy != "none":
+            with torch.set_grad_enabled(entropy == "grad" and torch.is_grad_enabled()):
+                ent = -(logp_all.exp() * logp_all).sum(-1)
+        return logp, ent, self.net.value(h).float()
 
     @torch.no_grad()
     def reference_logprobs(

@@ -349,7 +349,7 @@ class PPO(OnPolicyAlgorithm):
             with self._autocast():
                 ref[cells] = self.policy.reference_logprobs(b.tokens, b.mask, b.positions, b.actions).cpu().numpy()
                 if self._amp_dtype is not None:
-                    lp, _, v = self.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions, entropy_grad=False)
+                    lp, _, v = self.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions, entropy="none")
                     logp[cells], values[cells] = lp.cpu().numpy(), v.cpu().numpy()
         shape = (store.steps, store.num_rows)
         return ref.reshape(shape), logp.reshape(shape), values.reshape(shape)
@@ -397,8 +397,10 @@ class PPO(OnPolicyAlgorithm):
                     continue
                 b = store.batch(segs, self.device)
                 with self._autocast():
+                    # without an entropy bonus the entropy is only logged: measure it in the first epoch
+                    want = "grad" if self.ent_coef != 0 else "log" if epoch == 0 else "none"
                     logp, entropy, values = self.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions,
-                                                                         entropy_grad=self.ent_coef != 0)
+                                                                         entropy=want)
                 adv, ret, old_logp, old_v = adv_t[b.cells], ret_t[b.cells], old_logp_t[b.cells], old_v_t[b.cells]
                 log_ratio = logp - old_logp
                 if not torch.isfinite(log_ratio).all():
@@ -412,8 +414,11 @@ class PPO(OnPolicyAlgorithm):
                 pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip_range, 1 + clip_range)).mean()
                 v_pred = values if clip_vf is None else old_v + (values - old_v).clamp(-clip_vf, clip_vf)
                 vf_loss = 0.5 * torch.max((values - ret) ** 2, (v_pred - ret) ** 2).mean()
-                ent = entropy.mean()
-                loss = pg_loss + self.vf_coef * vf_loss - self.ent_coef * ent
+                loss = pg_loss + self.vf_coef * vf_loss
+                if entropy is not None:
+                    ent = entropy.mean()
+                    loss = loss - self.ent_coef * ent
+                    stats["ent"].append(ent.item())
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
                         f"PPO: the loss is {loss.item()} at timestep {self.num_timesteps} (policy {pg_loss.item():.4g}, "
@@ -422,7 +427,6 @@ class PPO(OnPolicyAlgorithm):
                     approx_kl = ((ratio - 1) - log_ratio).mean().item()
                 stats["pg"].append(pg_loss.item())
                 stats["vf"].append(vf_loss.item())
-                stats["ent"].append(ent.item())
                 stats["approx_kl"].append(approx_kl)
                 stats["clip"].append(((ratio - 1).abs() > clip_range).float().mean().item())
                 if self.target_kl is not None and approx_kl > 1.5 * self.target_kl:

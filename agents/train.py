@@ -54,7 +54,8 @@ LOG_FORMATS = ("stdout", "csv", "tensorboard", "json", "log")
 # settings a resumed run takes from ppo_state.zip, whatever the command line says now
 _FROM_ZIP = ("init_from", "reference", "n_steps", "batch_size", "n_epochs", "learning_rate", "kl_coef", "adaptive_kl",
              "kl_target", "kl_estimator", "target_kl", "gamma", "gae_lambda", "clip_range", "clip_range_vf",
-             "ent_coef", "vf_coef", "max_grad_norm", "no_stop_penalty", "reward_clip", "normalize_reward")
+             "ent_coef", "vf_coef", "max_grad_norm", "no_stop_penalty", "reward_clip", "normalize_reward",
+             "precision")
 
 
 @dataclass
@@ -66,7 +67,8 @@ class PPOConfig:
     reward: str | None = field(default=None, metadata={
         "help": "reward-model checkpoint directory (`rlfl reward train`); default: the env's own reward"})
     gold: str | None = field(default=None, metadata={
-        "help": "reward-model checkpoint used as the gold judge of evaluations (default: the env's gold judge)"})
+        "help": "reward-model checkpoint used as the gold judge of evaluations, read as raw scores (a classifier: "
+                "score > 0 = positive; default: the env's gold judge)"})
     reference: str | None = field(default=None, metadata={
         "help": "checkpoint of the KL reference (default: the starting policy)"})
     # ---- env options (None: the env's default)
@@ -103,6 +105,8 @@ class PPOConfig:
         "help": "added to the reward of completions that never emit a stop token (e.g. -1.0)"})
     reward_clip: float | None = field(default=None, metadata={"help": "clip scores to [-x, x]"})
     normalize_reward: bool = field(default=False, metadata={"help": "normalise scores by their running mean/std"})
+    precision: str = field(default="float32", metadata={
+        "help": "float32 | bfloat16 | auto (bfloat16 where the hardware has it natively: recent CPUs and GPUs)"})
     # ---- output, evaluation, logging
     out_dir: str = field(default="runs/ppo", metadata={
         "help": "output directory: final checkpoint, ppo_state.zip (resume), eval.csv, logs/, ppo_report.json"})
@@ -140,6 +144,7 @@ class PPOConfig:
         for name in ("gamma", "gae_lambda"):
             need(0.0 <= getattr(self, name) <= 1.0, name, "must be in [0, 1]")
         need(self.kl_estimator in ("k1", "k3"), "kl_estimator", "use k1 or k3")
+        need(self.precision in ("float32", "bfloat16", "auto"), "precision", "use float32, bfloat16 or auto")
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
              "use auto, cpu, cuda or cuda:N")
         bad = [f for f in self.log_formats if f not in LOG_FORMATS]
@@ -307,7 +312,8 @@ def _run(cfg: PPOConfig, out: Path) -> None:
             clip_range_vf=cfg.clip_range_vf, ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef,
             max_grad_norm=cfg.max_grad_norm, target_kl=cfg.target_kl, kl_coef=cfg.kl_coef, adaptive_kl=cfg.adaptive_kl,
             kl_target=cfg.kl_target, kl_estimator=cfg.kl_estimator, no_stop_penalty=cfg.no_stop_penalty,
-            reward_clip=cfg.reward_clip, normalize_reward=cfg.normalize_reward, seed=cfg.seed, device=device,
+            reward_clip=cfg.reward_clip, normalize_reward=cfg.normalize_reward, precision=cfg.precision, seed=cfg.seed,
+            device=device,
             policy_kwargs={"reference_checkpoint": cfg.reference} if cfg.reference else None,
         )
         _write_json(out / "ppo_config.json", to_dict(cfg))
@@ -323,7 +329,9 @@ def _run(cfg: PPOConfig, out: Path) -> None:
     if cfg.sample_every:
         callbacks.append(SampleLogger(every_rollouts=cfg.sample_every))
     if eval_prompts:
-        judge = as_reward_source(cfg.gold, device=device) if cfg.gold else None
+        # raw scores: a gold classifier's logit is > 0 exactly when it reads the text as positive, which is
+        # what eval/gold_positive_rate counts (normalising by the training mean would move that threshold)
+        judge = as_reward_source(cfg.gold, device=device, normalize=False) if cfg.gold else None
         if judge is None and env.gold_judge is None:
             log.warning("%s has no gold judge and --gold is unset: eval/gold_* measure the training reward",
                         cfg.env_id)

@@ -1,0 +1,357 @@
+"""PPO on IMDB: teach a review generator to write positive reviews, judged by a classifier it never met.
+
+The classic sentiment-RLHF experiment, end to end on the IMDB data in ../shared/data/imdb:
+
+1. **base LM / starting policy**: a 4,096-token BPE and a small GPT (4 layers x 128 dims) pretrained on the
+   25k TRAIN reviews. Given a review's first words it writes the rest, positive or negative as it comes.
+2. **reward model** (what PPO optimises): the base plus a scalar head trained on pairs of one positive and
+   one negative TRAIN review (``imdb:`` data, Bradley-Terry loss), as in benchmarks/bench_reward_imdb.py.
+3. **gold classifier** (what we measure with): the base plus a head trained with BCE on the labels of the
+   25k TEST reviews (``imdb-labels:``), a split the reward model never saw. It shares the unsupervised
+   base (pretrained on train text, no labels), but no label it learnt from is one the reward model learnt
+   from, so reward hacking of the RM shows up as a gap between the two. Sanity check: its accuracy on TRAIN
+   reviews it was not trained on.
+4. **PPO** (`rlfl.agents.train.train_ppo`, what ``rlfl ppo`` runs) on ``rlfl/ImdbPositive-v0``: prompts
+   are the first 2-8 words of TRAIN reviews, the reward is the RM, the KL reference is the base.
+5. **before / after** on prompts held out of PPO: the gold positive rate (share of completions the
+   classifier calls positive, P > 0.5), the mean gold logit, the KL to the reference (nats per completion)
+   and the reference's perplexity of the completions (how much fluency the reward cost). The classifier is
+   read as a raw logit here: loaded as a reward source it is normalised by the mean/std of its training
+   scores, which moves "positive" from P > 0.5 to "above that mean" (train_ppo's own eval.csv reads it so).
+
+Everything is cached under ``--out``: a stage whose checkpoint is complete is skipped, so a second run
+(or one after a crash) goes straight to where it stopped. ``settings.json`` there records the settings of
+those stages, and a run with other ones is refused. PPO writes ``OUT/<--run>`` (default ``ppo``) and resumes
+from its last checkpoint there, with the settings it started with (`train_ppo` warns when they changed):
+to try other PPO settings on the same base, reward model and classifier, pass a new ``--run`` name.
+
+    python examples/ppo_imdb.py                      # the real experiment: about 15-25 CPU-minutes
+    python examples/ppo_imdb.py --tiny               # a smoke run (small subsets, tiny model): under a minute
+    python examples/ppo_imdb.py --data-dir path/to/imdb --out runs/ppo_imdb --threads 2
+
+One torch thread is the default: on a machine shared with other jobs, two threads can run 5x slower.
+The policy ends up in OUT/ppo as an ordinary rlfl checkpoint: ``rlfl sample OUT/ppo`` opens it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gzip
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rlfl.agents import PPO, make_text_vec_env
+from rlfl.agents.callbacks import evaluate_policy
+from rlfl.agents.train import PPOConfig, split_prompts, train_ppo
+from rlfl.envs import imdb_prompts
+from rlfl.envs.registry import IMDB_POSITIVE
+
+from rlfl import checkpoint as ckpt
+from rlfl.data import Document, prepare_corpus
+from rlfl.preference_data import read_imdb_labels
+from rlfl.pretrain import PretrainConfig, pretrain
+from rlfl.reward import RewardTrainConfig, load_reward_model, train_reward_model
+from rlfl.tokenizer import train_bpe
+from rlfl.trainer import TrainConfig
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "imdb"
+KL_TARGET = 6.0  # nats per completion the adaptive KL coefficient steers towards (issue 5's synthetic-task bound)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Sizes of every stage. `FULL` is the experiment; `TINY` only checks that the pipeline runs."""
+
+    reviews: int | None  # reviews kept per split (a balanced seeded subset; None = all 25k)
+    vocab: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    block: int  # context; reward data keep the last `block` tokens of a review (where its verdict sits)
+    pretrain_steps: int
+    pretrain_batch: int
+    rm_steps: int
+    rm_batch: int  # pairs per step
+    gold_steps: int
+    gold_batch: int  # labelled reviews per step
+    stats_samples: int  # texts scored for a reward model's recorded mean/std
+    gold_check: int  # held-out TRAIN reviews for the gold classifier's accuracy
+    max_prompt_tokens: int
+    max_new_tokens: int
+    n_envs: int
+    timesteps: int  # generated tokens PPO trains on
+    n_epochs: int
+    batch_size: int  # tokens per PPO minibatch
+    lr: float
+    kl_coef: float
+    eval_prompts: int  # held out of PPO for the before/after figures
+
+
+# settings of the PPO run only (the other ones decide what is cached in --out)
+PPO_FIELDS = ("max_prompt_tokens", "max_new_tokens", "n_envs", "timesteps", "n_epochs", "batch_size", "lr", "kl_coef",
+              "eval_prompts")
+
+
+# The reward model and the trunk follow benchmarks/bench_reward_imdb.py (test pair accuracy 0.91 there, 10.6
+# CPU-minutes). The gold classifier gets about 0.8 of a pass over the 24.5k test reviews it trains on (about as
+# long as the reward model). PPO: 32 rows x 48 tokens a rollout, 64 rollouts, at the learning rate of
+# benchmarks/bench_ppo_learning.py (same model size); a 3-update trial ran at about 500 tokens/s on one busy
+# core, so about 4 minutes with the evaluations. Estimated total: 15-20 minutes.
+FULL = Settings(reviews=None, vocab=4096, n_layer=4, n_head=4, n_embd=128, block=128,
+                pretrain_steps=400, pretrain_batch=16, rm_steps=800, rm_batch=16, gold_steps=600, gold_batch=32,
+                stats_samples=512, gold_check=2000, max_prompt_tokens=24, max_new_tokens=48,
+                n_envs=32, timesteps=32 * 48 * 64, n_epochs=4, batch_size=512, lr=1e-4, kl_coef=0.05,
+                eval_prompts=256)
+TINY = Settings(reviews=600, vocab=512, n_layer=2, n_head=2, n_embd=64, block=64,
+                pretrain_steps=40, pretrain_batch=8, rm_steps=30, rm_batch=8, gold_steps=30, gold_batch=16,
+                stats_samples=64, gold_check=100, max_prompt_tokens=32, max_new_tokens=16,
+                n_envs=8, timesteps=8 * 16 * 3, n_epochs=2, batch_size=64, lr=1e-4, kl_coef=0.05,
+                eval_prompts=16)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write through a temp file and rename, so an interrupted run never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def check_settings(out: Path, settings: dict[str, Any]) -> None:
+    """Record the settings in OUT/settings.json, or refuse to mix stages built with other settings."""
+    path = out / "settings.json"
+    if path.is_file():
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+        for key in sorted(set(settings) | set(recorded)):
+            if settings.get(key) != recorded.get(key):
+                raise SystemExit(f"{path}: {out} was built with {key}={recorded.get(key)!r}, not "
+                                 f"{settings.get(key)!r}; pass another --out (or delete {out})")
+        return
+    atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
+
+
+def finished(directory: Path, steps: int, *, need: str | None = None) -> bool:
+    """True when ``directory`` holds a checkpoint trained to ``steps`` (and, if given, with field ``need``)."""
+    if not ckpt.is_checkpoint(directory):
+        return False
+    config = ckpt.read_config(directory)
+    return int(config.get("step", 0)) >= steps and (need is None or need in config)
+
+
+class Stages:
+    """Runs the pipeline's stages, skipping cached ones, and prints each one's wall time."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def run(self, name: str, what: str, cached: bool, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` unless ``cached``; ``name`` keys the timing, ``what`` says what the stage does."""
+        if cached:
+            print(f"[{name}] cached: {what}", flush=True)
+            self.seconds[name] = 0.0
+            return None
+        t = time.perf_counter()
+        result = fn()
+        self.seconds[name] = time.perf_counter() - t
+        print(f"[{name}] {self.seconds[name]:.1f} s: {what} (total {time.perf_counter() - self.t0:.1f} s)",
+              flush=True)
+        return result
+
+
+def balanced_subset(src: Path, dst: Path, n: int, seed: int) -> None:
+    """Copy a seeded subset of ``n`` reviews, half positive and half negative, in the same JSONL.gz format.
+
+    Only for --tiny: the files are sorted positives first, so "the first n reviews" would all be positive.
+    """
+    with gzip.open(src, "rt", encoding="utf-8") as fh:
+        records = [json.loads(line) for line in fh if line.strip()]
+    rng = np.random.default_rng(seed)
+    keep: list[int] = []
+    for label in (1, 0):
+        idx = [i for i, r in enumerate(records) if r["label"] == label]
+        keep += rng.choice(idx, size=min(n // 2, len(idx)), replace=False).tolist()
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8") as fh:
+        for i in sorted(keep):
+            fh.write(json.dumps(records[i]) + "\n")
+    os.replace(tmp, dst)
+
+
+def train_config(out_dir: Path, *, steps: int, batch: int, lr: float, threads: int) -> TrainConfig:
+    """The loop settings every supervised stage shares (no mid-run evals; a checkpoint every 100 steps)."""
+    return TrainConfig(out_dir=str(out_dir), max_steps=steps, batch_size=batch, lr=lr, min_lr=lr / 10,
+                       warmup_steps=min(30, max(1, steps // 10)), weight_decay=0.1, eval_interval=0, eval_steps=8,
+                       checkpoint_interval=100, log_interval=max(1, min(100, steps // 4)), num_threads=threads,
+                       progress=False, seed=0)
+
+
+# ---------------------------------------------------------------------------------------------- stages
+def build_base(s: Settings, train_file: Path, shards: Path, base: Path, threads: int, stages: Stages) -> None:
+    """BPE on the TRAIN reviews, token shards of them, and a GPT pretrained on those shards."""
+    def tokenize() -> None:
+        texts = [e.text for e in read_imdb_labels(train_file).examples]  # <br /> and the like cleaned
+        tok = train_bpe(texts, s.vocab, num_workers=1)
+        prepare_corpus((Document(t, str(train_file)) for t in texts), tok, shards, val_fraction=0.01, clean=False,
+                       seed=0)
+
+    stages.run("tokenizer", f"BPE {s.vocab} on the train reviews + their token shards",
+               (shards / "meta.json").is_file(), tokenize)
+    stages.run("base", f"pretrain {s.n_layer} layers x {s.n_embd} dims, {s.pretrain_steps} steps x "
+               f"{s.pretrain_batch} x {s.block} tokens", finished(base, s.pretrain_steps),
+               lambda: pretrain(PretrainConfig(
+                   data=str(shards), n_layer=s.n_layer, n_head=s.n_head, n_embd=s.n_embd, block_size=s.block,
+                   sample_tokens=0, train=train_config(base, steps=s.pretrain_steps, batch=s.pretrain_batch, lr=2e-3,
+                                                       threads=threads))))
+
+
+def train_head(s: Settings, base: Path, data: str, out_dir: Path, *, steps: int, batch: int, threads: int,
+               stages: Stages, name: str, what: str) -> None:
+    """A reward model (pairs) or classifier (labels, BCE) on ``data``, from the base."""
+    stages.run(name, what, finished(out_dir, steps, need="reward"), lambda: train_reward_model(RewardTrainConfig(
+        init_from=str(base), data=data, block_size=s.block, val_fraction=0.02, stats_samples=s.stats_samples,
+        train=train_config(out_dir, steps=steps, batch=batch, lr=1e-3, threads=threads))))
+
+
+def gold_accuracy(gold: Path, train_file: Path, n: int, seed: int) -> float:
+    """The gold classifier's accuracy (P(positive) > 0.5 vs the label) on ``n`` TRAIN reviews (balanced)."""
+    examples = read_imdb_labels(train_file).examples
+    rng = np.random.default_rng(seed)
+    picks: list[int] = []
+    for label in (1.0, 0.0):
+        idx = [i for i, e in enumerate(examples) if e.label == label]
+        picks += rng.choice(idx, size=min(n // 2, len(idx)), replace=False).tolist()
+    judge = load_reward_model(gold, normalize=False)  # raw logits: > 0 iff P(positive) > 0.5
+    logits = judge.score([examples[i].prompt for i in picks], [examples[i].text for i in picks])
+    labels = np.array([examples[i].label for i in picks])
+    return float(np.mean((logits > 0) == (labels == 1.0)))
+
+
+def evaluate(s: Settings, seed: int, data_dir: Path, base: Path, rm: Path, gold: Path, ppo_dir: Path
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Gold figures of the base and of the PPO policy on the prompts `train_ppo` held out of training.
+
+    The split is recomputed exactly as train_ppo makes it (same prompt list, `split_prompts`, same seed), and
+    the sampling seed is the same, so the completions are the ones its own evaluations drew. The judge is the
+    gold classifier's RAW logit: load_reward_model normalises by the mean/std of its training scores by
+    default, which would move "positive" from P > 0.5 to raw logit > that mean.
+    """
+    judge = load_reward_model(gold, normalize=False)
+    held = split_prompts(list(imdb_prompts(data_dir, split="train")), None, s.eval_prompts, seed)[1]
+    env = make_text_vec_env(IMDB_POSITIVE, 1, tokenizer=str(base), data_path=str(data_dir), reward=str(rm),
+                            max_prompt_tokens=s.max_prompt_tokens, max_new_tokens=s.max_new_tokens)
+    before = evaluate_policy(PPO(str(base), env, seed=seed), held, judge, seed=seed)
+    after = evaluate_policy(PPO.load(ppo_dir / "ppo_state.zip", env=env), held, judge, seed=seed)
+    return before, after
+
+
+# ---------------------------------------------------------------------------------------------- main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", default=str(DEFAULT_DATA), help="folder with imdb_train/test.jsonl.gz")
+    ap.add_argument("--out", default=None, help="working directory, every stage cached here "
+                                                "(default: runs/ppo_imdb, or runs/ppo_imdb_tiny with --tiny)")
+    ap.add_argument("--tiny", action="store_true", help="smoke-test sizes: small subsets, a tiny model, few steps")
+    ap.add_argument("--timesteps", type=int, default=None, help="PPO tokens to train on (default: the preset's)")
+    ap.add_argument("--lr", type=float, default=None, help="PPO learning rate (default: the preset's)")
+    ap.add_argument("--kl-coef", type=float, default=None, help="initial weight of the KL penalty, adapted towards "
+                    f"{KL_TARGET:g} nats (default: the preset's)")
+    ap.add_argument("--run", default="ppo", help="PPO folder inside --out: a new name starts a fresh PPO run on "
+                                                 "the same base, reward model and gold classifier")
+    ap.add_argument("--seed", type=int, default=0, help="seed of PPO, its prompt split and the evaluations")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = ap.parse_args()
+    s = TINY if args.tiny else FULL
+    overrides = {"timesteps": args.timesteps, "lr": args.lr, "kl_coef": args.kl_coef}
+    s = dataclasses.replace(s, **{k: v for k, v in overrides.items() if v is not None})
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("rlfl.agents").setLevel(logging.INFO)  # PPO's metrics, evaluations and samples
+    torch.set_num_threads(args.threads)
+
+    src = Path(args.data_dir)
+    for split in ("train", "test"):
+        if not (src / f"imdb_{split}.jsonl.gz").is_file():
+            raise SystemExit(f"{src / f'imdb_{split}.jsonl.gz'}: not found; pass --data-dir path/to/shared/data/imdb")
+    out = Path(args.out or ("runs/ppo_imdb_tiny" if args.tiny else "runs/ppo_imdb"))
+    out.mkdir(parents=True, exist_ok=True)
+    # the manifest covers the cached stages; PPO runs live in their own folder (--run), see the module doc
+    prepared = {k: v for k, v in dataclasses.asdict(s).items() if k not in PPO_FIELDS}
+    check_settings(out, {**prepared, "data_dir": str(src.resolve())})
+    shards, base, rm, gold, ppo_dir = out / "shards", out / "base", out / "rm", out / "gold", out / args.run
+    stages = Stages()
+    print(f"torch {torch.__version__}, {args.threads} thread(s); working directory {out}", flush=True)
+
+    # ---- data: the real files, or (--tiny) balanced subsets of them in the same format
+    data_dir = src
+    if s.reviews is not None:
+        data_dir = out / "data"
+        data_dir.mkdir(exist_ok=True)
+        files = [data_dir / f"imdb_{split}.jsonl.gz" for split in ("train", "test")]
+        stages.run("data", f"subsets of {s.reviews} reviews per split", all(f.is_file() for f in files),
+                   lambda: [balanced_subset(src / f.name, f, s.reviews, seed=0) for f in files])
+    train_file, test_file = data_dir / "imdb_train.jsonl.gz", data_dir / "imdb_test.jsonl.gz"
+
+    # ---- the base LM (= the starting policy and the KL reference), the reward model, the gold classifier
+    build_base(s, train_file, shards, base, args.threads, stages)
+    train_head(s, base, f"imdb:{train_file}", rm, steps=s.rm_steps, batch=s.rm_batch, threads=args.threads,
+               stages=stages, name="rm",
+               what=f"reward model on TRAIN pos/neg pairs ({s.rm_steps} steps x {s.rm_batch} pairs)")
+    train_head(s, base, f"imdb-labels:{test_file}", gold, steps=s.gold_steps, batch=s.gold_batch,
+               threads=args.threads, stages=stages, name="gold",
+               what=f"gold classifier on TEST labels ({s.gold_steps} steps x {s.gold_batch} reviews, BCE)")
+    rm_stats, gold_stats = ckpt.read_config(rm)["reward"], ckpt.read_config(gold)["reward"]
+    accuracy = stages.run("gold_check", f"gold accuracy on {s.gold_check} held-out train reviews", False,
+                          lambda: gold_accuracy(gold, train_file, s.gold_check, seed=1))
+    print(f"reward model: val pair accuracy {rm_stats.get('val_accuracy', float('nan')):.4f} "
+          f"({rm_stats.get('val_items')} held-out train pairs)")
+    print(f"gold classifier: accuracy {accuracy:.4f} on {s.gold_check} TRAIN reviews it never saw (chance 0.5); "
+          f"mean logit on its training texts {gold_stats['mean']:+.3f}")
+
+    # ---- PPO against the reward model; train_ppo's own evaluations use the gold classifier too. The KL
+    # coefficient adapts towards KL_TARGET nats per completion: in a 3-update trial (lr 1e-4, an under-trained
+    # base) a fixed 0.05 let the KL pass 8 nats, and far from the base the text stops being English.
+    cfg = PPOConfig(
+        init_from=str(base), env_id=IMDB_POSITIVE, reward=str(rm), gold=str(gold), data_path=str(data_dir),
+        max_prompt_tokens=s.max_prompt_tokens, max_new_tokens=s.max_new_tokens, n_envs=s.n_envs,
+        n_steps=s.max_new_tokens, total_timesteps=s.timesteps, batch_size=s.batch_size, n_epochs=s.n_epochs,
+        learning_rate=s.lr, kl_coef=s.kl_coef, adaptive_kl=True, kl_target=KL_TARGET,
+        eval_prompts=s.eval_prompts, eval_every=max(1, s.timesteps // 4),
+        checkpoint_every=max(1, s.timesteps // 8), sample_every=4, seed=args.seed, num_threads=args.threads,
+        out_dir=str(ppo_dir), progress=False)
+    stages.run("ppo", f"PPO, {s.timesteps} tokens ({s.n_envs} rows x {s.max_new_tokens} new tokens a rollout)",
+               False, lambda: train_ppo(cfg))
+    before, after = stages.run("eval", f"gold evaluation on {s.eval_prompts} held-out prompts, before and after",
+                               False, lambda: evaluate(s, args.seed, data_dir, base, rm, gold, ppo_dir))
+
+    # ---- figures
+    rows = [("gold positive rate (P > 0.5)", "gold_positive_rate", "{:.3f}"),
+            ("mean gold logit", "gold_mean", "{:+.3f}"),
+            ("KL to reference (nats)", "kl", "{:.3f}"),
+            ("reference perplexity", "perplexity", "{:.2f}"),
+            ("completion length (tokens)", "length", "{:.1f}")]
+    print(f"\n{'':32}{'before':>10}{'after':>10}   ({before['n']} completions of held-out prompts)")
+    for label, key, fmt in rows:
+        print(f"{label:32}{fmt.format(before[key]):>10}{fmt.format(after[key]):>10}")
+    for name, figures in (("before", before), ("after", after)):
+        for sample in figures["samples"][:2]:
+            print(f"  {name}: {sample['prompt']!r} -> {sample['completion']!r} (gold logit {sample['score']:+.2f})")
+    report = json.loads((ppo_dir / "ppo_report.json").read_text(encoding="utf-8"))
+    print(f"PPO: {report['timesteps']} tokens in {report['wall_time_s']:.0f} s this run, final KL coefficient "
+          f"{report['kl_coef']:.3g}; per-evaluation figures in {ppo_dir / 'eval.csv'} (gold normalised by its "
+          f"training mean/std there, so its 'positive' means P > {1 / (1 + math.exp(-gold_stats['mean'])):.2f})")
+    print("stage wall times: " + ", ".join(f"{k} {v:.0f}s" for k, v in stages.seconds.items())
+          + f"; total {time.perf_counter() - stages.t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
