@@ -61,6 +61,7 @@ from rlfl.data import Document, prepare_corpus
 from rlfl.preference_data import read_imdb_labels
 from rlfl.pretrain import PretrainConfig, pretrain
 from rlfl.reward import RewardTrainConfig, load_reward_model, train_reward_model
+from rlfl.stage_cache import check_settings, checkpoint_done
 from rlfl.tokenizer import train_bpe
 from rlfl.trainer import TrainConfig
 
@@ -120,34 +121,6 @@ TINY = Settings(reviews=600, vocab=512, n_layer=2, n_head=2, n_embd=64, block=64
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temp file and rename, so an interrupted run never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def check_settings(out: Path, settings: dict[str, Any]) -> None:
-    """Record the settings in OUT/settings.json, or refuse to mix stages built with other settings."""
-    path = out / "settings.json"
-    if path.is_file():
-        recorded = json.loads(path.read_text(encoding="utf-8"))
-        for key in sorted(set(settings) | set(recorded)):
-            if settings.get(key) != recorded.get(key):
-                raise SystemExit(f"{path}: {out} was built with {key}={recorded.get(key)!r}, not "
-                                 f"{settings.get(key)!r}; pass another --out (or delete {out})")
-        return
-    atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
-
-
-def finished(directory: Path, steps: int, *, need: str | None = None) -> bool:
-    """True when ``directory`` holds a checkpoint trained to ``steps`` (and, if given, with field ``need``)."""
-    if not ckpt.is_checkpoint(directory):
-        return False
-    config = ckpt.read_config(directory)
-    return int(config.get("step", 0)) >= steps and (need is None or need in config)
-
-
 class Stages:
     """Runs the pipeline's stages, skipping cached ones, and prints each one's wall time."""
 
@@ -208,7 +181,7 @@ def build_base(s: Settings, train_file: Path, shards: Path, base: Path, threads:
     stages.run("tokenizer", f"BPE {s.vocab} on the train reviews + their token shards",
                (shards / "meta.json").is_file(), tokenize)
     stages.run("base", f"pretrain {s.n_layer} layers x {s.n_embd} dims, {s.pretrain_steps} steps x "
-               f"{s.pretrain_batch} x {s.block} tokens", finished(base, s.pretrain_steps),
+               f"{s.pretrain_batch} x {s.block} tokens", checkpoint_done(base, s.pretrain_steps),
                lambda: pretrain(PretrainConfig(
                    data=str(shards), n_layer=s.n_layer, n_head=s.n_head, n_embd=s.n_embd, block_size=s.block,
                    sample_tokens=0, train=train_config(base, steps=s.pretrain_steps, batch=s.pretrain_batch, lr=2e-3,
@@ -218,7 +191,7 @@ def build_base(s: Settings, train_file: Path, shards: Path, base: Path, threads:
 def train_head(s: Settings, base: Path, data: str, out_dir: Path, *, steps: int, batch: int, threads: int,
                stages: Stages, name: str, what: str) -> None:
     """A reward model (pairs) or classifier (labels, BCE) on ``data``, from the base."""
-    stages.run(name, what, finished(out_dir, steps, need="reward"), lambda: train_reward_model(RewardTrainConfig(
+    stages.run(name, what, checkpoint_done(out_dir, steps, need="reward"), lambda: train_reward_model(RewardTrainConfig(
         init_from=str(base), data=data, block_size=s.block, val_fraction=0.02, stats_samples=s.stats_samples,
         train=train_config(out_dir, steps=steps, batch=batch, lr=1e-3, threads=threads))))
 
@@ -286,7 +259,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     # the manifest covers the cached stages; PPO runs live in their own folder (--run), see the module doc
     prepared = {k: v for k, v in dataclasses.asdict(s).items() if k not in PPO_FIELDS}
-    check_settings(out, {**prepared, "data_dir": str(src.resolve())})
+    try:
+        check_settings(out / "settings.json", {**prepared, "data_dir": str(src.resolve())})
+    except ValueError as exc:  # a script says it in one line, without a traceback
+        raise SystemExit(str(exc)) from None
     shards, base, rm, gold, ppo_dir = out / "shards", out / "base", out / "rm", out / "gold", out / args.run
     stages = Stages()
     print(f"torch {torch.__version__}, {args.threads} thread(s); working directory {out}", flush=True)

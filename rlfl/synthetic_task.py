@@ -36,11 +36,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +55,7 @@ from rlfl.envs.prompts import _first_words, synthetic_review_prompts
 from rlfl.envs.rewards import GoldSentiment, source_name
 from rlfl.envs.text_env import default_stop_tokens
 from rlfl.generate import SamplingConfig, generate
+from rlfl.stage_cache import check_settings, checkpoint_done, write_jsonl
 from rlfl.trainer import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -66,26 +65,6 @@ CORPUS_SEED, SFT_SEED, PAIRS_SEED = 1000, 2000, 3000  # offsets added to the tas
 _SENTENCE_END = re.compile(r"[.!?]$")
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> Path:
-    """Write ``records`` one JSON object a line, atomically (a temp file in the same folder, then os.replace)."""
-    path = Path(path)
-    _atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    return path
-
-
-# ------------------------------------------------------------------------------------------ SFT data
 def cut_response(continuation: str, max_bytes: int) -> str:
     """The longest head of ``continuation`` within ``max_bytes`` UTF-8 bytes that ends a sentence, else
     the longest that ends a word ("" when not even the first word fits).
@@ -368,14 +347,6 @@ class SyntheticTask:
     figures: dict[str, Any] = field(default_factory=dict)
 
 
-def _finished(directory: Path, steps: int, *, need: str | None = None) -> bool:
-    """True when ``directory`` holds a checkpoint trained to ``steps`` (and, if given, with field ``need``)."""
-    if not ckpt.is_checkpoint(directory):
-        return False
-    config = ckpt.read_config(directory)
-    return int(config.get("step", 0)) >= steps and (need is None or need in config)
-
-
 def _count_lines(path: Path) -> int:
     with open(path, encoding="utf-8") as f:
         return sum(1 for line in f if line.strip())
@@ -383,15 +354,7 @@ def _count_lines(path: Path) -> int:
 
 def _check_manifest(path: Path, cfg: SyntheticTaskConfig) -> None:
     """Record the settings in task.json, or refuse settings that differ from the recorded ones."""
-    settings = {k: v for k, v in to_dict(cfg).items() if k not in _RUNTIME_FIELDS}
-    if path.is_file():
-        recorded = json.loads(path.read_text(encoding="utf-8"))
-        for key in sorted(set(settings) | set(recorded)):
-            if settings.get(key) != recorded.get(key):
-                raise ValueError(f"{path}: {path.parent} was prepared with {key}={recorded.get(key)!r}, not "
-                                 f"{settings.get(key)!r}; pass a new out_dir (or delete {path.parent})")
-        return
-    _atomic_write(path, json.dumps(settings, indent=2) + "\n")
+    check_settings(path, {k: v for k, v in to_dict(cfg).items() if k not in _RUNTIME_FIELDS})
 
 
 def _train_config(cfg: SyntheticTaskConfig, out_dir: Path, *, steps: int, batch_size: int, lr: float,
@@ -452,7 +415,7 @@ def prepare_synthetic_task(out_dir: str | os.PathLike, config: SyntheticTaskConf
     stage("corpus", (task.data / "meta.json").is_file(), task.data, lambda: prepare_corpus(
         synthetic_documents(cfg.corpus_docs, seed=s + CORPUS_SEED), byte_tokenizer(), task.data, seed=s + CORPUS_SEED))
 
-    stage("pretrain", _finished(task.base, cfg.pretrain_steps), task.base, lambda: pretrain(PretrainConfig(
+    stage("pretrain", checkpoint_done(task.base, cfg.pretrain_steps), task.base, lambda: pretrain(PretrainConfig(
         data=str(task.data), n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
         train=_train_config(cfg, task.base, steps=cfg.pretrain_steps, batch_size=cfg.pretrain_batch_size,
                             lr=cfg.pretrain_lr, seed=s))))
@@ -463,7 +426,7 @@ def prepare_synthetic_task(out_dir: str | os.PathLike, config: SyntheticTaskConf
         write_jsonl(task.sft_data, records)
     stage("sft_data", task.sft_data.is_file(), task.sft_data, sft_records)
 
-    stage("sft", _finished(task.sft, cfg.sft_steps), task.sft, lambda: sft(SFTConfig(
+    stage("sft", checkpoint_done(task.sft, cfg.sft_steps), task.sft, lambda: sft(SFTConfig(
         init_from=str(task.base), data=str(task.sft_data), num_samples=2, sample_tokens=cfg.max_new_tokens,
         train=_train_config(cfg, task.sft, steps=cfg.sft_steps, batch_size=cfg.sft_batch_size, lr=cfg.sft_lr,
                             seed=s))))
@@ -479,7 +442,7 @@ def prepare_synthetic_task(out_dir: str | os.PathLike, config: SyntheticTaskConf
         write_jsonl(task.pairs, records)
     stage("pairs", task.pairs.is_file(), task.pairs, pairs)
 
-    stage("reward_model", _finished(task.reward_model, cfg.rm_steps, need="reward"), task.reward_model,
+    stage("reward_model", checkpoint_done(task.reward_model, cfg.rm_steps, need="reward"), task.reward_model,
           lambda: train_reward_model(RewardTrainConfig(
               init_from=str(task.base if cfg.rm_init == "base" else task.sft), data=str(task.pairs),
               val_fraction=0.1, stats_samples=1024,
