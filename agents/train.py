@@ -53,7 +53,7 @@ STATE_ZIP = "ppo_state.zip"
 LOG_FORMATS = ("stdout", "csv", "tensorboard", "json", "log")
 # settings a resumed run takes from ppo_state.zip, whatever the command line says now
 _FROM_ZIP = ("init_from", "reference", "n_steps", "batch_size", "n_epochs", "learning_rate", "kl_coef", "adaptive_kl",
-             "kl_target", "kl_estimator", "target_kl", "gamma", "gae_lambda", "clip_range", "clip_range_vf",
+             "kl_target", "kl_horizon", "kl_estimator", "target_kl", "gamma", "gae_lambda", "clip_range", "clip_range_vf",
              "ent_coef", "vf_coef", "max_grad_norm", "no_stop_penalty", "reward_clip", "normalize_reward",
              "precision")
 
@@ -90,6 +90,8 @@ class PPOConfig:
     kl_coef: float = field(default=0.05, metadata={"help": "beta: weight of the per-token KL penalty (initial, if adaptive)"})
     adaptive_kl: bool = field(default=False, metadata={"help": "adapt beta to keep the KL per completion near --kl-target"})
     kl_target: float = field(default=6.0, metadata={"help": "target KL per completion (nats) of the adaptive controller"})
+    kl_horizon: int = field(default=10_000, metadata={
+        "help": "adaptive KL: completions over which beta may move by 20%% of the error (smaller = faster)"})
     kl_estimator: str = field(default="k1", metadata={"help": "per-token KL estimator: k1 (log ratio) | k3 (always >= 0)"})
     target_kl: float | None = field(default=None, metadata={
         "help": "stop an update's epochs when the approximate KL of the update exceeds 1.5x this"})
@@ -144,6 +146,7 @@ class PPOConfig:
         for name in ("gamma", "gae_lambda"):
             need(0.0 <= getattr(self, name) <= 1.0, name, "must be in [0, 1]")
         need(self.kl_estimator in ("k1", "k3"), "kl_estimator", "use k1 or k3")
+        need(self.kl_horizon >= 1, "kl_horizon", "must be >= 1")
         need(self.precision in ("float32", "bfloat16", "auto"), "precision", "use float32, bfloat16 or auto")
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
              "use auto, cpu, cuda or cuda:N")
@@ -311,7 +314,7 @@ def _run(cfg: PPOConfig, out: Path) -> None:
             n_epochs=cfg.n_epochs, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, clip_range=cfg.clip_range,
             clip_range_vf=cfg.clip_range_vf, ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef,
             max_grad_norm=cfg.max_grad_norm, target_kl=cfg.target_kl, kl_coef=cfg.kl_coef, adaptive_kl=cfg.adaptive_kl,
-            kl_target=cfg.kl_target, kl_estimator=cfg.kl_estimator, no_stop_penalty=cfg.no_stop_penalty,
+            kl_target=cfg.kl_target, kl_horizon=cfg.kl_horizon, kl_estimator=cfg.kl_estimator, no_stop_penalty=cfg.no_stop_penalty,
             reward_clip=cfg.reward_clip, normalize_reward=cfg.normalize_reward, precision=cfg.precision, seed=cfg.seed,
             device=device,
             policy_kwargs={"reference_checkpoint": cfg.reference} if cfg.reference else None,

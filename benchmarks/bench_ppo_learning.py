@@ -36,6 +36,9 @@ def main() -> None:
     ap.add_argument("--timesteps", type=int, default=65536, help="PPO tokens to train on")
     ap.add_argument("--kl-coef", type=float, default=0.05)
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--adaptive-kl", action="store_true", help="adapt beta to keep the KL near --kl-target")
+    ap.add_argument("--kl-target", type=float, default=4.5, help="nats per completion (adaptive KL)")
+    ap.add_argument("--kl-horizon", type=int, default=2000, help="completions per 20%% beta move (adaptive KL)")
     ap.add_argument("--precision", default="float32", help="float32 | bfloat16 | auto")
     ap.add_argument("--eval-prompts", type=int, default=256, help="held-out prompts for the gold evaluation")
     ap.add_argument("--threads", type=int, default=2)
@@ -55,7 +58,8 @@ def main() -> None:
         raise SystemExit(f"{out}: holds an earlier run; pass a new --out (this benchmark times a fresh run)")
     cfg = PPOConfig(init_from=str(task.sft), reward=str(task.reward_model), chat_template=True, out_dir=str(out),
                     total_timesteps=args.timesteps, n_envs=32, n_steps=32, batch_size=512, n_epochs=4,
-                    learning_rate=args.lr, kl_coef=args.kl_coef, eval_prompts=args.eval_prompts,
+                    learning_rate=args.lr, kl_coef=args.kl_coef, adaptive_kl=args.adaptive_kl,
+                    kl_target=args.kl_target, kl_horizon=args.kl_horizon, eval_prompts=args.eval_prompts,
                     eval_every=args.timesteps // 4, checkpoint_every=0, seed=args.seed, num_threads=args.threads,
                     precision=args.precision, progress=False)
     t1 = time.perf_counter()
