@@ -12,7 +12,10 @@ Issue 5's learning target, end to end on the built-in task `rlfl/SyntheticReview
    prompts before and after, with the KL to the reference: the figures of the acceptance point.
 
     python benchmarks/bench_ppo_learning.py [--task-dir runs/synthetic_task] [--out runs/ppo_learning]
-                                            [--timesteps 65536] [--threads 2]
+                                            [--timesteps 327680] [--lr 5e-5] [--threads 2]
+
+Measured (2 cores): gold positive rate 0.379 -> 0.906 at a KL of 8.32 nats in 8.5 minutes of PPO (0.887 at
+6.71 nats after 81,920 tokens): the >= 0.9 at <= 6 nats target is not reached yet (see the issue notes).
 """
 
 from __future__ import annotations
@@ -33,9 +36,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task-dir", default="runs/synthetic_task", help="where the SFT policy and reward model live")
     ap.add_argument("--out", default="runs/ppo_learning", help="PPO output directory (a fresh run each time)")
-    ap.add_argument("--timesteps", type=int, default=65536, help="PPO tokens to train on")
+    ap.add_argument("--timesteps", type=int, default=327680, help="PPO tokens to train on")
     ap.add_argument("--kl-coef", type=float, default=0.05)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr", type=float, default=5e-5, help="5e-5 gave a better gold-vs-KL frontier than 1e-4")
     ap.add_argument("--adaptive-kl", action="store_true", help="adapt beta to keep the KL near --kl-target")
     ap.add_argument("--kl-target", type=float, default=4.5, help="nats per completion (adaptive KL)")
     ap.add_argument("--kl-horizon", type=int, default=2000, help="completions per 20%% beta move (adaptive KL)")
