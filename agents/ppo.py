@@ -462,9 +462,6 @@ class PPO(OnPolicyAlgorithm):
             record("rollout/stop_rate", float(store.stopped[ended].mean()))
         if episode_kls:
             record("rollout/kl", float(np.mean(episode_kls)))
-        self._last_train_stats = {"kl": float(np.mean(episode_kls)) if episode_kls else float("nan"),
-                                  "score": float(store.scores[ended].mean()) if ended.any() else float("nan"),
-                                  "skipped_batches": skipped}
 
     def learn(self, total_timesteps: int, callback: Any = None, log_interval: int = 1, tb_log_name: str = "PPO",
               reset_num_timesteps: bool = True, progress_bar: bool = False) -> PPO:
