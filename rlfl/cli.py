@@ -15,9 +15,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rlfl import config as cfglib
 
@@ -180,8 +181,18 @@ def cmd_sample(a: SampleArgs) -> None:
 # ------------------------------------------------------------------------------------ parser
 def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], None], str]]:
     from rlfl.agents.train import PPOConfig
-    from rlfl.pretrain import PretrainConfig
     from rlfl.chat import ChatConfig, chat
+    from rlfl.feedback.annotators import LabelSimulateConfig, label_simulate
+    from rlfl.feedback.terminal import (
+        LabelCliConfig,
+        LabelExportConfig,
+        LabelStatsConfig,
+        label_cli,
+        label_export,
+        label_stats,
+    )
+    from rlfl.feedback.web import LabelServeConfig, label_serve
+    from rlfl.pretrain import PretrainConfig
     from rlfl.reward import RewardTrainConfig
     from rlfl.serve import ServeConfig, serve
     from rlfl.sft import SFTConfig
@@ -198,6 +209,16 @@ def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], None], str]
         ("sample",): (SampleArgs, cmd_sample, "generate text from a checkpoint"),
         ("serve",): (ServeConfig, serve, "OpenAI-compatible HTTP server over a checkpoint (127.0.0.1 by default)"),
         ("chat",): (ChatConfig, chat, "chat with a checkpoint in the terminal"),
+        ("label", "serve"): (LabelServeConfig, label_serve,
+                             "label pairs in a local web page (127.0.0.1; a session token guards every write)"),
+        ("label", "cli"): (LabelCliConfig, label_cli,
+                           "label comparison pairs in the terminal (1/2 left/right, 3 tie, s skip, u undo, q quit)"),
+        ("label", "export"): (LabelExportConfig, label_export,
+                              "export a label store as preference pairs JSONL for `rlfl reward train`"),
+        ("label", "stats"): (LabelStatsConfig, label_stats,
+                             "labels per annotator and inter-annotator agreement (Cohen's kappa)"),
+        ("label", "simulate"): (LabelSimulateConfig, label_simulate,
+                                "label a store with SIMULATED annotators (gold scorer + noise/position/length bias)"),
     }
 
 
@@ -233,7 +254,7 @@ def _setup_logging(verbose: bool) -> None:
                 from tqdm import tqdm
 
                 tqdm.write(self.format(record), file=sys.stderr)
-            except Exception:  # pragma: no cover - logging must never crash the program
+            except Exception:  # noqa: BLE001 # pragma: no cover - logging must never crash the program
                 self.handleError(record)
 
     handler = TqdmHandler()

@@ -20,6 +20,9 @@ def test_wheel_has_only_the_rlfl_package(tmp_path):
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
     assert top == {"rlfl"}, top
     assert "rlfl/envs/__init__.py" in names and "rlfl/agents/__init__.py" in names
+    # every subpackage of the source tree ships (a package missing from pyproject's list would be silently dropped)
+    for init in (ROOT / "rlfl").rglob("__init__.py"):
+        assert f"rlfl/{init.relative_to(ROOT / 'rlfl').as_posix()}" in names, init
     assert "rlfl/cli.py" in names and not any(n.startswith(("tests/", "envs/", "agents/")) for n in names)
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert re.search(r"^rlfl = rlfl\.cli:main$", zipfile.ZipFile(wheel).read(entry).decode(), re.M)
