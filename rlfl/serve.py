@@ -23,6 +23,20 @@ How a request flows:
 ``max_tokens`` is clamped to ``max_tokens_limit`` and to the room the prompt leaves in the context
 (``finish_reason`` then says "length"); a prompt with no room at all is a 400.
 
+Log-probabilities (``/v1/completions`` only, OpenAI's legacy shape): ``"logprobs": k`` (0 to
+``max_logprobs``) adds ``choices[i].logprobs = {"tokens", "token_logprobs", "top_logprobs", "text_offset"}``
+with the k most likely tokens at each generated position, and ``"echo": true`` puts the prompt in front of
+the text (and its tokens in front of the logprobs; the first prompt token has ``null`` log-probs). They are
+log-probabilities of the PLAIN softmax at temperature 1, before top-k/top-p and whatever the request's
+temperature, so a judge reads the model's own distribution. They come from one teacher-forced forward over
+prompt + generated tokens (`position_logprobs`, the code LMJudge uses in-process), run on the HTTP thread
+after generation: the batching engine returns tokens only, and a forward of the finished sequence computes
+exactly the distributions the sampler drew from (up to float rounding between batch shapes). A row that
+ended on a stop token lists that token last in ``tokens`` although it is not in the text; the engine
+reports only *that* a stop token ended the row, so the likelier of ``<|endoftext|>`` and ``<|end|>`` at
+that position is named (exact for greedy rows). Token strings are the token's UTF-8 text, or
+``bytes:\\xNN...`` for a token that is not valid UTF-8 on its own (OpenAI's convention).
+
 Example:
     >>> cfg = ServeConfig(checkpoint="runs/sft", port=0)                    # doctest: +SKIP
     >>> with start_server(cfg) as srv:                                      # doctest: +SKIP
@@ -39,17 +53,26 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 
-from rlfl.batching import BatchingEngine, Completion, GenerationError, sampling_config
+from rlfl.batching import (
+    BatchingEngine,
+    Completion,
+    GenerationError,
+    sampling_config,
+    stop_token_ids,
+)
 from rlfl.chat_template import chat_prompt
 from rlfl.checkpoint import Checkpoint, load_checkpoint
 from rlfl.generate import SamplingConfig
+from rlfl.model import GPT
 from rlfl.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -78,6 +101,8 @@ class ServeConfig:
         "help": "model id reported by /v1/models (default: the checkpoint directory's name)"})
     allow_public: bool = field(default=False, metadata={
         "help": "allow binding a non-loopback address; the server has no authentication"})
+    max_logprobs: int = field(default=20, metadata={
+        "help": "largest 'logprobs' (top tokens per position) a /v1/completions request may ask for"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.checkpoint, str) or not self.checkpoint:
@@ -90,6 +115,9 @@ class ServeConfig:
             raise ValueError(f"ServeConfig.batch_wait_ms={self.batch_wait_ms!r} must be >= 0 (0 = never wait)")
         if not isinstance(self.max_tokens_limit, int) or self.max_tokens_limit < 1:
             raise ValueError(f"ServeConfig.max_tokens_limit={self.max_tokens_limit!r} must be an integer >= 1")
+        if not isinstance(self.max_logprobs, int) or self.max_logprobs < 0:
+            raise ValueError(f"ServeConfig.max_logprobs={self.max_logprobs!r} must be an integer >= 0; pass "
+                             "--max-logprobs 20")
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError) as exc:
@@ -160,7 +188,7 @@ def _check_fields(body: Any, endpoint: str, own: tuple[str, ...]) -> dict[str, A
             close = difflib.get_close_matches(key, sorted(known), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else ""
             raise RequestError(f"unknown field '{key}' for {endpoint}{hint}", param=key)
-        if key in _HARMLESS and not _HARMLESS[key](value):
+        if key in _HARMLESS and key not in own and not _HARMLESS[key](value):
             what = "streaming is not supported; send \"stream\": false" if key == "stream" else \
                 f"'{key}'={json.dumps(value)} is not supported by this server; leave it out"
             raise RequestError(what, param=key)
@@ -225,6 +253,72 @@ def _finish(tokenizer: Tokenizer, c: Completion, stops: list[str]) -> tuple[str,
     return text[: min(cuts)], "stop", lo
 
 
+# ------------------------------------------------------------------------------------ log-probabilities
+def token_text(tokenizer: Tokenizer, token_id: int) -> str:
+    """How a token is named in ``logprobs``: its UTF-8 text, or ``bytes:\\xNN...`` when it is not valid UTF-8 alone.
+
+    Example:
+        >>> from rlfl.tokenizer import byte_tokenizer
+        >>> tok = byte_tokenizer()
+        >>> token_text(tok, tok.encode("A")[0]), token_text(tok, 0xE2), token_text(tok, tok.eot_id)
+        ('A', 'bytes:\\\\xe2', '<|endoftext|>')
+    """
+    raw = tokenizer.decode_bytes([token_id])
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+
+
+@torch.no_grad()
+def position_logprobs(model: GPT, seqs: list[list[int]], starts: list[int], *, pad_id: int,
+                      batch_size: int = 8) -> Iterator[tuple[int, torch.Tensor]]:
+    """Next-token log-softmax (temperature 1, float32) at positions ``starts[i] .. len(seqs[i]) - 1`` of each row.
+
+    Yields ``(row index, (len - start, vocab) tensor)`` once per row, longest rows first (similar lengths
+    share a batch). Rows are right-padded and run with NO attention mask: attention is causal, so a
+    position never sees the padding after its row's end and its output is exactly the unpadded one, while
+    SDPA keeps its fused causal path. The LM head runs only on the positions asked for, not on (B, T, V).
+    Used by the server's ``logprobs`` and by ``rlfl.judges.LMJudge``, so both read the same numbers.
+    """
+    device = next(model.parameters()).device
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    was_training = model.training
+    if was_training:  # the server's model is already in eval mode: never flip it under the engine's feet
+        model.eval()
+    try:
+        for first in range(0, len(order), batch_size):
+            chunk = order[first:first + batch_size]
+            x = torch.full((len(chunk), len(seqs[chunk[0]])), pad_id, dtype=torch.long)
+            for r, i in enumerate(chunk):
+                x[r, : len(seqs[i])] = torch.tensor(seqs[i], dtype=torch.long)
+            h = model.hidden_states(x.to(device))
+            for r, i in enumerate(chunk):
+                yield i, F.log_softmax(model.lm_head(h[r, starts[i]: len(seqs[i])]).float(), dim=-1)
+    finally:
+        if was_training:
+            model.train()
+
+
+def _text_offsets(tokenizer: Tokenizer, ids: list[int], base: int) -> list[int]:
+    """Character offset of each token in the decoded text, counted from ``base``."""
+    out, acc = [], b""
+    for t in ids:
+        out.append(base + len(acc.decode("utf-8", errors="replace")))
+        acc += tokenizer.decode_bytes([t])
+    return out
+
+
+def _logprobs_arg(body: dict[str, Any], limit: int) -> int | None:
+    k = body.get("logprobs")
+    if k is None or k is False:
+        return None
+    if not _is_int(k) or not 0 <= k <= limit:
+        raise RequestError(f"'logprobs' must be an integer in [0, {limit}] (top tokens listed per position), "
+                           f"got {json.dumps(k)}", "logprobs")
+    return k
+
+
 # ------------------------------------------------------------------------------------ HTTP
 class _App:
     """What the handlers share: the engine, the tokenizer and the response builders."""
@@ -234,6 +328,10 @@ class _App:
         self.block_size = checkpoint.model.config.block_size
         self.model_name = config.model_name or "rlfl"
         self.limit = config.max_tokens_limit
+        self.max_logprobs = config.max_logprobs
+        self.model = checkpoint.model
+        self.max_batch_size = config.max_batch_size
+        self._logprob_lock = threading.Lock()  # one logprob forward at a time bounds the memory they take
         self.created = int(time.time())
         self.engine = BatchingEngine(checkpoint.model, pad_id=self.tokenizer.pad_id,
                                      max_batch_size=config.max_batch_size, batch_wait_ms=config.batch_wait_ms)
@@ -256,17 +354,59 @@ class _App:
             raise RequestError(str(exc), status=exc.status, kind="server_error") from exc
 
     def completions(self, body: Any) -> dict[str, Any]:
-        body = _check_fields(body, "/v1/completions", ("prompt",))
+        body = _check_fields(body, "/v1/completions", ("prompt", "logprobs", "echo"))
         prompt = body.get("prompt")
         texts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             raise RequestError("'prompt' must be a string or a non-empty list of strings", "prompt")
         config, stops, n = _sampling(body, self.tokenizer, 16, self.limit)
+        top = _logprobs_arg(body, self.max_logprobs)
+        echo = body.get("echo")
+        if echo not in (None, False, True):
+            raise RequestError(f"'echo' must be true or false, got {json.dumps(echo)}", "echo")
         ids = [self.tokenizer.encode(t) or [self.tokenizer.eot_id] for t in texts]  # "" starts a fresh document
         for p in ids:
             _check_room(p, self.block_size, "prompt")
-        choices, used = self._choices(self._run(ids, config, n), stops, lambda text: {"text": text})
-        return self._response("cmpl", "text_completion", choices, sum(map(len, ids)), used)
+        results = self._run(ids, config, n)
+        choices, counts = self._choices(results, stops, lambda text: {"text": text})
+        rows = [i for i in range(len(ids)) for _ in range(n)]  # the prompt of each choice
+        if echo:
+            for choice, i in zip(choices, rows):
+                choice["text"] = texts[i] + choice["text"]
+        if top is not None:
+            logprobs = self._logprobs([ids[i] for i in rows], [texts[i] for i in rows], results, counts, top, bool(echo))
+            for choice, lp in zip(choices, logprobs):
+                choice["logprobs"] = lp
+        return self._response("cmpl", "text_completion", choices, sum(map(len, ids)), sum(counts))
+
+    def _logprobs(self, prompts: list[list[int]], texts: list[str], results: list[Completion], counts: list[int],
+                  top: int, echo: bool) -> list[dict[str, Any]]:
+        """OpenAI's legacy logprobs object of each choice (see the module docstring)."""
+        tok = self.tokenizer
+        # the tokens each choice reports: those its text (and usage) counted, the stop token included
+        reported = [(c.tokens + [-1] if c.stopped else c.tokens)[:k] for c, k in zip(results, counts)]
+        seqs = [p + r[:-1] for p, r in zip(prompts, reported)]  # the last token is predicted, never fed
+        starts = [0 if echo else len(p) - 1 for p in prompts]
+        stops = list(stop_token_ids(tok))
+        out: list[dict[str, Any]] = [{} for _ in seqs]
+        with self._logprob_lock:
+            for i, lp in position_logprobs(self.model, seqs, starts, pad_id=tok.pad_id, batch_size=self.max_batch_size):
+                lp = lp.cpu()
+                targets = (prompts[i][1:] if echo else []) + reported[i]
+                if targets[-1] == -1:  # the stop token: the engine says that one ended the row, not which
+                    targets[-1] = stops[int(lp[-1, stops].argmax())]
+                chosen = lp.gather(1, torch.tensor(targets)[:, None])[:, 0].tolist()
+                k = min(top, lp.shape[1])
+                values, ids = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long())
+                tops = [{token_text(tok, t): v for t, v in zip(row_ids, row_vals)}
+                        for row_ids, row_vals in zip(ids.tolist(), values.tolist())]
+                tokens = (prompts[i][:1] if echo else []) + targets
+                base = 0 if echo else len(texts[i])
+                out[i] = {"tokens": [token_text(tok, t) for t in tokens],
+                          "token_logprobs": ([None] if echo else []) + chosen,
+                          "top_logprobs": ([None] if echo else []) + tops,
+                          "text_offset": _text_offsets(tok, tokens, base)}
+        return out
 
     def chat(self, body: Any) -> dict[str, Any]:
         body = _check_fields(body, "/v1/chat/completions", ("messages", "max_completion_tokens"))
@@ -278,18 +418,18 @@ class _App:
             raise RequestError(str(exc), "messages") from None
         _check_room(ids, self.block_size, "messages")
         config, stops, n = _sampling(body, self.tokenizer, self.limit, self.limit)
-        choices, used = self._choices(self._run([ids], config, n), stops,
-                                      lambda text: {"message": {"role": "assistant", "content": text}})
-        return self._response("chatcmpl", "chat.completion", choices, len(ids), used)
+        choices, counts = self._choices(self._run([ids], config, n), stops,
+                                        lambda text: {"message": {"role": "assistant", "content": text}})
+        return self._response("chatcmpl", "chat.completion", choices, len(ids), sum(counts))
 
-    def _choices(self, results: list[Completion], stops: list[str], shape: Callable[[str], dict]) -> tuple[list, int]:
-        """OpenAI's choices (the text placed by ``shape``) and the completion tokens they used."""
-        choices, used = [], 0
+    def _choices(self, results: list[Completion], stops: list[str], shape: Callable[[str], dict]) -> tuple[list, list[int]]:
+        """OpenAI's choices (the text placed by ``shape``) and the completion tokens each used."""
+        choices, counts = [], []
         for i, c in enumerate(results):
             text, reason, k = _finish(self.tokenizer, c, stops)
             choices.append({"index": i, **shape(text), "logprobs": None, "finish_reason": reason})
-            used += k
-        return choices, used
+            counts.append(k)
+        return choices, counts
 
     def _response(self, prefix: str, obj: str, choices: list, prompt_tokens: int, completion_tokens: int) -> dict:
         return {"id": f"{prefix}-{uuid.uuid4().hex}", "object": obj, "created": int(time.time()),

@@ -247,3 +247,101 @@ def test_public_bind_needs_allow_public(ckpt_dir):
     with pytest.raises(ValueError, match="max_batch_size"):
         ServeConfig(checkpoint=str(ckpt_dir), max_batch_size=0)
     assert ServeConfig(checkpoint=str(ckpt_dir)).model_name == "tiny-sft"
+
+
+# ------------------------------------------------------------------------------------ logprobs
+def _plain_logprobs(ref, ids: list[int]):
+    """log_softmax at temperature 1 of every position of one unpadded forward."""
+    import torch
+
+    with torch.no_grad():
+        return ref.model(torch.tensor([ids]))[0].float().log_softmax(-1)
+
+
+def test_logprobs_are_the_plain_softmax_at_the_generated_positions(server, ref):
+    from rlfl.serve import token_text
+
+    tok = ref.tokenizer
+    prompt = "The movie was"
+    [choice] = complete(server, prompt, max_tokens=6, temperature=0, logprobs=5)["choices"]
+    assert choice["finish_reason"] == "length"
+    lp, ids, gen = choice["logprobs"], tok.encode(prompt), tok.encode(choice["text"])
+    assert lp["tokens"] == [token_text(tok, t) for t in gen] == list(choice["text"])
+    assert lp["text_offset"] == list(range(len(prompt), len(prompt) + 6))
+    dist = _plain_logprobs(ref, ids + gen)
+    for j, t in enumerate(gen):
+        row = dist[len(ids) - 1 + j]
+        assert lp["token_logprobs"][j] == pytest.approx(row[t].item(), abs=1e-5)
+        top = row.topk(5)
+        assert list(lp["top_logprobs"][j]) == [token_text(tok, i) for i in top.indices.tolist()]
+        assert list(lp["top_logprobs"][j].values()) == pytest.approx(top.values.tolist(), abs=1e-5)
+        assert max(lp["top_logprobs"][j].values()) == pytest.approx(lp["token_logprobs"][j], abs=1e-6)  # greedy = top
+
+
+def test_logprobs_ignore_the_sampling_temperature_and_follow_n(server, ref):
+    tok = ref.tokenizer
+    body = complete(server, ["ab", "xyz"], max_tokens=4, temperature=1.5, top_k=20, seed=3, logprobs=0, n=2)
+    assert len(body["choices"]) == 4
+    for choice, prompt in zip(body["choices"], ["ab", "ab", "xyz", "xyz"]):
+        lp, ids, gen = choice["logprobs"], tok.encode(prompt), tok.encode(choice["text"])
+        assert lp["top_logprobs"] == [{}] * len(gen) and len(lp["tokens"]) == len(gen)
+        dist = _plain_logprobs(ref, ids + gen)
+        want = [dist[len(ids) - 1 + j, t].item() for j, t in enumerate(gen)]
+        assert lp["token_logprobs"] == pytest.approx(want, abs=1e-5)
+
+
+def test_echo_puts_the_prompt_in_front_of_text_and_logprobs(server, ref):
+    tok = ref.tokenizer
+    [choice] = complete(server, "Hi there", max_tokens=3, temperature=0, logprobs=2, echo=True)["choices"]
+    plain = complete(server, "Hi there", max_tokens=3, temperature=0)["choices"][0]["text"]
+    assert choice["text"] == "Hi there" + plain
+    lp = choice["logprobs"]
+    assert lp["tokens"] == list("Hi there" + plain) and lp["text_offset"] == list(range(11))
+    assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+    dist = _plain_logprobs(ref, tok.encode("Hi there" + plain))
+    assert lp["token_logprobs"][1] == pytest.approx(dist[0, ord("i")].item(), abs=1e-5)
+    assert len(lp["top_logprobs"][5]) == 2
+
+
+def test_logprobs_count_what_the_text_counts_after_a_stop_string(server):
+    text = complete(server, "Hello", max_tokens=24, temperature=0)["choices"][0]["text"]
+    body = complete(server, "Hello", max_tokens=24, temperature=0, stop=text[6:8], logprobs=1)
+    lp = body["choices"][0]["logprobs"]
+    assert len(lp["tokens"]) == body["usage"]["completion_tokens"] and "".join(lp["tokens"]).startswith(
+        body["choices"][0]["text"])
+
+
+@pytest.mark.parametrize("field,value", [("logprobs", -1), ("logprobs", 21), ("logprobs", True), ("logprobs", "5"),
+                                         ("echo", "yes")])
+def test_bad_logprobs_and_echo_are_400(server, field, value):
+    status, body, _ = call(server, "/v1/completions", {"prompt": "x", field: value})
+    assert status == 400 and body["error"]["param"] == field, body
+    status, body, _ = call(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
+                                                            "logprobs": True})
+    assert status == 400 and body["error"]["param"] == "logprobs"  # chat logprobs: not offered
+    with pytest.raises(ValueError, match="max_logprobs"):
+        ServeConfig(checkpoint="x", max_logprobs=-1)
+
+
+def test_a_row_that_stops_at_once_still_reports_its_stop_token(tmp_path):
+    """A judge asks for one token: when that token is <|endoftext|> the text is empty but the logprobs are not."""
+    import torch
+
+    from rlfl.checkpoint import save_checkpoint
+    from rlfl.model import GPT, GPTConfig
+    from rlfl.tokenizer import byte_tokenizer
+
+    tok = byte_tokenizer()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=tok.n_vocab, block_size=64, n_layer=2, n_head=2, n_embd=64))
+    with torch.no_grad():
+        model.wte.weight[tok.eot_id] *= 8  # the tied LM head now favours <|endoftext|>
+    save_checkpoint(tmp_path / "eot", model, tok, stage="sft")
+    with start_server(ServeConfig(checkpoint=str(tmp_path / "eot"), port=0, batch_wait_ms=0)) as srv:
+        body = complete(srv, "a", max_tokens=5, temperature=0, logprobs=3)
+    [choice] = body["choices"]
+    assert choice["text"] == "" and choice["finish_reason"] == "stop" and body["usage"]["completion_tokens"] == 1
+    lp = choice["logprobs"]
+    assert lp["tokens"] == ["<|endoftext|>"] and lp["text_offset"] == [1]
+    assert next(iter(lp["top_logprobs"][0])) == "<|endoftext|>"
+    assert lp["token_logprobs"][0] == pytest.approx(lp["top_logprobs"][0]["<|endoftext|>"])
