@@ -192,6 +192,7 @@ def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], None], str]
         label_stats,
     )
     from rlfl.feedback.web import LabelServeConfig, label_serve
+    from rlfl.judges import JudgeConfig, judge
     from rlfl.pretrain import PretrainConfig
     from rlfl.reward import RewardTrainConfig
     from rlfl.serve import ServeConfig, serve
@@ -209,6 +210,8 @@ def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], None], str]
         ("sample",): (SampleArgs, cmd_sample, "generate text from a checkpoint"),
         ("serve",): (ServeConfig, serve, "OpenAI-compatible HTTP server over a checkpoint (127.0.0.1 by default)"),
         ("chat",): (ChatConfig, chat, "chat with a checkpoint in the terminal"),
+        ("judge",): (JudgeConfig, judge, ("label preference pairs with an AI judge (lm:CKPT | http:URL | embed[:DIR] | "
+                                          "python:MODULE:FUNCTION) and report agreement with human labels")),
         ("label", "serve"): (LabelServeConfig, label_serve,
                              "label pairs in a local web page (127.0.0.1; a session token guards every write)"),
         ("label", "cli"): (LabelCliConfig, label_cli,
