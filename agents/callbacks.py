@@ -47,6 +47,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
 from rlfl.generate import SamplingConfig, generate
+from rlfl.stage_cache import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -61,21 +62,6 @@ def _text_env(env: Any) -> Any:
         raise ValueError(f"{type(env).__name__} is not an rlfl text env; pass the env the policy was trained in "
                          "(a TextVecEnv, or a gymnasium env built from an rlfl env id)")
     return inner
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file in the same directory and ``os.replace`` (never half a file)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def save_sb3_zip(model: BaseAlgorithm, path: str | Path) -> None:

@@ -42,10 +42,10 @@ from rlfl.agents.callbacks import (
     GoldEval,
     ProgressLine,
     SampleLogger,
-    atomic_write_bytes,
 )
 
 from rlfl.config import to_dict
+from rlfl.stage_cache import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
