@@ -159,6 +159,19 @@ def cmd_ppo(a: Any) -> None:
     print(f"checkpoint: {out}")
 
 
+def cmd_compare(a: Any) -> None:
+    from rlfl.compare import compare
+    from rlfl.quickstart import format_summary
+
+    print(format_summary(compare(a)))
+
+
+def cmd_quickstart(a: Any) -> None:
+    from rlfl.quickstart import format_summary, quickstart
+
+    print(format_summary(quickstart(a)))
+
+
 def cmd_sample(a: SampleArgs) -> None:
     from rlfl.checkpoint import load_checkpoint
     from rlfl.generate import SamplingConfig, generate
@@ -182,6 +195,7 @@ def cmd_sample(a: SampleArgs) -> None:
 def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], None], str]]:
     from rlfl.agents.train import PPOConfig
     from rlfl.chat import ChatConfig, chat
+    from rlfl.compare import CompareConfig
     from rlfl.feedback.annotators import LabelSimulateConfig, label_simulate
     from rlfl.feedback.terminal import (
         LabelCliConfig,
@@ -194,11 +208,18 @@ def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], None], str]
     from rlfl.feedback.web import LabelServeConfig, label_serve
     from rlfl.judges import JudgeConfig, judge
     from rlfl.pretrain import PretrainConfig
+    from rlfl.quickstart import QuickstartConfig
     from rlfl.reward import RewardTrainConfig
     from rlfl.serve import ServeConfig, serve
     from rlfl.sft import SFTConfig
 
     return {
+        ("quickstart",): (QuickstartConfig, cmd_quickstart,
+                          ("the whole pipeline on the built-in synthetic reviews (pretrain, SFT, simulated-human and AI "
+                           "labels, two reward models, PPO x 3 seeds, gold evaluation): report.md, plots, results.json")),
+        ("compare",): (CompareConfig, cmd_compare,
+                       ("RLHF vs RLAIF from one SFT policy: label pairs twice, two reward models, PPO x seeds, gold "
+                        "evaluation with bootstrap CIs, report.md + plots + results.json (rlfl compare CONFIG)")),
         ("data", "prepare"): (PrepareArgs, cmd_data_prepare, "clean, dedup, split and tokenize a corpus into shards"),
         ("tokenizer", "train"): (TokenizerTrainArgs, cmd_tokenizer_train, "train a byte-level BPE tokenizer"),
         ("pretrain",): (PretrainConfig, cmd_pretrain, "pretrain or continue pretraining a GPT (torchrun for DDP)"),
@@ -225,6 +246,9 @@ def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], None], str]
     }
 
 
+_CONFIG_POSITIONAL = {("compare",)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of ``rlfl`` with every subcommand and flag."""
     parser = argparse.ArgumentParser(prog="rlfl", description="Reinforcement learning from feedback on language models.")
@@ -239,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
             p = groups[path[0]].add_parser(path[1], help=help_text, description=help_text)
         else:
             p = sub.add_parser(path[0], help=help_text, description=help_text)
+        if path in _CONFIG_POSITIONAL:  # `rlfl compare CONFIG`: the config file is the command's argument
+            p.add_argument("config_file", nargs="?", default=None, metavar="CONFIG", help="YAML/JSON config file")
         if "checkpoint" in cfglib.field_names(cls):  # positional: `rlfl sample CKPT`, `rlfl serve CKPT`
             p.add_argument("checkpoint", nargs="?", default=argparse.SUPPRESS, help="checkpoint directory")
             cfglib.add_arguments(p, cls, exclude=frozenset({"checkpoint"}))
@@ -273,6 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     ns = vars(parser.parse_args(argv))
     _setup_logging(ns.pop("verbose"))
     cls, fn, config_path = ns.pop("__cls__"), ns.pop("__fn__"), ns.pop("__config__")
+    positional = ns.pop("config_file", None)
+    if positional and config_path and positional != config_path:
+        parser.exit(2, f"rlfl: error: two config files ({positional} and --config {config_path}); pass one\n")
+    config_path = config_path or positional
     ns.pop("command", None)
     ns.pop("subcommand", None)
     try:

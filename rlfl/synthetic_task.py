@@ -292,8 +292,9 @@ class SyntheticTaskConfig:
     n_pairs: int = field(default=12000, metadata={"help": "pairs sampled from the SFT policy (about half are kept)"})
     pair_min_margin: float = field(default=0.3, metadata={
         "help": "pairs whose gold scores differ by this or less are dropped as ties"})
-    rm_init: str = field(default="base", metadata={"help": "base | sft: the checkpoint the reward model starts from"})
-    rm_steps: int = field(default=300, metadata={"help": "reward-model training steps"})
+    rm_init: str = field(default="sft", metadata={
+        "help": "base | sft: the checkpoint the reward model starts from (sft reads the policy's answers better)"})
+    rm_steps: int = field(default=600, metadata={"help": "reward-model training steps"})
     rm_batch_size: int = field(default=64, metadata={"help": "pairs per reward-model step"})
     rm_lr: float = field(default=1e-3, metadata={"help": "peak learning rate of reward-model training"})
     max_new_tokens: int = field(default=DEFAULT_NEW_TOKENS, metadata={

@@ -156,3 +156,18 @@ def test_rlfl_sft_bad_lines_fatal_or_skipped(tmp_path, capsys):
     main([*flags, "--out-dir", str(tmp_path / "b"), "--on-bad-line", "skip"])
     done = load_checkpoint(tmp_path / "b")
     assert done.config["stage"] == "sft" and done.config["data"]["skipped"] == 1 and done.step == 3
+
+
+def test_rlfl_compare_config_positional_fails_before_training(tmp_path, capsys):
+    # `rlfl compare CONFIG`: the file is the positional argument; a wrong key or a missing policy is named
+    cfg = tmp_path / "cmp.yaml"
+    cfg.write_text("policy: nowhere/sft\nseedz: [0, 1, 2]\n")
+    err = _error(capsys, ["compare", str(cfg)])
+    assert "unknown config key 'seedz'" in err and str(cfg) in err
+    cfg.write_text(f"policy: {tmp_path / 'nowhere'}\nout_dir: {tmp_path / 'out'}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", str(cfg)])
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # the stage line "[preflight] ..." comes first
+    assert exit_info.value.code == 2 and last.startswith("rlfl: error: ")
+    assert "nowhere: not an rlfl checkpoint directory (policy)" in last
+    assert not (tmp_path / "out" / "rm_rlhf").exists() and not (tmp_path / "out" / "results.json").exists()

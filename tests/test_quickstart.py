@@ -1,0 +1,53 @@
+"""`rlfl quickstart`: config checks, a tiny run from raw text to the report, reuse of finished stages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rlfl.feedback.store import LabelStore
+from rlfl.quickstart import QuickstartConfig, format_summary, quickstart
+
+TINY = {"corpus_docs": 300, "n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 96, "pretrain_steps": 30,
+        "pretrain_batch_size": 8, "sft_reviews": 600, "sft_steps": 30, "sft_batch_size": 16, "n_pairs": 64,
+        "rm_steps": 10, "rm_batch_size": 16, "ppo_timesteps": 512, "eval_prompts": 16, "seeds": [0, 1],
+        "progress": False, "num_threads": 1, "plots": False}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"pretrain_steps": 0}, "QuickstartConfig.pretrain_steps=0 must be an integer >= 1; fix --pretrain-steps"),
+    ({"n_embd": 100, "n_head": 3}, "n_embd=100 is not a multiple of n_head=3"),
+    ({"block_size": 64}, "QuickstartConfig.block_size=64 leaves no room"),
+    ({"noise": 2.0}, "QuickstartConfig.noise=2.0 must be a probability"),
+    ({"seeds": [1, 1]}, "QuickstartConfig.seeds=[1, 1] must be distinct"),
+    ({"device": "tpu"}, "QuickstartConfig.device='tpu'"),
+])
+def test_bad_settings_name_the_flag(overrides, message):
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        QuickstartConfig(**overrides)
+
+
+def test_tiny_quickstart_from_raw_text_to_report(tmp_path):
+    out = tmp_path / "qs"
+    results = quickstart(QuickstartConfig(out=str(out), **TINY))
+    for name in ("report.md", "results.json", "timing.json", "config.yaml", "labels.db", "task/sft/config.json",
+                 "task/base/model.safetensors", "rm_rlhf/config.json", "ppo/rlaif/seed1/ppo_report.json"):
+        assert (out / name).is_file(), name
+    timing = results["timing"]
+    assert {"corpus", "pretrain", "sft_data", "sft", "pairs", "rm_rlhf", "ppo_rlhf_seed0", "evaluate"} <= set(timing)
+    assert json.loads((out / "timing.json").read_text()) == timing
+    assert results["labels"]["human"]["simulated"] and "lexicon" in results["labels"]["ai"]["source"]
+    with LabelStore(out / "labels.db", create=False) as store:
+        assert sorted(store.annotators()) == ["sim-0", "sim-1", "sim-2"]
+        assert all(label.simulated for label in store.labels())
+    assert "SIMULATED" in (out / "report.md").read_text()
+    text = format_summary(results)
+    assert "rlhf" in text and "gold mean" in text and "agreement" in text
+
+    # a second call reuses every stage (and refuses other task settings on the same folder)
+    again = quickstart(QuickstartConfig(out=str(out), **TINY))
+    assert {"corpus", "pretrain", "sft", "pairs", "rm_rlaif", "ppo_rlaif_seed1"} <= set(again["timing"]["skipped"])
+    assert {k: v for k, v in again.items() if k != "timing"} == {k: v for k, v in results.items() if k != "timing"}
+    with pytest.raises(ValueError, match="was built with pretrain_steps=30, not 40"):
+        quickstart(QuickstartConfig(out=str(out), **{**TINY, "pretrain_steps": 40}))
