@@ -586,9 +586,8 @@ def start_server(config: ServeConfig, *, checkpoint: Checkpoint | None = None) -
     return server
 
 
-def serve(config: ServeConfig) -> None:
-    """Run the server in the foreground until Ctrl-C."""
-    server = start_server(config)
+def run_until_interrupted(server: Any) -> None:
+    """Block until Ctrl-C, then shut ``server`` down (anything with ``wait(timeout)`` and ``shutdown()``)."""
     try:
         while True:
             server.wait(1.0)  # short joins so Ctrl-C reaches the main thread promptly
@@ -596,3 +595,8 @@ def serve(config: ServeConfig) -> None:
         log.info("interrupted")
     finally:
         server.shutdown()
+
+
+def serve(config: ServeConfig) -> None:
+    """Run the server in the foreground until Ctrl-C."""
+    run_until_interrupted(start_server(config))

@@ -53,7 +53,7 @@ from rlfl.feedback.page import render_page
 from rlfl.feedback.store import ORDERS, Label, LabelStore, check_annotator
 
 # The HTTP server classes of `rlfl serve` (threaded, daemon threads, a deep listen backlog, IPv6 aware).
-from rlfl.serve import _Server, _Server6, is_loopback
+from rlfl.serve import _Server, _Server6, is_loopback, run_until_interrupted
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -424,11 +424,4 @@ def start_label_server(config: LabelServeConfig, *, store: LabelStore | None = N
 
 def label_serve(config: LabelServeConfig) -> None:
     """Serve the labelling page in the foreground until Ctrl-C."""
-    server = start_label_server(config)
-    try:
-        while True:
-            server.wait(1.0)  # short joins so Ctrl-C reaches the main thread promptly
-    except KeyboardInterrupt:
-        log.info("interrupted")
-    finally:
-        server.shutdown()
+    run_until_interrupted(start_label_server(config))
