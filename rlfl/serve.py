@@ -530,42 +530,61 @@ class _Server6(_Server):
     address_family = socket.AF_INET6
 
 
-class RunningServer:
-    """A started server: ``url``, ``port``, ``stats()``, and ``shutdown()`` (also a context manager)."""
+class BackgroundServer:
+    """An HTTP server answering on a daemon thread: ``url``, ``port``, ``wait()``, ``shutdown()``, a context manager.
 
-    def __init__(self, httpd: _Server, app: _App, host: str) -> None:
-        self._httpd, self._app = httpd, app
-        self.port: int = httpd.server_address[1]
+    The base of `RunningServer` and of the labelling page's server; a subclass releases its own resources in
+    ``_close`` (called once, after the socket is closed).
+    """
+
+    def __init__(self, httpd: ThreadingHTTPServer, host: str, *, name: str, description: str, path: str = "") -> None:
+        self._httpd = httpd
+        self.description = description  # for the log line: "stopped <description> at <url>"
         self.host = host
-        self.model_name = app.model_name
-        self.url = f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+        self.port: int = httpd.server_address[1]
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{self.port}{path}"
         self._stopped = False
-        self._thread = threading.Thread(target=httpd.serve_forever, name="rlfl-serve-http", daemon=True)
+        self._thread = threading.Thread(target=httpd.serve_forever, name=name, daemon=True)
         self._thread.start()
-
-    def stats(self) -> dict[str, Any]:
-        """The batching counters (also served at /health)."""
-        return self._app.engine.stats()
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the server stops (or ``timeout`` seconds pass)."""
         self._thread.join(timeout)
 
+    def _close(self) -> None:
+        """Release what the subclass holds beyond the socket."""
+
     def shutdown(self) -> None:
-        """Stop accepting requests, stop the worker and close the socket; safe to call twice."""
+        """Stop accepting requests, close the socket and what the server holds; safe to call twice."""
         if self._stopped:
             return
         self._stopped = True
         self._httpd.shutdown()
         self._httpd.server_close()
-        self._app.engine.close()
-        log.info("stopped serving %s at %s", self.model_name, self.url)
+        self._close()
+        log.info("stopped %s at %s", self.description, self.url)
 
-    def __enter__(self) -> "RunningServer":
+    def __enter__(self) -> "BackgroundServer":
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.shutdown()
+
+
+class RunningServer(BackgroundServer):
+    """A started model server: ``url``, ``port``, ``stats()``, and ``shutdown()`` (also a context manager)."""
+
+    def __init__(self, httpd: _Server, app: _App, host: str) -> None:
+        super().__init__(httpd, host, name="rlfl-serve-http", description=f"serving {app.model_name}")
+        self._app = app
+        self.model_name = app.model_name
+
+    def stats(self) -> dict[str, Any]:
+        """The batching counters (also served at /health)."""
+        return self._app.engine.stats()
+
+    def _close(self) -> None:
+        self._app.engine.close()
 
 
 def start_server(config: ServeConfig, *, checkpoint: Checkpoint | None = None) -> RunningServer:

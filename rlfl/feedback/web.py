@@ -47,16 +47,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rlfl.feedback.page import render_page
 from rlfl.feedback.store import ORDERS, Label, LabelStore, check_annotator
 
 # The HTTP server classes of `rlfl serve` (threaded, daemon threads, a deep listen backlog, IPv6 aware).
-from rlfl.serve import _Server, _Server6, is_loopback, run_until_interrupted
-
-if TYPE_CHECKING:
-    from typing_extensions import Self
+from rlfl.serve import (
+    BackgroundServer,
+    _Server,
+    _Server6,
+    is_loopback,
+    run_until_interrupted,
+)
 
 log = logging.getLogger(__name__)
 
@@ -339,40 +342,18 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
 
-class RunningLabelServer:
+class RunningLabelServer(BackgroundServer):
     """A started label server: ``url``, ``token``, ``store``, ``shutdown()`` (also a context manager)."""
 
     def __init__(self, httpd: _Server, app: _LabelApp, host: str, owns_store: bool) -> None:
-        self._httpd, self._app, self._owns_store = httpd, app, owns_store
+        self._app, self._owns_store = app, owns_store
         self.store: LabelStore = app.store
         self.token: str = app.token
-        self.host = host
-        self.port: int = httpd.server_address[1]
-        self.url = f"http://{f'[{host}]' if ':' in host else host}:{self.port}/"
-        self._stopped = False
-        self._thread = threading.Thread(target=httpd.serve_forever, name="rlfl-label-http", daemon=True)
-        self._thread.start()
+        super().__init__(httpd, host, name="rlfl-label-http", description="the labelling page", path="/")
 
-    def wait(self, timeout: float | None = None) -> None:
-        """Block until the server stops (or ``timeout`` seconds pass)."""
-        self._thread.join(timeout)
-
-    def shutdown(self) -> None:
-        """Stop serving and close the socket (and the store, if the server opened it); safe to call twice."""
-        if self._stopped:
-            return
-        self._stopped = True
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        if self._owns_store:
+    def _close(self) -> None:
+        if self._owns_store:  # a store the caller passed in stays open for the caller
             self.store.close()
-        log.info("stopped the labelling page at %s", self.url)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
 
 
 def _open_store(config: LabelServeConfig) -> LabelStore:
