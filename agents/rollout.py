@@ -49,10 +49,13 @@ class CachedActor:
         self.pad_id = int(pad_id)
         self.device = device
         self.autocast = autocast
-        with autocast():  # the cache holds keys/values in the dtype the forwards compute them in
+        # the cache holds keys/values in the dtype attention reads them in: the forwards' (autocast) dtype
+        # on a GPU, float32 on a CPU, whose attention computes in float32 (rlfl.model._masked_attention_cpu)
+        with autocast():
             dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
-        self.cache = KVCache(self.gpt.config, self.rows, self.width, device=device,
-                             dtype=dtype or next(self.gpt.parameters()).dtype)
+        if dtype is None or device.type == "cpu":
+            dtype = next(self.gpt.parameters()).dtype
+        self.cache = KVCache(self.gpt.config, self.rows, self.width, device=device, dtype=dtype)
         self.tokens = np.full((self.rows, self.width), self.pad_id, dtype=np.int64)  # the layout, on the host
         self.mask = np.zeros((self.rows, self.width), dtype=bool)
         self.n = np.zeros(self.rows, dtype=np.int64)  # completion tokens so far (the env's completion_lengths)
