@@ -35,7 +35,6 @@ import csv
 import io
 import logging
 import math
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path

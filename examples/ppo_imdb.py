@@ -29,6 +29,12 @@ to try other PPO settings on the same base, reward model and classifier, pass a 
     python examples/ppo_imdb.py --tiny               # a smoke run (small subsets, tiny model): under a minute
     python examples/ppo_imdb.py --data-dir path/to/imdb --out runs/ppo_imdb --threads 2
 
+Measured with the defaults (1 thread, on a 2-core machine shared with another job; 959 s in all): reward model
+val pair accuracy 0.928; gold classifier accuracy 0.826 on 2,000 TRAIN reviews it never saw; PPO 98,304
+tokens in 186 s. On 256 held-out prompts the gold positive rate went 0.535 -> 0.734 and the mean gold logit
++0.006 -> +0.984, at a KL of 7.1 nats per 45-token completion; the reference's perplexity of the completions
+went 327 -> 347 (this small base writes barely-English text to begin with).
+
 One torch thread is the default: on a machine shared with other jobs, two threads can run 5x slower.
 The policy ends up in OUT/ppo as an ordinary rlfl checkpoint: ``rlfl sample OUT/ppo`` opens it.
 """

@@ -130,6 +130,20 @@ def test_all_ones_mask_matches_fused_causal_path():
     torch.testing.assert_close(model(idx, attention_mask=torch.ones(2, 9)), model(idx), atol=1e-5, rtol=1e-5)
 
 
+def test_masked_cpu_attention_gradients_match_the_fused_causal_path():
+    # a mask on a CPU goes through plain matmuls (rlfl.model._masked_attention_cpu): same values and gradients
+    torch.manual_seed(0)
+    model = tiny_model()
+    idx = torch.randint(0, 300, (3, 11))
+    grads = []
+    for mask in (None, torch.ones(3, 11)):
+        model.zero_grad()
+        model(idx, attention_mask=mask).logsumexp(-1).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_left_padding_does_not_change_real_token_logits():
     model = tiny_model()
     short = torch.randint(1, 300, (4,))
