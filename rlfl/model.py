@@ -16,6 +16,8 @@ Attention goes through `torch.nn.functional.scaled_dot_product_attention`. Four 
 - packed sequences (`segment_ids`, several SFT examples in one row): a block-diagonal causal mask, so
   each example attends only within itself, and positions restart at 0 at each example.
 The dense training path (no mask, no segments, n_experts=0) does no work beyond what it always did.
+On a CPU, a masked attention (the last three cases) runs as plain float32 matmuls instead of SDPA, whose
+CPU kernel with an explicit mask is ~1.7x slower forward + backward at these short lengths.
 
 Mixture of experts: with `n_experts >= 2` every block's MLP is an rlfl.moe.MoE of GPT-2 MLPs with a
 top-k router. A training-mode forward leaves the weighted load-balancing loss in `model.aux_loss` (the
