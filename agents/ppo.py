@@ -339,24 +339,26 @@ class PPO(OnPolicyAlgorithm):
 
     @torch.no_grad()
     def _forward_pass(self, store: RolloutStore) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Reference log-probs of every action, and (in bfloat16) the policy's own log-probs and values.
+        """Reference log-probs of every action, and (with a bfloat16 KV cache) the policy's own log-probs and values.
 
-        In float32 the rollout's cached log-probs equal a whole-sequence forward to ~1e-6, so they are the
-        "old" policy as is. In bfloat16 the cached decode and the sequence forward round differently, so
-        the old log-probs and values are recomputed here with exactly the forward training uses: the
-        probability ratio then starts at exactly 1.
+        The rollout's cached log-probs are the "old" policy as is where the KV cache holds float32: they
+        equal a whole-sequence forward to ~1e-6 in float32, and to ~1e-3 (largest of a rollout) under
+        bfloat16 autocast on a CPU, whose cache and attention stay float32. A bfloat16 cache (autocast on a
+        GPU) rounds every cached key and value, so there the old log-probs and values are recomputed with
+        exactly the forward training uses, and the probability ratio starts at exactly 1.
         """
         n = store.steps * store.num_rows
         ref, logp, values = np.zeros(n, np.float32), store.logp.reshape(-1).copy(), store.values.reshape(-1).copy()
         # chunks of about a minibatch: a whole rollout's (tokens, vocab) float32 logits at once (tens of MB)
         # cost more on a CPU than the extra forwards (4 ms for the float cast of 1,024 x 4,096 alone)
+        recompute = self._actor is not None and self._actor.cache.k.dtype != torch.float32
         order = np.arange(store.num_segments)
         for chunk in np.array_split(order, max(1, round(n / self.batch_size))):
             b = store.batch(chunk, self.device)
             cells = b.cells.cpu().numpy()
             with self._autocast():
                 ref[cells] = self.policy.reference_logprobs(b.tokens, b.mask, b.positions, b.actions).cpu().numpy()
-                if self._amp_dtype is not None:
+                if recompute:
                     lp, _, v = self.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions, entropy="none")
                     logp[cells], values[cells] = lp.cpu().numpy(), v.cpu().numpy()
         shape = (store.steps, store.num_rows)

@@ -45,6 +45,12 @@ def main() -> None:
     ap.add_argument("--timesteps", type=int, default=327680, help="PPO tokens to train on")
     ap.add_argument("--kl-coef", type=float, default=0.1, help="beta: 0.1 holds the KL near 6 nats at this budget")
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--vf-coef", type=float, default=0.1, help="weight of the value loss")
+    ap.add_argument("--gae-lambda", type=float, default=0.95, help="GAE lambda")
+    ap.add_argument("--n-envs", type=int, default=32, help="parallel episodes (rows) per rollout")
+    ap.add_argument("--n-steps", type=int, default=32, help="tokens per row per rollout")
+    ap.add_argument("--batch-size", type=int, default=512, help="tokens per PPO minibatch")
+    ap.add_argument("--epochs", type=int, default=4, help="PPO epochs per rollout")
     ap.add_argument("--adaptive-kl", action="store_true", help="adapt beta to keep the KL near --kl-target")
     ap.add_argument("--kl-target", type=float, default=4.5, help="nats per completion (adaptive KL)")
     ap.add_argument("--kl-horizon", type=int, default=2000, help="completions per 20%% beta move (adaptive KL)")
@@ -68,8 +74,10 @@ def main() -> None:
     if (out / "ppo_state.zip").exists():
         raise SystemExit(f"{out}: holds an earlier run; pass a new --out (this benchmark times a fresh run)")
     cfg = PPOConfig(init_from=str(task.sft), reward=str(task.reward_model), chat_template=True, out_dir=str(out),
-                    total_timesteps=args.timesteps, n_envs=32, n_steps=32, batch_size=512, n_epochs=4,
-                    learning_rate=args.lr, kl_coef=args.kl_coef, adaptive_kl=args.adaptive_kl,
+                    total_timesteps=args.timesteps, n_envs=args.n_envs, n_steps=args.n_steps,
+                    batch_size=args.batch_size, n_epochs=args.epochs,
+                    learning_rate=args.lr, kl_coef=args.kl_coef, vf_coef=args.vf_coef,
+                    gae_lambda=args.gae_lambda, adaptive_kl=args.adaptive_kl,
                     kl_target=args.kl_target, kl_horizon=args.kl_horizon, reward_clip=args.reward_clip, eval_prompts=args.eval_prompts,
                     eval_every=args.timesteps // 4, checkpoint_every=0, seed=args.seed, num_threads=args.threads,
                     precision=args.precision, progress=False)

@@ -106,6 +106,27 @@ def test_segments_tile_the_rollout_and_one_forward_per_sequence_reproduces_the_l
     np.testing.assert_allclose(values.numpy(), store.values.reshape(-1)[cells], atol=2e-5)
 
 
+def test_bfloat16_rollout_logprobs_match_the_training_forward_so_they_are_the_old_policy(policy_dir):
+    # on a CPU the KV cache and attention stay float32 under bfloat16 autocast, so the cached decode and
+    # the whole-sequence forward differ only by bf16 matmul rounding: PPO uses the rollout's log-probs
+    model = PPO(policy_dir, ragged_env(), n_envs=5, n_steps=12, precision="bfloat16", seed=1)
+    collect(model)
+    store = model._store
+    assert model._actor.cache.k.dtype == torch.float32
+    b = store.batch(np.arange(store.num_segments), torch.device("cpu"))
+    with torch.no_grad(), model._autocast():
+        logp, _, values = model.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions)
+    with torch.no_grad():
+        logp32, _, _ = model.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions)
+    cells = b.cells.numpy()
+    assert np.abs(logp.numpy() - logp32.numpy()).max() > 1e-4  # bfloat16 really computed ...
+    assert np.abs(logp.numpy() - store.logp.reshape(-1)[cells]).max() < 0.02  # ... and the rollout agrees
+    np.testing.assert_allclose(values.numpy(), store.values.reshape(-1)[cells], atol=0.02)
+    _, old_logp, old_values = model._forward_pass(store)
+    np.testing.assert_array_equal(old_logp, store.logp)  # not recomputed: the rollout's own
+    np.testing.assert_array_equal(old_values, store.values)
+
+
 def test_the_reward_lands_on_the_last_token_and_the_no_stop_penalty_only_on_unfinished_completions(policy_dir):
     model = PPO(policy_dir, ragged_env(reward=one), n_envs=6, n_steps=12, no_stop_penalty=-0.25, seed=2)
     collect(model)
