@@ -29,30 +29,20 @@ import time
 
 import numpy as np
 import torch
-
 from rlfl.agents.train import split_prompts
 from rlfl.agents.vec_env import make_text_vec_env
-from rlfl.checkpoint import load_checkpoint
 from rlfl.envs.rewards import GoldSentiment, as_reward_source
-from rlfl.generate import SamplingConfig, generate
-from rlfl.synthetic_task import SyntheticTaskConfig, prepare_synthetic_task
+
+from rlfl.checkpoint import load_checkpoint
+from rlfl.synthetic_task import SyntheticTaskConfig, _sample, prepare_synthetic_task
 
 
-def sample_completions(sft: str, prompts: list[str], n: int, seed: int, batch_size: int = 512) -> list[str]:
-    """``n`` plain-softmax completions per prompt (prompt-major), encoded and stopped exactly as the env does."""
-    episodes = make_text_vec_env("rlfl/SyntheticReviews-v0", 1, tokenizer=sft, chat_template=True).inner._batch
-    _, ids, lengths = episodes.pool.encode_many(prompts)
-    width = ids.shape[1]
-    encoded = [ids[i, width - int(k):].tolist() for i, k in enumerate(lengths)]
-    rows = [i for i in range(len(prompts)) for _ in range(n)]
-    model, tok = load_checkpoint(sft).model.eval(), episodes.tokenizer
-    texts: list[str] = []
-    for c, start in enumerate(range(0, len(rows), batch_size)):
-        cfg = SamplingConfig(max_new_tokens=episodes.max_new_tokens, stop_tokens=tuple(episodes.stop_tokens),
-                             seed=seed + c)
-        out = generate(model, [encoded[i] for i in rows[start:start + batch_size]], cfg, pad_id=tok.pad_id)
-        texts += [tok.decode(t[:-1] if done else t) for t, done in zip(out.tokens, out.finished)]
-    return texts
+def sample_completions(sft: str, prompts: list[str], n: int, seed: int, max_new_tokens: int) -> list[str]:
+    """``n`` plain-softmax chat completions per prompt (prompt-major), stopped at ``<|end|>`` as the env does:
+    the sampler that draws the reward model's preference pairs."""
+    policy = load_checkpoint(sft)
+    return _sample(policy, [p for p in prompts for _ in range(n)], seed=seed, max_new_tokens=max_new_tokens,
+                   temperature=1.0, chat=True, batch_size=512).completions
 
 
 def frontier(proxy: np.ndarray, gold: np.ndarray) -> list[dict[str, float]]:
@@ -90,7 +80,7 @@ def main() -> None:
     _, held = split_prompts(pool.texts, pool._sampler, max(512, args.prompts), args.seed)
     prompts = held[: args.prompts]
     t0 = time.perf_counter()
-    texts = sample_completions(str(task.sft), prompts, args.n, args.seed)
+    texts = sample_completions(str(task.sft), prompts, args.n, args.seed, SyntheticTaskConfig().max_new_tokens)
     repeated = [p for p in prompts for _ in range(args.n)]
     proxy = np.asarray(as_reward_source(str(task.reward_model)).score(repeated, texts)).reshape(len(prompts), args.n)
     gold = np.asarray(GoldSentiment().score(repeated, texts)).reshape(len(prompts), args.n)
