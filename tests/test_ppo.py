@@ -122,6 +122,9 @@ def test_bfloat16_rollout_logprobs_match_the_training_forward_so_they_are_the_ol
     assert np.abs(logp.numpy() - logp32.numpy()).max() > 1e-4  # bfloat16 really computed ...
     assert np.abs(logp.numpy() - store.logp.reshape(-1)[cells]).max() < 0.02  # ... and the rollout agrees
     np.testing.assert_allclose(values.numpy(), store.values.reshape(-1)[cells], atol=0.02)
+    # mark the rollout's figures: a recompute would replace them with the forward's, which lack the mark
+    store.logp += 0.5
+    store.values += 0.5
     _, old_logp, old_values = model._forward_pass(store)
     np.testing.assert_array_equal(old_logp, store.logp)  # not recomputed: the rollout's own
     np.testing.assert_array_equal(old_values, store.values)
