@@ -19,7 +19,10 @@ ratios explode (any ratio above ``ratio_threshold`` or below its inverse) is ski
 ``train/skipped_batches``; a NaN/inf loss raises `FloatingPointError` (training never goes on silently).
 ``beta`` is fixed or adaptive (``adaptive_kl=True``: keeps the KL per completion near ``kl_target``).
 Optional: ``no_stop_penalty`` (added to the reward of completions that ran out of tokens without a stop
-token), ``reward_clip`` and ``normalize_reward`` (running mean/std of the reward source's scores).
+token), ``reward_clip``, ``normalize_reward`` (running mean/std of the reward source's scores) and
+``logsigmoid_reward`` (a score s becomes ``log sigmoid(s - c)``: Wang et al. 2024, "Transforming and
+Combining Rewards for Aligning Large Language Models". The reward is bounded above, so pushing an already
+good completion further pays little while a bad one still pays in full: less KL goes into reward hacking).
 
 Units: one timestep is one token of one env row, as in SB3 (``n_steps`` tokens per row per rollout,
 ``num_timesteps`` counts tokens). ``save_checkpoint`` writes the policy in rlfl's checkpoint format (the
@@ -135,6 +138,7 @@ class PPO(OnPolicyAlgorithm):
         no_stop_penalty: float = 0.0,
         reward_clip: float | None = None,
         normalize_reward: bool = False,
+        logsigmoid_reward: float | None = None,
         precision: str = "float32",
         n_envs: int = 32,
         env_kwargs: dict[str, Any] | None = None,
@@ -159,6 +163,7 @@ class PPO(OnPolicyAlgorithm):
                   "gamma": 0.0 <= gamma <= 1.0, "gae_lambda": 0.0 <= gae_lambda <= 1.0, "kl_coef": kl_coef >= 0,
                   "ratio_threshold": ratio_threshold > 1.0, "max_grad_norm": max_grad_norm > 0,
                   "reward_clip": reward_clip is None or reward_clip > 0,
+                  "logsigmoid_reward": logsigmoid_reward is None or math.isfinite(logsigmoid_reward),
                   "target_kl": target_kl is None or target_kl > 0}
         for name, ok in checks.items():
             if not ok:
@@ -179,6 +184,7 @@ class PPO(OnPolicyAlgorithm):
         self.kl_coef, self.adaptive_kl, self.kl_target, self.kl_horizon = kl_coef, adaptive_kl, kl_target, kl_horizon
         self.kl_estimator, self.ratio_threshold = kl_estimator, float(ratio_threshold)
         self.no_stop_penalty, self.reward_clip, self.normalize_reward = no_stop_penalty, reward_clip, normalize_reward
+        self.logsigmoid_reward = None if logsigmoid_reward is None else float(logsigmoid_reward)
         self.precision = precision
         self.kl_ctl: FixedKL | AdaptiveKL = (AdaptiveKL(kl_coef, kl_target, kl_horizon) if adaptive_kl
                                              else FixedKL(kl_coef))
@@ -251,7 +257,7 @@ class PPO(OnPolicyAlgorithm):
         hyper = {k: getattr(self, k) for k in ("n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "ent_coef",
                                               "vf_coef", "max_grad_norm", "target_kl", "kl_coef", "adaptive_kl",
                                               "kl_target", "kl_estimator", "no_stop_penalty", "reward_clip",
-                                              "normalize_reward")}
+                                              "normalize_reward", "logsigmoid_reward")}
         hyper["learning_rate"] = self.lr_schedule(self._current_progress_remaining)
         hyper["kl_beta"] = self.kl_ctl.beta
         save_checkpoint(directory, self.policy.net, self.tokenizer, stage="ppo", step=self.num_timesteps,
@@ -311,7 +317,8 @@ class PPO(OnPolicyAlgorithm):
 
     # ------------------------------------------------------------------------------ rewards and advantages
     def _shaped_rewards(self, store: RolloutStore) -> np.ndarray:
-        """Env rewards with the score on each episode's last token transformed (clip/normalise/no-stop penalty)."""
+        """Env rewards with the score on each episode's last token transformed (normalise, log-sigmoid, clip, in
+        that order, then the no-stop penalty)."""
         rewards = store.rewards.astype(np.float64).copy()
         ended = store.dones
         scores = store.scores[ended].astype(np.float64)
@@ -319,6 +326,8 @@ class PPO(OnPolicyAlgorithm):
         if self.normalize_reward:
             self.score_moments.update(scores)
             new = (new - self.score_moments.mean) / max(self.score_moments.std, 1e-6)
+        if self.logsigmoid_reward is not None:
+            new = -np.logaddexp(0.0, self.logsigmoid_reward - new)  # log sigmoid(new - c), stable for any new
         if self.reward_clip is not None:
             new = np.clip(new, -self.reward_clip, self.reward_clip)
         rewards[ended] += new - scores

@@ -55,7 +55,7 @@ LOG_FORMATS = ("stdout", "csv", "tensorboard", "json", "log")
 _FROM_ZIP = ("init_from", "reference", "n_steps", "batch_size", "n_epochs", "learning_rate", "kl_coef", "adaptive_kl",
              "kl_target", "kl_horizon", "kl_estimator", "target_kl", "gamma", "gae_lambda", "clip_range", "clip_range_vf",
              "ent_coef", "vf_coef", "max_grad_norm", "no_stop_penalty", "reward_clip", "normalize_reward",
-             "precision")
+             "logsigmoid_reward", "precision")
 
 
 @dataclass
@@ -107,6 +107,9 @@ class PPOConfig:
         "help": "added to the reward of completions that never emit a stop token (e.g. -1.0)"})
     reward_clip: float | None = field(default=None, metadata={"help": "clip scores to [-x, x]"})
     normalize_reward: bool = field(default=False, metadata={"help": "normalise scores by their running mean/std"})
+    logsigmoid_reward: float | None = field(default=None, metadata={
+        "help": "centre c: a score s becomes log(sigmoid(s - c)), bounded above, so already-good completions "
+                "earn little more (less reward hacking per nat of KL); c near the score of a good completion"})
     precision: str = field(default="float32", metadata={
         "help": "float32 | bfloat16 | auto (bfloat16 where the hardware has it natively: recent CPUs and GPUs)"})
     # ---- output, evaluation, logging
@@ -145,6 +148,8 @@ class PPOConfig:
             need(getattr(self, name) is None or getattr(self, name) > 0, name, "must be > 0 (or unset)")
         for name in ("gamma", "gae_lambda"):
             need(0.0 <= getattr(self, name) <= 1.0, name, "must be in [0, 1]")
+        need(self.logsigmoid_reward is None or math.isfinite(self.logsigmoid_reward), "logsigmoid_reward",
+             "must be a finite number (or unset)")
         need(self.kl_estimator in ("k1", "k3"), "kl_estimator", "use k1 or k3")
         need(self.kl_horizon >= 1, "kl_horizon", "must be >= 1")
         need(self.precision in ("float32", "bfloat16", "auto"), "precision", "use float32, bfloat16 or auto")
@@ -315,7 +320,8 @@ def _run(cfg: PPOConfig, out: Path) -> None:
             clip_range_vf=cfg.clip_range_vf, ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef,
             max_grad_norm=cfg.max_grad_norm, target_kl=cfg.target_kl, kl_coef=cfg.kl_coef, adaptive_kl=cfg.adaptive_kl,
             kl_target=cfg.kl_target, kl_horizon=cfg.kl_horizon, kl_estimator=cfg.kl_estimator, no_stop_penalty=cfg.no_stop_penalty,
-            reward_clip=cfg.reward_clip, normalize_reward=cfg.normalize_reward, precision=cfg.precision, seed=cfg.seed,
+            reward_clip=cfg.reward_clip, normalize_reward=cfg.normalize_reward,
+            logsigmoid_reward=cfg.logsigmoid_reward, precision=cfg.precision, seed=cfg.seed,
             device=device,
             policy_kwargs={"reference_checkpoint": cfg.reference} if cfg.reference else None,
         )

@@ -63,6 +63,8 @@ def main() -> None:
     ap.add_argument("--kl-horizon", type=int, default=2000, help="completions per 20%% beta move (adaptive KL)")
     ap.add_argument("--reward-clip", type=float, default=None,
                     help="clip the reward model's (normalised) scores to [-x, x] (default: no clip)")
+    ap.add_argument("--logsigmoid-reward", type=float, default=None,
+                    help="centre c of the log-sigmoid reward transform log(sigmoid(score - c)) (default: none)")
     ap.add_argument("--precision", default="float32", help="float32 | bfloat16 | auto")
     ap.add_argument("--eval-prompts", type=int, default=256, help="held-out prompts for the gold evaluation")
     ap.add_argument("--threads", type=int, default=2)
@@ -85,7 +87,8 @@ def main() -> None:
                     batch_size=args.batch_size, n_epochs=args.epochs,
                     learning_rate=args.lr, kl_coef=args.kl_coef, vf_coef=args.vf_coef,
                     gae_lambda=args.gae_lambda, adaptive_kl=args.adaptive_kl,
-                    kl_target=args.kl_target, kl_horizon=args.kl_horizon, reward_clip=args.reward_clip, eval_prompts=args.eval_prompts,
+                    kl_target=args.kl_target, kl_horizon=args.kl_horizon, reward_clip=args.reward_clip,
+                    logsigmoid_reward=args.logsigmoid_reward, eval_prompts=args.eval_prompts,
                     eval_every=args.timesteps // 4, checkpoint_every=0, seed=args.seed, num_threads=args.threads,
                     precision=args.precision, progress=False)
     t1 = time.perf_counter()

@@ -143,6 +143,23 @@ def test_the_reward_lands_on_the_last_token_and_the_no_stop_penalty_only_on_unfi
     assert set(store.actions[stopped].tolist()) <= set(RAGGED_STOPS)
 
 
+
+def test_logsigmoid_reward_bounds_the_score_then_clip_applies(policy_dir):
+    model = PPO(policy_dir, env_id("Plain"), n_envs=6, n_steps=16, logsigmoid_reward=0.5, reward_clip=0.9, seed=2)
+    collect(model)
+    store = model._store
+    scores = store.scores[store.dones].astype(np.float64)
+    assert len(np.unique(scores)) > 2 and scores.min() < 0.1  # lower_share varies; some are clipped below
+    expected = np.clip(np.log(1.0 / (1.0 + np.exp(-(scores - 0.5)))), -0.9, 0.9)
+    shaped = model._shaped_rewards(store)
+    np.testing.assert_allclose(shaped[store.dones], expected, rtol=1e-12)
+    assert (shaped[store.dones] < 0).all() and (shaped[~store.dones] == 0).all()
+    # monotone: a better score still earns more, but never more than 0
+    order = np.argsort(scores)
+    assert (np.diff(shaped[store.dones][order]) >= 0).all()
+    with pytest.raises(ValueError, match="logsigmoid_reward"):
+        PPO(policy_dir, ragged_env(), n_envs=2, logsigmoid_reward=float("nan"))
+
 def test_gae_over_the_grid_matches_returns_computed_by_hand(policy_dir):
     model = PPO(policy_dir, env_id("Plain"), n_envs=2, n_steps=3, gamma=1.0, gae_lambda=1.0, seed=0)
     rewards = np.array([[0.0, 1.0], [2.0, 0.0], [0.0, 3.0]])
