@@ -22,7 +22,9 @@ Optional: ``no_stop_penalty`` (added to the reward of completions that ran out o
 token), ``reward_clip``, ``normalize_reward`` (running mean/std of the reward source's scores) and
 ``logsigmoid_reward`` (a score s becomes ``log sigmoid(s - c)``: Wang et al. 2024, "Transforming and
 Combining Rewards for Aligning Large Language Models". The reward is bounded above, so pushing an already
-good completion further pays little while a bad one still pays in full: less KL goes into reward hacking).
+good completion further pays little while a bad one still pays in full; the paper finds less reward
+hacking per nat of KL. On ``rlfl/SyntheticReviews-v0`` it has not moved the gold-vs-KL line so far: see
+``benchmarks/bench_ppo_learning.py``).
 
 Units: one timestep is one token of one env row, as in SB3 (``n_steps`` tokens per row per rollout,
 ``num_timesteps`` counts tokens). ``save_checkpoint`` writes the policy in rlfl's checkpoint format (the
