@@ -34,7 +34,8 @@ Session 6 (another machine: AMD EPYC, 2 cores; 512 evaluation prompts; gold rate
 bounded reward log sigmoid(score - 1)), 0.777 at 3.71 (KL flat near 3.7 from mid-run on; the line says
 0.69 there); the same with --kl-coef 0.05, 0.873 at 7.07 at mid-run (stopped); with adaptive KL
 (--kl-coef 0.07 --adaptive-kl) --kl-target 5.5: 0.908 at 6.01 nats (405 s; beta 0.070 -> 0.051 -> 0.059),
---kl-target 5.0: 0.820 at 4.89 (384 s), --kl-target 5.3: 0.795 at 4.82 (382 s). The evaluation's KL lands
+--kl-target 5.0: 0.820 at 4.89 (384 s), --kl-target 5.3: 0.795 at 4.82 (382 s); the 5.5 run again with
+--ppo-seed 1 (other PPO seed and evaluation prompts, same task): 0.885 at 5.69 (356 s). The evaluation's KL lands
 within ~0.5 nats of the controller's target. Apart from the low-KL point of the fixed-beta run, all of these
 lie on the same line (gold ~ 0.36 + 0.09 KL, +-0.02): the bounded reward does not move it on this task.
 """
@@ -76,7 +77,9 @@ def main() -> None:
     ap.add_argument("--precision", default="float32", help="float32 | bfloat16 | auto")
     ap.add_argument("--eval-prompts", type=int, default=256, help="held-out prompts for the gold evaluation")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the task (its --task-dir records it) and of PPO")
+    ap.add_argument("--ppo-seed", type=int, default=None,
+                    help="PPO's own seed (default: --seed): replicate PPO runs on one prepared task")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("rlfl.envs.text_env", "rlfl.checkpoint"):
@@ -97,7 +100,8 @@ def main() -> None:
                     gae_lambda=args.gae_lambda, adaptive_kl=args.adaptive_kl,
                     kl_target=args.kl_target, kl_horizon=args.kl_horizon, reward_clip=args.reward_clip,
                     logsigmoid_reward=args.logsigmoid_reward, eval_prompts=args.eval_prompts,
-                    eval_every=args.timesteps // 4, checkpoint_every=0, seed=args.seed, num_threads=args.threads,
+                    eval_every=args.timesteps // 4, checkpoint_every=0,
+                    seed=args.seed if args.ppo_seed is None else args.ppo_seed, num_threads=args.threads,
                     precision=args.precision, progress=False)
     t1 = time.perf_counter()
     train_ppo(cfg)
