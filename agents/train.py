@@ -109,7 +109,7 @@ class PPOConfig:
     normalize_reward: bool = field(default=False, metadata={"help": "normalise scores by their running mean/std"})
     logsigmoid_reward: float | None = field(default=None, metadata={
         "help": "centre c: a score s becomes log(sigmoid(s - c)), bounded above, so already-good completions "
-                "earn little more (less reward hacking per nat of KL); c near the score of a good completion"})
+                "earn little more; c near the score of a good completion (no gain measured on SyntheticReviews)"})
     precision: str = field(default="float32", metadata={
         "help": "float32 | bfloat16 | auto (bfloat16 where the hardware has it natively: recent CPUs and GPUs)"})
     # ---- output, evaluation, logging

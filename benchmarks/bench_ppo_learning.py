@@ -36,8 +36,8 @@ bounded reward log sigmoid(score - 1)), 0.777 at 3.71 (KL flat near 3.7 from mid
 (--kl-coef 0.07 --adaptive-kl) --kl-target 5.5: 0.908 at 6.01 nats (405 s; beta 0.070 -> 0.051 -> 0.059),
 --kl-target 5.0: 0.820 at 4.89 (384 s), --kl-target 5.3: 0.795 at 4.82 (382 s); the 5.5 run again with
 --ppo-seed 1 (other PPO seed and evaluation prompts, same task): 0.885 at 5.69 (356 s). Defaults with
---vf-coef 0.02 (less value gradient through the shared trunk): 0.865 at 6.44, below the line. The evaluation's KL lands
-within ~0.5 nats of the controller's target. Apart from the low-KL point of the fixed-beta run, all of these
+--vf-coef 0.02 (less value gradient through the shared trunk): 0.865 at 6.44, below the line. The
+evaluation's KL lands within ~0.5 nats of the controller's target. Apart from the low-KL point of the fixed-beta run, all of these
 lie on the same line (gold ~ 0.36 + 0.09 KL, +-0.02): the bounded reward does not move it on this task.
 """
 

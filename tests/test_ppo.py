@@ -153,10 +153,7 @@ def test_logsigmoid_reward_bounds_the_score_then_clip_applies(policy_dir):
     expected = np.clip(np.log(1.0 / (1.0 + np.exp(-(scores - 0.5)))), -0.9, 0.9)
     shaped = model._shaped_rewards(store)
     np.testing.assert_allclose(shaped[store.dones], expected, rtol=1e-12)
-    assert (shaped[store.dones] < 0).all() and (shaped[~store.dones] == 0).all()
-    # monotone: a better score still earns more, but never more than 0
-    order = np.argsort(scores)
-    assert (np.diff(shaped[store.dones][order]) >= 0).all()
+    assert (shaped[~store.dones] == 0).all()  # only the last token of an episode carries the score
     with pytest.raises(ValueError, match="logsigmoid_reward"):
         PPO(policy_dir, ragged_env(), n_envs=2, logsigmoid_reward=float("nan"))
 
