@@ -54,8 +54,8 @@ LOG_FORMATS = ("stdout", "csv", "tensorboard", "json", "log")
 # settings a resumed run takes from ppo_state.zip, whatever the command line says now
 _FROM_ZIP = ("init_from", "reference", "n_steps", "batch_size", "n_epochs", "learning_rate", "kl_coef", "adaptive_kl",
              "kl_target", "kl_horizon", "kl_estimator", "target_kl", "gamma", "gae_lambda", "clip_range", "clip_range_vf",
-             "ent_coef", "vf_coef", "max_grad_norm", "no_stop_penalty", "reward_clip", "normalize_reward",
-             "logsigmoid_reward", "precision")
+             "ent_coef", "vf_coef", "value_lr_scale", "max_grad_norm", "no_stop_penalty", "reward_clip",
+             "normalize_reward", "logsigmoid_reward", "precision")
 
 
 @dataclass
@@ -102,6 +102,9 @@ class PPOConfig:
         "help": "value clip (null in a config file: unclipped value loss)"})
     ent_coef: float = field(default=0.0, metadata={"help": "entropy bonus weight"})
     vf_coef: float = field(default=0.1, metadata={"help": "value loss weight"})
+    value_lr_scale: float = field(default=1.0, metadata={
+        "help": "the value head's learning rate as a multiple of --learning-rate (a linear head on the trunk's "
+                "features learns little at a policy's rate)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient norm clip"})
     no_stop_penalty: float = field(default=0.0, metadata={
         "help": "added to the reward of completions that never emit a stop token (e.g. -1.0)"})
@@ -142,7 +145,7 @@ class PPOConfig:
             need(getattr(self, name) >= 0, name, "must be >= 0")
         for name in ("max_new_tokens", "max_prompt_tokens", "n_prompts"):
             need(getattr(self, name) is None or getattr(self, name) >= 1, name, "must be >= 1 (or unset)")
-        for name in ("learning_rate", "kl_target", "clip_range", "max_grad_norm"):
+        for name in ("learning_rate", "kl_target", "clip_range", "max_grad_norm", "value_lr_scale"):
             need(getattr(self, name) > 0, name, "must be > 0")
         for name in ("target_kl", "clip_range_vf", "reward_clip"):
             need(getattr(self, name) is None or getattr(self, name) > 0, name, "must be > 0 (or unset)")
@@ -318,7 +321,7 @@ def _run(cfg: PPOConfig, out: Path) -> None:
             cfg.init_from, env, learning_rate=cfg.learning_rate, n_steps=cfg.n_steps, batch_size=cfg.batch_size,
             n_epochs=cfg.n_epochs, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, clip_range=cfg.clip_range,
             clip_range_vf=cfg.clip_range_vf, ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef,
-            max_grad_norm=cfg.max_grad_norm, target_kl=cfg.target_kl, kl_coef=cfg.kl_coef, adaptive_kl=cfg.adaptive_kl,
+            value_lr_scale=cfg.value_lr_scale, max_grad_norm=cfg.max_grad_norm, target_kl=cfg.target_kl, kl_coef=cfg.kl_coef, adaptive_kl=cfg.adaptive_kl,
             kl_target=cfg.kl_target, kl_horizon=cfg.kl_horizon, kl_estimator=cfg.kl_estimator, no_stop_penalty=cfg.no_stop_penalty,
             reward_clip=cfg.reward_clip, normalize_reward=cfg.normalize_reward,
             logsigmoid_reward=cfg.logsigmoid_reward, precision=cfg.precision, seed=cfg.seed,

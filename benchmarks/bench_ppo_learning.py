@@ -63,7 +63,10 @@ def main() -> None:
     ap.add_argument("--kl-coef", type=float, default=0.1, help="beta: 0.1 holds the KL near 6 nats at this budget")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--vf-coef", type=float, default=0.1, help="weight of the value loss")
+    ap.add_argument("--value-lr-scale", type=float, default=1.0, help="value head learning rate / policy's")
     ap.add_argument("--gae-lambda", type=float, default=0.95, help="GAE lambda")
+    ap.add_argument("--clip-range-vf", type=lambda s: None if s.lower() == "none" else float(s), default=0.2,
+                    help="value clip around the rollout's values ('none': unclipped value loss)")
     ap.add_argument("--n-envs", type=int, default=32, help="parallel episodes (rows) per rollout")
     ap.add_argument("--n-steps", type=int, default=32, help="tokens per row per rollout")
     ap.add_argument("--batch-size", type=int, default=512, help="tokens per PPO minibatch")
@@ -97,8 +100,8 @@ def main() -> None:
     cfg = PPOConfig(init_from=str(task.sft), reward=str(task.reward_model), chat_template=True, out_dir=str(out),
                     total_timesteps=args.timesteps, n_envs=args.n_envs, n_steps=args.n_steps,
                     batch_size=args.batch_size, n_epochs=args.epochs,
-                    learning_rate=args.lr, kl_coef=args.kl_coef, vf_coef=args.vf_coef,
-                    gae_lambda=args.gae_lambda, adaptive_kl=args.adaptive_kl,
+                    learning_rate=args.lr, kl_coef=args.kl_coef, vf_coef=args.vf_coef, value_lr_scale=args.value_lr_scale,
+                    gae_lambda=args.gae_lambda, clip_range_vf=args.clip_range_vf, adaptive_kl=args.adaptive_kl,
                     kl_target=args.kl_target, kl_horizon=args.kl_horizon, reward_clip=args.reward_clip,
                     logsigmoid_reward=args.logsigmoid_reward, eval_prompts=args.eval_prompts,
                     eval_every=args.timesteps // 4, checkpoint_every=0,

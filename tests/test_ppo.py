@@ -313,3 +313,32 @@ def test_text_vec_env_reports_finished_episodes(policy_dir):
                                                                                                "attention_mask"}
             seen += 1
     assert seen == 30
+
+
+def prompt_sentiment(prompt: str, completion: str) -> float:
+    """+1 for a prompt about food or film, -1 otherwise: a return the value head can read off the prompt."""
+    return 1.0 if prompt.split()[0] in ("The", "Dinner") else -1.0
+
+
+def test_value_lr_scale_lets_the_value_head_learn_and_survives_save_load(policy_dir, tmp_path):
+    def run(scale: float) -> tuple[PPO, float]:
+        model = PPO(policy_dir, env_id("PromptSign", reward=prompt_sentiment), n_envs=16, n_steps=8, batch_size=64,
+                    learning_rate=1e-5, kl_coef=0.0, value_lr_scale=scale, seed=0)
+        model.learn(16 * 8 * 12)
+        return model, model.logger.name_to_value["train/explained_variance"]
+
+    scaled, ev_scaled = run(100.0)
+    _, ev_plain = run(1.0)
+    # at the policy's learning rate the zero-initialised head explains next to nothing of the returns (0.005
+    # here); a random 2-layer trunk keeps only part of the first word at later positions (0.32 with the scale)
+    assert ev_scaled > 0.25 and ev_scaled > ev_plain + 0.2, (ev_scaled, ev_plain)
+    groups = scaled.policy.optimizer.param_groups
+    assert [g["lr"] for g in groups] == pytest.approx([1e-5, 1e-3])
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in scaled.policy.net.value.parameters()}
+    scaled.save(tmp_path / "ppo.zip")
+    loaded = PPO.load(tmp_path / "ppo.zip", env=make_text_vec_env("test/PromptSign-v0", n_envs=16))
+    assert loaded.value_lr_scale == 100.0
+    loaded.learn(128, reset_num_timesteps=False)
+    assert [g["lr"] for g in loaded.policy.optimizer.param_groups] == pytest.approx([1e-5, 1e-3])
+    with pytest.raises(ValueError, match="value_lr_scale"):
+        PPO(policy_dir, env_id("Lower"), n_envs=2, value_lr_scale=0.0)
