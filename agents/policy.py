@@ -208,7 +208,7 @@ class TransformerPolicy(ActorCriticPolicy):
     # ------------------------------------------------------------------------------ batched paths (rlfl PPO)
     def sequence_outputs(
         self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, actions: torch.Tensor,
-        *, entropy: str = "grad",
+        *, entropy: str = "grad", segment_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Log-probs, entropies and values of many actions from ONE forward per sequence.
 
@@ -217,8 +217,10 @@ class TransformerPolicy(ActorCriticPolicy):
         The LM head runs at those K positions only (the vocabulary projection is the costliest matmul of a
         small model, and the prompt's positions never choose an action). ``entropy``: "grad" (part of the
         graph, for an entropy bonus), "log" (no graph: for logging only) or "none" (returned as None).
+        ``segment_ids``: for rows that pack several sequences (`rlfl.agents.rollout.Batch`), which one each
+        column belongs to; each attends to itself only and its positions start at 0.
         """
-        hidden = self.net.gpt.hidden_states(tokens, attention_mask=mask)
+        hidden = self.net.gpt.hidden_states(tokens, attention_mask=mask, segment_ids=segment_ids)
         h = hidden[positions[:, 0], positions[:, 1]]
         logits = self.net.gpt.lm_head(h).float()
         logp_all = F.log_softmax(logits, dim=-1)
@@ -231,9 +233,10 @@ class TransformerPolicy(ActorCriticPolicy):
 
     @torch.no_grad()
     def reference_logprobs(
-        self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, actions: torch.Tensor
+        self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, actions: torch.Tensor,
+        *, segment_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The frozen reference's log-probs of the same actions (one no-grad forward per sequence)."""
-        hidden = self.reference.hidden_states(tokens, attention_mask=mask)
+        hidden = self.reference.hidden_states(tokens, attention_mask=mask, segment_ids=segment_ids)
         logits = self.reference.lm_head(hidden[positions[:, 0], positions[:, 1]]).float()
         return F.log_softmax(logits, dim=-1).gather(1, actions[:, None]).squeeze(1)

@@ -399,9 +399,11 @@ class PPO(OnPolicyAlgorithm):
             b = store.batch(chunk, self.device)
             cells = b.cells.cpu().numpy()
             with self._autocast():
-                ref[cells] = self.policy.reference_logprobs(b.tokens, b.mask, b.positions, b.actions).cpu().numpy()
+                ref[cells] = self.policy.reference_logprobs(b.tokens, b.mask, b.positions, b.actions,
+                                                            segment_ids=b.segment_ids).cpu().numpy()
                 if recompute:
-                    lp, _, v = self.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions, entropy="none")
+                    lp, _, v = self.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions, entropy="none",
+                                                            segment_ids=b.segment_ids)
                     logp[cells], values[cells] = lp.cpu().numpy(), v.cpu().numpy()
         shape = (store.steps, store.num_rows)
         return ref.reshape(shape), logp.reshape(shape), values.reshape(shape)
@@ -452,7 +454,7 @@ class PPO(OnPolicyAlgorithm):
                     # without an entropy bonus the entropy is only logged: measure it in the first epoch
                     want = "grad" if self.ent_coef != 0 else "log" if epoch == 0 else "none"
                     logp, entropy, values = self.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions,
-                                                                         entropy=want)
+                                                                         entropy=want, segment_ids=b.segment_ids)
                 adv, ret, old_logp, old_v = adv_t[b.cells], ret_t[b.cells], old_logp_t[b.cells], old_v_t[b.cells]
                 log_ratio = logp - old_logp
                 if not torch.isfinite(log_ratio).all():

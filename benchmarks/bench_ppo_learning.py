@@ -80,6 +80,7 @@ def main() -> None:
                     help="centre c of the log-sigmoid reward transform log(sigmoid(score - c)) (default: none)")
     ap.add_argument("--precision", default="float32", help="float32 | bfloat16 | auto")
     ap.add_argument("--eval-prompts", type=int, default=256, help="held-out prompts for the gold evaluation")
+    ap.add_argument("--eval-samples", type=int, default=1, help="completions per evaluation prompt")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0, help="seed of the task (its --task-dir records it) and of PPO")
     ap.add_argument("--ppo-seed", type=int, default=None,
@@ -104,6 +105,7 @@ def main() -> None:
                     gae_lambda=args.gae_lambda, clip_range_vf=args.clip_range_vf, adaptive_kl=args.adaptive_kl,
                     kl_target=args.kl_target, kl_horizon=args.kl_horizon, reward_clip=args.reward_clip,
                     logsigmoid_reward=args.logsigmoid_reward, eval_prompts=args.eval_prompts,
+                    eval_samples=args.eval_samples,
                     eval_every=args.timesteps // 4, checkpoint_every=0,
                     seed=args.seed if args.ppo_seed is None else args.ppo_seed, num_threads=args.threads,
                     precision=args.precision, progress=False)

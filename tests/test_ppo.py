@@ -99,8 +99,12 @@ def test_segments_tile_the_rollout_and_one_forward_per_sequence_reproduces_the_l
     assert store.num_segments > store.num_rows  # episodes ended mid-rollout
     b = store.batch(np.arange(store.num_segments), torch.device("cpu"))
     assert len(b.cells) == 5 * 12
+    # short segments share rows (packed), and each still reads exactly its own tokens
+    assert b.segment_ids is not None and len(b.tokens) < store.num_segments
+    assert b.mask.sum() < store.seg_masks.sum()  # the prompt window's left padding is gone
     with torch.no_grad():
-        logp, _, values = model.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions)
+        logp, _, values = model.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions,
+                                                        segment_ids=b.segment_ids)
     cells = b.cells.numpy()
     np.testing.assert_allclose(logp.numpy(), store.logp.reshape(-1)[cells], atol=2e-5)
     np.testing.assert_allclose(values.numpy(), store.values.reshape(-1)[cells], atol=2e-5)
@@ -115,9 +119,11 @@ def test_bfloat16_rollout_logprobs_match_the_training_forward_so_they_are_the_ol
     assert model._actor.cache.k.dtype == torch.float32
     b = store.batch(np.arange(store.num_segments), torch.device("cpu"))
     with torch.no_grad(), model._autocast():
-        logp, _, values = model.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions)
+        logp, _, values = model.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions,
+                                                        segment_ids=b.segment_ids)
     with torch.no_grad():
-        logp32, _, _ = model.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions)
+        logp32, _, _ = model.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions,
+                                                     segment_ids=b.segment_ids)
     cells = b.cells.numpy()
     assert np.abs(logp.numpy() - logp32.numpy()).max() > 1e-4  # bfloat16 really computed ...
     assert np.abs(logp.numpy() - store.logp.reshape(-1)[cells]).max() < 0.02  # ... and the rollout agrees
