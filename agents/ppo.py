@@ -7,7 +7,8 @@ An ``OnPolicyAlgorithm`` subclass, so SB3's ``learn()``, callbacks, logger (stdo
   contract), while `rlfl.agents.rollout.CachedActor` keeps every row's context in a KV cache, so a step is
   one single-token forward of the batch. Tokens come from the plain softmax (no top-k/top-p), so the
   recorded log-probs are those of the policy being trained and the KL is right.
-- ``train`` re-reads each episode segment with ONE forward per sequence, and builds per-token rewards:
+- ``train`` re-reads each episode segment with ONE forward per sequence (segments packed into rows without
+  padding, `rlfl.agents.rollout.RolloutStore.batch`), and builds per-token rewards:
   the env's reward on the completion's last real token (never on padding) minus ``beta * KL(policy ||
   reference)`` on every token (``kl_estimator`` k1 or k3). GAE over tokens (gamma, lambda), whitened
   advantages, clipped policy and value losses, entropy bonus, gradient clipping, minibatches of about
@@ -24,7 +25,9 @@ token), ``reward_clip``, ``normalize_reward`` (running mean/std of the reward so
 Combining Rewards for Aligning Large Language Models". The reward is bounded above, so pushing an already
 good completion further pays little while a bad one still pays in full; the paper finds less reward
 hacking per nat of KL. On ``rlfl/SyntheticReviews-v0`` it has not moved the gold-vs-KL line so far: see
-``benchmarks/bench_ppo_learning.py``).
+``benchmarks/bench_ppo_learning.py``). ``value_lr_scale`` gives the value head its own learning rate, a
+multiple of the policy's: a zero-initialised linear head at a policy's learning rate explains ~0 % of the
+returns for dozens of rollouts, which leaves the advantages with little more than a batch-mean baseline.
 
 Units: one timestep is one token of one env row, as in SB3 (``n_steps`` tokens per row per rollout,
 ``num_timesteps`` counts tokens). ``save_checkpoint`` writes the policy in rlfl's checkpoint format (the

@@ -186,8 +186,8 @@ def pack_rows(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """First-fit decreasing: (row, offset) of each length in rows as long as the longest, and the row count.
 
     Example:
-        >>> pack_rows(np.array([5, 2, 3, 1]))
-        (array([0, 1, 1, 0]), array([0, 3, 0, 5]), 2)
+        >>> pack_rows(np.array([5, 2, 3]))
+        (array([0, 1, 1]), array([0, 3, 0]), 2)
     """
     width = int(lengths.max(initial=1))
     row, offset, fill = np.zeros(len(lengths), np.int64), np.zeros(len(lengths), np.int64), []

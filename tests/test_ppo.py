@@ -18,7 +18,7 @@ from rlfl.agents import (
     make_text_vec_env,
 )
 from rlfl.agents.kl import RunningMoments
-from rlfl.agents.rollout import CachedActor
+from rlfl.agents.rollout import CachedActor, pack_rows
 from stable_baselines3.common.callbacks import BaseCallback
 
 from rlfl.checkpoint import load_checkpoint, save_checkpoint
@@ -108,6 +108,21 @@ def test_segments_tile_the_rollout_and_one_forward_per_sequence_reproduces_the_l
     cells = b.cells.numpy()
     np.testing.assert_allclose(logp.numpy(), store.logp.reshape(-1)[cells], atol=2e-5)
     np.testing.assert_allclose(values.numpy(), store.values.reshape(-1)[cells], atol=2e-5)
+
+
+def test_pack_rows_places_every_segment_once_without_overlap():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        lengths = rng.integers(1, 60, size=rng.integers(1, 40))
+        row, offset, n_rows = pack_rows(lengths)
+        width = lengths.max()
+        assert (offset >= 0).all() and (offset + lengths <= width).all()
+        used = np.zeros((n_rows, width), int)
+        for r, o, n in zip(row, offset, lengths):
+            used[r, o:o + n] += 1
+        assert used.max() == 1 and used.sum() == lengths.sum()
+        assert n_rows >= -(-lengths.sum() // width) and n_rows <= len(lengths)
+    assert pack_rows(np.array([5, 2, 3]))[2] == 2 and pack_rows(np.array([4, 4, 4]))[2] == 3
 
 
 def test_bfloat16_rollout_logprobs_match_the_training_forward_so_they_are_the_old_policy(policy_dir):
