@@ -20,7 +20,12 @@ day: bfloat16 0.682 s, SB3 14.14 s, 20.7x (quiet, before that change); bfloat16 
 SB3 17.49 s, 22.0x (after it, in a slow stretch of the machine). On an AMD EPYC (Zen 4, AVX-512 BF16, no
 AMX; bf16 GEMMs ~330 GFLOP/s, fp32 ~140): bfloat16 0.712 s, float32 0.967 s, SB3 15.59 s, 21.9x; peak RSS
 721 MB (814 MB after the float32 run). There training is ~0.60 s of it (8 minibatches of ~75 ms, of which
-the matmuls are ~16 ms), the rollout ~0.24 s.
+the matmuls are ~16 ms), the rollout ~0.24 s. Session 7, an AMD EPYC Zen 3 (AVX2 only: no bf16 in
+hardware, so precision "auto" picks float32 there): float32 1.236 s (min 1.109), bfloat16 13.98 s (emulated:
+never ask for it on such a CPU), SB3 21.05 s, 17.0x; peak RSS 515 MB. An earlier run the same day: float32
+1.114 s, SB3 19.30 s, 17.3x. There fp32 GEMMs run at 100-160 GFLOP/s, and profiled, the matmuls alone take
+~0.5 s of a rollout's 0.9-1.1 s (about 49 GFLOP per 1,024 tokens at ~95 GFLOP/s achieved in these shapes),
+so 0.5 s per 1,024 tokens is out of reach on this CPU in float32 whatever the overhead.
 """
 
 from __future__ import annotations

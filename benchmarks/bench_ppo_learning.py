@@ -12,17 +12,29 @@ Issue 5's learning target, end to end on the built-in task `rlfl/SyntheticReview
    prompts before and after, with the KL to the reference: the figures of the acceptance point.
 
     python benchmarks/bench_ppo_learning.py [--task-dir runs/synthetic_task] [--out runs/ppo_learning]
-                                            [--timesteps 327680] [--lr 1e-4] [--kl-coef 0.1] [--threads 2]
+                                            [--timesteps 409600] [--lr 1e-4] [--kl-coef 0.1] [--threads 2]
 
-Measured (2 cores, quiet, this script's defaults: reward model from the SFT policy, 600 steps, held-out pair
-accuracy 0.915; PPO lr 1e-4, kl 0.1): gold positive rate 0.379 -> 0.902 at a KL of 6.12 nats, 327,680 tokens
-in 6.5 minutes of PPO (task preparation 293 s, not part of the PPO budget). Along the way: 0.805 at 4.78
-nats, 0.867 at 5.78, 0.859 at 6.23. A 1-thread run of the same settings ended at 0.906 at 5.89 nats. The
-target (>= 0.9 at <= 6 nats) sits on the edge of what this reward model allows; see the issue notes.
-Later runs with 512 evaluation prompts: the defaults again, 0.896 at 6.16 nats (437 s); a reward model on
+This script's defaults (session 7): lr 1e-4, the value head at 100x that (--value-lr-scale), adaptive KL
+from beta 0.1 towards 5.6 nats per completion (horizon 10,000 completions), 409,600 tokens; evaluated on
+512 held-out prompts x 2 completions. Measured on an AMD EPYC (Zen 3, 2 cores, float32), task preparation
+463 s (not part of the PPO budget; reward model held-out accuracy 0.915), gold positive rate @ KL (nats):
+
+  --ppo-seed 0: 0.339 -> 0.852 @ 4.89, 0.871 @ 5.58, 0.912 @ 5.35, 0.906 @ 5.39 (543 s of PPO)
+  --ppo-seed 1: 0.358 -> 0.859 @ 5.20, 0.880 @ 5.72, 0.899 @ 5.38, 0.885 @ 5.51 (513 s)
+  --ppo-seed 2: 0.354 -> 0.792 @ 5.09, 0.885 @ 5.41, 0.901 @ 5.83, 0.907 @ 5.82 (540 s)
+
+So the target (>= 0.9 at <= 6 nats in <= 10 minutes) is met by two of three seeds (seed 2 is the script run
+as is); seed 1 missed it by 0.015 (0.899 at 3/4). The faster critic moved the frontier about half a nat to
+the left (see session 7 below), but 0.9 is still close to where it flattens out.
+
+Earlier defaults (fixed kl 0.1, 327,680 tokens, value head at the policy's rate; 2 cores, quiet; reward
+model from the SFT policy, 600 steps, held-out pair accuracy 0.915): gold positive rate 0.379 -> 0.902 at
+a KL of 6.12 nats in 6.5 minutes of PPO (task preparation 293 s). Along the way: 0.805 at 4.78 nats, 0.867
+at 5.78, 0.859 at 6.23. A 1-thread run of the same settings ended at 0.906 at 5.89 nats.
+Later runs with 512 evaluation prompts: the earlier defaults again, 0.896 at 6.16 nats (437 s); a reward model on
 twice the pairs and steps (held-out accuracy 0.940), 0.881 at 6.17; kl 0.12 for 409,600 tokens, 0.873 at
 5.54; --reward-clip 1.0, 0.738 at 3.86 after half the run. All lie on one gold-vs-KL line.
-More runs on the default task (512 evaluation prompts; flags of this script): --n-envs 64 --batch-size 1024,
+More runs on the default task (512 evaluation prompts; flags of this script, earlier defaults): --n-envs 64 --batch-size 1024,
 0.812 at 4.95 nats (386 s); --vf-coef 0.5, 0.820 at 5.72 after 3/4 of the run; --kl-coef 0.11 for 393,216
 tokens, 0.861 at 6.06 and 0.859 at 6.11 (1/2 and 3/4 of the run). Also tried and dropped: an exact
 full-vocabulary KL term in the loss in place of most of the reward's KL penalty (0.754 at 4.71, half run),
@@ -54,7 +66,13 @@ learning rate barely moves. With --value-lr-scale (the head at 30x or 100x the p
 The old line gives 0.81 at 5.0 and 0.85 at 5.5 nats; with the faster critic the KL settles near 5-5.5 at
 beta 0.1 while gold keeps rising to ~0.88 and then levels off there. Without the value scale, the same
 settings had the KL climbing through 6 instead. PPO time also fell by ~20 % (segments are packed for the
-training forwards: rlfl.agents.rollout.RolloutStore.batch).
+training forwards: rlfl.agents.rollout.RolloutStore.batch). Adaptive KL from 0.1 towards 5.6 nats, slowly
+(horizon 10,000; beta ended near 0.09), gave the runs at the top of this docstring. Where the last 12 %
+fail (the 409,600-token fixed-beta run's final policy, 1,024 held-out prompts, throwaway script): neutral
+completions the reward model already scores low (" the plot.", negations such as "My neighbor didn't" ->
+" enjoyed the story.") 6.2 %, negative prompts that a short "What a gem." does not outweigh 2.9 % (half
+of the 5.9 % such prompts), misspelt praise the reward model scores high ("tenjoyable", "atreat") 2.2 %,
+completions that never stop 0.6 %.
 """
 
 from __future__ import annotations
@@ -75,11 +93,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task-dir", default="runs/synthetic_task", help="where the SFT policy and reward model live")
     ap.add_argument("--out", default="runs/ppo_learning", help="PPO output directory (a fresh run each time)")
-    ap.add_argument("--timesteps", type=int, default=327680, help="PPO tokens to train on")
-    ap.add_argument("--kl-coef", type=float, default=0.1, help="beta: 0.1 holds the KL near 6 nats at this budget")
+    ap.add_argument("--timesteps", type=int, default=409600, help="PPO tokens to train on")
+    ap.add_argument("--kl-coef", type=float, default=0.1, help="beta (the adaptive controller's starting value)")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--vf-coef", type=float, default=0.1, help="weight of the value loss")
-    ap.add_argument("--value-lr-scale", type=float, default=1.0, help="value head learning rate / policy's")
+    ap.add_argument("--value-lr-scale", type=float, default=100.0, help="value head learning rate / policy's")
     ap.add_argument("--ent-coef", type=float, default=0.0, help="entropy bonus weight")
     ap.add_argument("--gae-lambda", type=float, default=0.95, help="GAE lambda")
     ap.add_argument("--clip-range-vf", type=lambda s: None if s.lower() == "none" else float(s), default=0.2,
@@ -88,16 +106,17 @@ def main() -> None:
     ap.add_argument("--n-steps", type=int, default=32, help="tokens per row per rollout")
     ap.add_argument("--batch-size", type=int, default=512, help="tokens per PPO minibatch")
     ap.add_argument("--epochs", type=int, default=4, help="PPO epochs per rollout")
-    ap.add_argument("--adaptive-kl", action="store_true", help="adapt beta to keep the KL near --kl-target")
-    ap.add_argument("--kl-target", type=float, default=4.5, help="nats per completion (adaptive KL)")
-    ap.add_argument("--kl-horizon", type=int, default=2000, help="completions per 20%% beta move (adaptive KL)")
+    ap.add_argument("--adaptive-kl", action=argparse.BooleanOptionalAction, default=True,
+                    help="adapt beta to keep the KL near --kl-target (--no-adaptive-kl: fixed beta)")
+    ap.add_argument("--kl-target", type=float, default=5.6, help="nats per completion (adaptive KL)")
+    ap.add_argument("--kl-horizon", type=int, default=10000, help="completions per 20%% beta move (adaptive KL)")
     ap.add_argument("--reward-clip", type=float, default=None,
                     help="clip the reward model's (normalised) scores to [-x, x] (default: no clip)")
     ap.add_argument("--logsigmoid-reward", type=float, default=None,
                     help="centre c of the log-sigmoid reward transform log(sigmoid(score - c)) (default: none)")
     ap.add_argument("--precision", default="float32", help="float32 | bfloat16 | auto")
-    ap.add_argument("--eval-prompts", type=int, default=256, help="held-out prompts for the gold evaluation")
-    ap.add_argument("--eval-samples", type=int, default=1, help="completions per evaluation prompt")
+    ap.add_argument("--eval-prompts", type=int, default=512, help="held-out prompts for the gold evaluation")
+    ap.add_argument("--eval-samples", type=int, default=2, help="completions per evaluation prompt")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0, help="seed of the task (its --task-dir records it) and of PPO")
     ap.add_argument("--ppo-seed", type=int, default=None,
