@@ -291,9 +291,9 @@ class PPO(OnPolicyAlgorithm):
     def save_checkpoint(self, directory: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
         """Write the policy (GPT + value head) as an rlfl checkpoint: ``rlfl sample``/``serve`` open it."""
         hyper = {k: getattr(self, k) for k in ("n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "ent_coef",
-                                              "vf_coef", "value_lr_scale", "max_grad_norm", "target_kl", "kl_coef", "adaptive_kl",
-                                              "kl_target", "kl_estimator", "no_stop_penalty", "reward_clip",
-                                              "normalize_reward", "logsigmoid_reward")}
+                                              "vf_coef", "value_lr_scale", "max_grad_norm", "target_kl", "kl_coef",
+                                              "adaptive_kl", "kl_target", "kl_estimator", "no_stop_penalty",
+                                              "reward_clip", "normalize_reward", "logsigmoid_reward")}
         hyper["learning_rate"] = self.lr_schedule(self._current_progress_remaining)
         hyper["kl_beta"] = self.kl_ctl.beta
         save_checkpoint(directory, self.policy.net, self.tokenizer, stage="ppo", step=self.num_timesteps,

@@ -282,4 +282,5 @@ class RolloutStore:
         packed = n_rows < len(segments)
         return Batch(tokens=to(tokens), mask=to(mask),
                      positions=to(np.stack([row[local], offset[local] + self.act_col[k] - first[local]], 1)),
-                     actions=to(self.act_tok[k]), cells=to(self.act_cell[k]), segment_ids=to(seg_ids) if packed else None)
+                     actions=to(self.act_tok[k]), cells=to(self.act_cell[k]),
+                     segment_ids=to(seg_ids) if packed else None)
