@@ -264,10 +264,9 @@ class RolloutStore:
         k = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)]) if len(segments) else np.zeros(0, int)
         local = np.searchsorted(segments, self.act_seg[k])
         first = self.seg_first[segments]
-        # a segment is read up to the column of its last action: the token after it chooses nothing here
-        last = np.zeros(len(segments), np.int64)
-        np.maximum.at(last, local, self.act_col[k])
-        lengths = np.where(ends > starts, last + 1 - first, 1)
+        # a segment is read up to the column of its last action (its actions are stored in column order):
+        # the token after it chooses nothing here
+        lengths = self.act_col[ends - 1] + 1 - first
         row, offset, n_rows = pack_rows(lengths)
         width = int(lengths.max(initial=1))
         tokens = np.zeros((n_rows, width), np.int64)  # any valid id: padding is masked and never read
