@@ -54,6 +54,9 @@ GPT2_PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|
 TOKENIZER_JSON = "tokenizer.json"
 RANKS_FILE = "tokenizer.tiktoken"
 _FORMAT_VERSION = 1
+# below this many characters in all, encode_batch loops instead of starting tiktoken's thread pool (measured
+# with the GPT-2 BPE: 64 x 200 chars loop 2.7 ms vs threads 5.7 ms; 8 x 2,000 equal; 64 x 2,000 threads 1.5x faster)
+_THREADED_CHARS = 16_000
 _GPT2_NAMES = ("gpt2", "r50k_base")
 _KINDS = ("bytes", "bpe", "gpt2", "tiktoken")
 _SPEC_FORMS = (
@@ -137,8 +140,16 @@ class Tokenizer:
         return self.enc.encode_ordinary(text)
 
     def encode_batch(self, texts: list[str], *, num_threads: int = 2) -> list[list[int]]:
-        """Many texts -> ids in parallel threads; special-token text is always ordinary text."""
-        return self.enc.encode_ordinary_batch(list(texts), num_threads=num_threads)
+        """Many texts -> ids (in parallel threads when there is enough text); special-token text is ordinary.
+
+        tiktoken's batch call starts a thread pool per call (~0.3-1 ms), which only pays off above tens of
+        thousands of characters: below ``_THREADED_CHARS`` in all, a plain loop is 2-15x faster (the
+        per-step reward calls of a PPO rollout score 1-3 short texts).
+        """
+        texts = list(texts)
+        if num_threads <= 1 or sum(map(len, texts)) < _THREADED_CHARS:
+            return [self.enc.encode_ordinary(t) for t in texts]
+        return self.enc.encode_ordinary_batch(texts, num_threads=num_threads)
 
     def decode_bytes(self, ids: Sequence[int] | Any) -> bytes:
         """Ids -> the raw bytes they stand for (accepts lists, numpy arrays and torch tensors)."""
