@@ -4,6 +4,7 @@
   a value head and a frozen reference), usable by ``stable_baselines3.PPO``/``A2C`` as is;
 - `PPO`: SB3's on-policy algorithm with batched KV-cache rollouts through the text vector env, one
   forward per sequence in training, a KL penalty to the reference (fixed or adaptive), token-level GAE;
+- `LRSchedule`: constant, linear or cosine learning-rate decay over the run (``learning_rate=``);
 - `TextVecEnv` / `make_text_vec_env`: the rlfl text vector env as an SB3 ``VecEnv``.
 
 Import it as ``rlfl.agents``, never as ``agents``.
@@ -17,6 +18,7 @@ Example:
 from rlfl.agents.kl import AdaptiveKL, FixedKL, kl_per_token
 from rlfl.agents.policy import TransformerPolicy
 from rlfl.agents.ppo import PPO
+from rlfl.agents.schedules import LRSchedule
 from rlfl.agents.vec_env import TextVecEnv, make_text_vec_env
 
-__all__ = ["PPO", "AdaptiveKL", "FixedKL", "TextVecEnv", "TransformerPolicy", "kl_per_token", "make_text_vec_env"]
+__all__ = ["PPO", "AdaptiveKL", "FixedKL", "LRSchedule", "TextVecEnv", "TransformerPolicy", "kl_per_token", "make_text_vec_env"]

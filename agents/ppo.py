@@ -338,7 +338,7 @@ class PPO(OnPolicyAlgorithm):
                 store.completions.append((info["prompt"], info["completion"], info["score"]))
                 store.close_segment(r, seg_j0[r], actor.n[r], seg_t0[r], actor.tokens[r], actor.mask[r])
                 seg_j0[r], seg_t0[r] = 0, t + 1
-            actor.advance(actions, dones, new_obs)
+            actor.advance(actions, dones, new_obs, restart=t + 1 < n_rollout_steps)
             store.steps += 1
             self._last_obs, self._last_episode_starts = new_obs, dones
         for r in range(env.num_envs):  # episodes that go on into the next rollout: their part so far

@@ -85,20 +85,24 @@ class CachedActor:
 
     @torch.no_grad()
     def _prefill(self, rows: np.ndarray) -> None:
-        """Run rows' whole layout through the model into the cache; their next logits/values come out."""
+        """Run rows' layout through the model into the cache; their next logits/values come out.
+
+        Columns that are left padding in every one of these rows are skipped (a restarted row's short
+        prompt in a wide window): their cache entries stay as they were, hidden by ``key_mask``.
+        """
         width = self.P + int(self.n[rows].max(initial=0))
-        width = max(width, self.P)
-        ids = torch.from_numpy(self.tokens[rows, :width]).to(self.device)
-        mask = torch.from_numpy(self.mask[rows, :width]).to(self.device)
-        tmp = KVCache(self.gpt.config, len(rows), width, device=self.device, dtype=self.cache.k.dtype)
+        start = int(np.argmax(self.mask[rows, : self.P].any(0)))  # first column real in any row (0 if none)
+        ids = torch.from_numpy(self.tokens[rows, start:width]).to(self.device)
+        mask = torch.from_numpy(self.mask[rows, start:width]).to(self.device)
+        tmp = KVCache(self.gpt.config, len(rows), width - start, device=self.device, dtype=self.cache.k.dtype)
         with self.autocast():
             hidden = self.gpt.hidden_states(ids, attention_mask=mask, cache=tmp)
         index = torch.from_numpy(rows).to(self.device)
-        self.cache.k[:, index, :, :width] = tmp.k
-        self.cache.v[:, index, :, :width] = tmp.v
+        self.cache.k[:, index, :, start:width] = tmp.k
+        self.cache.v[:, index, :, start:width] = tmp.v
         self.key_mask[index] = torch.from_numpy(self.mask[rows]).to(self.device)
         self.n_real[index] = mask.sum(1)
-        last = torch.from_numpy(self.P - 1 + self.n[rows]).to(self.device)
+        last = torch.from_numpy(self.P - 1 - start + self.n[rows]).to(self.device)
         h = hidden[torch.arange(len(rows), device=self.device), last]
         self._set_outputs(index, h)
 
@@ -146,8 +150,13 @@ class CachedActor:
         self.n += 1
 
     @torch.no_grad()
-    def advance(self, actions: torch.Tensor, dones: np.ndarray, obs: dict[str, np.ndarray]) -> None:
-        """Feed the appended actions of rows that go on; re-prefill rows the env restarted from ``obs``."""
+    def advance(self, actions: torch.Tensor, dones: np.ndarray, obs: dict[str, np.ndarray], *,
+                restart: bool = True) -> None:
+        """Feed the appended actions of rows that go on; re-prefill rows the env restarted from ``obs``.
+
+        ``restart=False`` (the rollout's last step) leaves restarted rows stale: `load` rebuilds every row
+        before the next rollout anyway, and a finished row's next value is never bootstrapped.
+        """
         going = ~dones
         if going.any():
             cols = torch.from_numpy(self.P + self.n - 1).to(self.device)
@@ -159,10 +168,10 @@ class CachedActor:
             self.n_real += 1
             # finished rows computed garbage here; their outputs are replaced by the prefill below
             self._set_outputs(slice(None), h)
-        restart = np.flatnonzero(dones)
-        if restart.size:
-            self._layout(restart, obs, np.zeros(self.rows, dtype=np.int64))
-            self._prefill(restart)
+        rows = np.flatnonzero(dones)
+        if restart and rows.size:
+            self._layout(rows, obs, np.zeros(self.rows, dtype=np.int64))
+            self._prefill(rows)
 
 
 @dataclass

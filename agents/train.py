@@ -43,6 +43,7 @@ from rlfl.agents.callbacks import (
     ProgressLine,
     SampleLogger,
 )
+from rlfl.agents.schedules import SCHEDULES, LRSchedule
 
 from rlfl.config import to_dict
 from rlfl.stage_cache import atomic_write_bytes
@@ -52,7 +53,8 @@ log = logging.getLogger(__name__)
 STATE_ZIP = "ppo_state.zip"
 LOG_FORMATS = ("stdout", "csv", "tensorboard", "json", "log")
 # settings a resumed run takes from ppo_state.zip, whatever the command line says now
-_FROM_ZIP = ("init_from", "reference", "n_steps", "batch_size", "n_epochs", "learning_rate", "kl_coef", "adaptive_kl",
+_FROM_ZIP = ("init_from", "reference", "n_steps", "batch_size", "n_epochs", "learning_rate", "lr_schedule", "kl_coef",
+             "adaptive_kl",
              "kl_target", "kl_horizon", "kl_estimator", "target_kl", "gamma", "gae_lambda", "clip_range", "clip_range_vf",
              "ent_coef", "vf_coef", "value_lr_scale", "max_grad_norm", "no_stop_penalty", "reward_clip",
              "normalize_reward", "logsigmoid_reward", "precision")
@@ -87,6 +89,8 @@ class PPOConfig:
     batch_size: int = field(default=512, metadata={"help": "tokens per minibatch (about)"})
     n_epochs: int = field(default=4, metadata={"help": "passes over each rollout"})
     learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate"})
+    lr_schedule: str = field(default="constant", metadata={
+        "help": "constant | linear | cosine: the learning rate decays to 0 at --total-timesteps"})
     kl_coef: float = field(default=0.05, metadata={"help": "beta: weight of the per-token KL penalty (initial, if adaptive)"})
     adaptive_kl: bool = field(default=False, metadata={"help": "adapt beta to keep the KL per completion near --kl-target"})
     kl_target: float = field(default=6.0, metadata={"help": "target KL per completion (nats) of the adaptive controller"})
@@ -154,6 +158,7 @@ class PPOConfig:
         need(self.logsigmoid_reward is None or math.isfinite(self.logsigmoid_reward), "logsigmoid_reward",
              "must be a finite number (or unset)")
         need(self.kl_estimator in ("k1", "k3"), "kl_estimator", "use k1 or k3")
+        need(self.lr_schedule in SCHEDULES, "lr_schedule", f"use one of {', '.join(SCHEDULES)}")
         need(self.kl_horizon >= 1, "kl_horizon", "must be >= 1")
         need(self.precision in ("float32", "bfloat16", "auto"), "precision", "use float32, bfloat16 or auto")
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
@@ -318,7 +323,7 @@ def _run(cfg: PPOConfig, out: Path) -> None:
         log.info("resumed PPO from %s at timestep %d of %d", state, resumed_at, cfg.total_timesteps)
     else:
         model = PPO(
-            cfg.init_from, env, learning_rate=cfg.learning_rate, n_steps=cfg.n_steps, batch_size=cfg.batch_size,
+            cfg.init_from, env, learning_rate=LRSchedule(cfg.lr_schedule, cfg.learning_rate), n_steps=cfg.n_steps, batch_size=cfg.batch_size,
             n_epochs=cfg.n_epochs, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, clip_range=cfg.clip_range,
             clip_range_vf=cfg.clip_range_vf, ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef,
             value_lr_scale=cfg.value_lr_scale, max_grad_norm=cfg.max_grad_norm, target_kl=cfg.target_kl,

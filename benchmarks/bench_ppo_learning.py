@@ -98,6 +98,7 @@ def main() -> None:
     ap.add_argument("--timesteps", type=int, default=409600, help="PPO tokens to train on")
     ap.add_argument("--kl-coef", type=float, default=0.1, help="beta (the adaptive controller's starting value)")
     ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr-schedule", default="constant", help="constant | linear | cosine (decay to 0 at the end)")
     ap.add_argument("--vf-coef", type=float, default=0.1, help="weight of the value loss")
     ap.add_argument("--value-lr-scale", type=float, default=100.0, help="value head learning rate / policy's")
     ap.add_argument("--ent-coef", type=float, default=0.0, help="entropy bonus weight")
@@ -139,7 +140,7 @@ def main() -> None:
     cfg = PPOConfig(init_from=str(task.sft), reward=str(task.reward_model), chat_template=True, out_dir=str(out),
                     total_timesteps=args.timesteps, n_envs=args.n_envs, n_steps=args.n_steps,
                     batch_size=args.batch_size, n_epochs=args.epochs,
-                    learning_rate=args.lr, kl_coef=args.kl_coef, vf_coef=args.vf_coef, ent_coef=args.ent_coef,
+                    learning_rate=args.lr, lr_schedule=args.lr_schedule, kl_coef=args.kl_coef, vf_coef=args.vf_coef, ent_coef=args.ent_coef,
                     value_lr_scale=args.value_lr_scale,
                     gae_lambda=args.gae_lambda, clip_range_vf=args.clip_range_vf, adaptive_kl=args.adaptive_kl,
                     kl_target=args.kl_target, kl_horizon=args.kl_horizon, reward_clip=args.reward_clip,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -62,7 +63,8 @@ def _error(capsys, argv: list[str]) -> str:
 def test_config_validation_names_the_flag_and_the_fix():
     cases = [({"n_envs": 0}, "n_envs=0.*>= 1.*--n-envs"), ({"kl_estimator": "k2"}, "k1 or k3.*--kl-estimator"),
              ({"gamma": 1.5}, r"gamma=1.5.*\[0, 1\].*--gamma"), ({"log_formats": ["wandb"]}, "'wandb'.*--log-formats"),
-             ({"reward_clip": 0.0}, "reward_clip.*--reward-clip"), ({"device": "tpu"}, "--device")]
+             ({"reward_clip": 0.0}, "reward_clip.*--reward-clip"), ({"device": "tpu"}, "--device"),
+             ({"lr_schedule": "step"}, "constant, linear, cosine.*--lr-schedule")]
     for kwargs, pattern in cases:
         with pytest.raises(ValueError, match=pattern) as info:
             PPOConfig(**kwargs)
@@ -101,9 +103,11 @@ def test_two_runs_never_write_one_out_dir(policy_dir, tmp_path):
 def test_doctests():
     import doctest
 
-    from rlfl.agents import callbacks, train
+    from rlfl.agents import callbacks, schedules, train
 
-    assert doctest.testmod(train).failed == 0 and doctest.testmod(callbacks).failed == 0
+    for module in (train, callbacks, schedules):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
 
 
 def test_split_prompts_holds_out_a_seeded_disjoint_set():
@@ -229,7 +233,7 @@ def test_sigkill_then_the_same_command_resumes_and_finishes(policy_dir, tmp_path
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "rlfl", "ppo", "--init-from", policy_dir, "--out-dir", str(out),
            "--total-timesteps", "1024", "--checkpoint-every", "128", "--eval-prompts", "4", "--eval-every", "0",
-           "--sample-every", "0", *TINY]
+           "--sample-every", "0", *TINY, "--lr-schedule", "linear"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with open(tmp_path / "first.log", "w") as log:
         first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -253,3 +257,13 @@ def test_sigkill_then_the_same_command_resumes_and_finishes(policy_dir, tmp_path
     assert report["start"]["timesteps"] == 0 and report["end"]["timesteps"] == 1024  # history survived the kill
     assert load_checkpoint(out).step == 1024 and PPO.load(out / "ppo_state.zip").num_timesteps == 1024
     assert (out / "logs" / f"progress-from-{killed_at}.csv").is_file()  # the first run's log is kept
+    # the linear schedule runs over the whole 1,024 timesteps, across the kill: the n-th update (one per
+    # 64-token rollout here: one epoch of one minibatch) trains at 1e-3 * (1 - 64 n / 1024), in the first
+    # run's log and in the resumed one's, down to 0 for the update after the last rollout
+    for name in ("progress.csv", f"progress-from-{killed_at}.csv"):
+        rows = [r for r in csv.DictReader(open(out / "logs" / name)) if r["train/learning_rate"]]
+        n = np.array([int(r["train/n_updates"]) for r in rows])
+        lr = np.array([float(r["train/learning_rate"]) for r in rows])
+        assert len(rows) >= 1 and ((n * 64 > killed_at) == (name != "progress.csv")).all(), (name, n)
+        np.testing.assert_allclose(lr, 1e-3 * (1 - 64 * n / 1024), rtol=1e-6, atol=1e-12)
+    assert n[-1] == 16 and lr[-1] == 0.0
