@@ -21,4 +21,5 @@ from rlfl.agents.ppo import PPO
 from rlfl.agents.schedules import LRSchedule
 from rlfl.agents.vec_env import TextVecEnv, make_text_vec_env
 
-__all__ = ["PPO", "AdaptiveKL", "FixedKL", "LRSchedule", "TextVecEnv", "TransformerPolicy", "kl_per_token", "make_text_vec_env"]
+__all__ = ["PPO", "AdaptiveKL", "FixedKL", "LRSchedule", "TextVecEnv", "TransformerPolicy", "kl_per_token",
+           "make_text_vec_env"]

@@ -25,7 +25,10 @@ hardware, so precision "auto" picks float32 there): float32 1.236 s (min 1.109),
 never ask for it on such a CPU), SB3 21.05 s, 17.0x; peak RSS 515 MB. An earlier run the same day: float32
 1.114 s, SB3 19.30 s, 17.3x. There fp32 GEMMs run at 100-160 GFLOP/s, and profiled, the matmuls alone take
 ~0.5 s of a rollout's 0.9-1.1 s (about 49 GFLOP per 1,024 tokens at ~95 GFLOP/s achieved in these shapes),
-so 0.5 s per 1,024 tokens is out of reach on this CPU in float32 whatever the overhead.
+so 0.5 s per 1,024 tokens is out of reach on this CPU in float32 whatever the overhead. Session 8, the same
+kind of machine in a slower stretch: float32 1.415 s (min 1.233), auto (float32) 1.388 s, SB3 22.88 s,
+16.5x; peak RSS 561 MB. torch.compile of the training forward (a throwaway trial, not in the library) took
+train from 0.94 to 0.82 s per rollout here after 140 s of compiling: not worth it at this size.
 """
 
 from __future__ import annotations
