@@ -54,9 +54,8 @@ STATE_ZIP = "ppo_state.zip"
 LOG_FORMATS = ("stdout", "csv", "tensorboard", "json", "log")
 # settings a resumed run takes from ppo_state.zip, whatever the command line says now
 _FROM_ZIP = ("init_from", "reference", "n_steps", "batch_size", "n_epochs", "learning_rate", "lr_schedule", "kl_coef",
-             "adaptive_kl",
-             "kl_target", "kl_horizon", "kl_estimator", "target_kl", "gamma", "gae_lambda", "clip_range", "clip_range_vf",
-             "ent_coef", "vf_coef", "value_lr_scale", "max_grad_norm", "no_stop_penalty", "reward_clip",
+             "adaptive_kl", "kl_target", "kl_horizon", "kl_estimator", "target_kl", "gamma", "gae_lambda", "clip_range",
+             "clip_range_vf", "ent_coef", "vf_coef", "value_lr_scale", "max_grad_norm", "no_stop_penalty", "reward_clip",
              "normalize_reward", "logsigmoid_reward", "precision")
 
 
@@ -323,8 +322,8 @@ def _run(cfg: PPOConfig, out: Path) -> None:
         log.info("resumed PPO from %s at timestep %d of %d", state, resumed_at, cfg.total_timesteps)
     else:
         model = PPO(
-            cfg.init_from, env, learning_rate=LRSchedule(cfg.lr_schedule, cfg.learning_rate), n_steps=cfg.n_steps, batch_size=cfg.batch_size,
-            n_epochs=cfg.n_epochs, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, clip_range=cfg.clip_range,
+            cfg.init_from, env, learning_rate=LRSchedule(cfg.lr_schedule, cfg.learning_rate), n_steps=cfg.n_steps,
+            batch_size=cfg.batch_size, n_epochs=cfg.n_epochs, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, clip_range=cfg.clip_range,
             clip_range_vf=cfg.clip_range_vf, ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef,
             value_lr_scale=cfg.value_lr_scale, max_grad_norm=cfg.max_grad_norm, target_kl=cfg.target_kl,
             kl_coef=cfg.kl_coef, adaptive_kl=cfg.adaptive_kl,

@@ -107,6 +107,18 @@ def test_special_tokens_are_ordinary_text_unless_allowed():
         assert tok.encode_batch([text, "b"]) == [plain, tok.encode("b")]
 
 
+def test_encode_batch_loops_or_threads_by_size_with_the_same_ids():
+    from rlfl import tokenizer as tokenizer_module
+
+    tok = small_bpe()
+    short = ["The pasta was <|end|> lovely.", "", "x" * 37]
+    long = [f"review {i}: " + "the plot twists and the acting shines " * 60 for i in range(12)]
+    assert sum(map(len, short)) < tokenizer_module._THREADED_CHARS < sum(map(len, long))  # one of each path
+    for texts in (short, long):
+        expected = [tok.encode(t) for t in texts]
+        assert tok.encode_batch(texts) == expected and tok.encode_batch(texts, num_threads=1) == expected
+
+
 def test_decode_accepts_arrays_and_rejects_unknown_ids():
     tok = byte_tokenizer()
     assert tok.decode(np.array([104, 105], dtype=np.int64)) == "hi"
