@@ -166,7 +166,7 @@ class CachedActor:
                 h = self.gpt.decode_ragged(actions, self.cache, columns=cols, position_ids=self.n_real,
                                            key_mask=self.key_mask)
             self.n_real += 1
-            # finished rows computed garbage here; their outputs are replaced by the prefill below
+            # finished rows computed garbage here; the prefill below replaces their outputs (or load() does)
             self._set_outputs(slice(None), h)
         rows = np.flatnonzero(dones)
         if restart and rows.size:

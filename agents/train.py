@@ -321,18 +321,12 @@ def _run(cfg: PPOConfig, out: Path) -> None:
         model.set_random_seed(cfg.seed + resumed_at)  # don't replay the first run's prompts and samples
         log.info("resumed PPO from %s at timestep %d of %d", state, resumed_at, cfg.total_timesteps)
     else:
-        model = PPO(
-            cfg.init_from, env, learning_rate=LRSchedule(cfg.lr_schedule, cfg.learning_rate), n_steps=cfg.n_steps,
-            batch_size=cfg.batch_size, n_epochs=cfg.n_epochs, gamma=cfg.gamma, gae_lambda=cfg.gae_lambda, clip_range=cfg.clip_range,
-            clip_range_vf=cfg.clip_range_vf, ent_coef=cfg.ent_coef, vf_coef=cfg.vf_coef,
-            value_lr_scale=cfg.value_lr_scale, max_grad_norm=cfg.max_grad_norm, target_kl=cfg.target_kl,
-            kl_coef=cfg.kl_coef, adaptive_kl=cfg.adaptive_kl,
-            kl_target=cfg.kl_target, kl_horizon=cfg.kl_horizon, kl_estimator=cfg.kl_estimator, no_stop_penalty=cfg.no_stop_penalty,
-            reward_clip=cfg.reward_clip, normalize_reward=cfg.normalize_reward,
-            logsigmoid_reward=cfg.logsigmoid_reward, precision=cfg.precision, seed=cfg.seed,
-            device=device,
-            policy_kwargs={"reference_checkpoint": cfg.reference} if cfg.reference else None,
-        )
+        # every setting a resume takes from the zip is a PPO argument of the same name, except these four
+        same = {k: getattr(cfg, k) for k in _FROM_ZIP if k not in ("init_from", "reference", "learning_rate",
+                                                                    "lr_schedule")}
+        model = PPO(cfg.init_from, env, learning_rate=LRSchedule(cfg.lr_schedule, cfg.learning_rate), seed=cfg.seed,
+                    device=device, policy_kwargs={"reference_checkpoint": cfg.reference} if cfg.reference else None,
+                    **same)
         _write_json(out / "ppo_config.json", to_dict(cfg))
     model.set_logger(_sb3_logger(out, cfg.log_formats, resumed_at))
     rollout = model.n_steps * model.n_envs
