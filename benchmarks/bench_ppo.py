@@ -29,6 +29,16 @@ so 0.5 s per 1,024 tokens is out of reach on this CPU in float32 whatever the ov
 kind of machine in a slower stretch: float32 1.415 s (min 1.233), auto (float32) 1.388 s, SB3 22.88 s,
 16.5x; peak RSS 561 MB. torch.compile of the training forward (a throwaway trial, not in the library) took
 train from 0.94 to 0.82 s per rollout here after 140 s of compiling: not worth it at this size.
+
+The last line of the output is that floor, measured: the float32 run's matrix products over one more rollout
+(their FLOPs and the time inside them, from torch.profiler) against a 2048^3 matmul on this CPU. Session 9,
+the same Zen 3 machine in a faster stretch, three runs of this script: float32 1.080 s (min 0.984), auto
+(float32) 1.050 s, SB3 17.64 s, 16.8x, peak RSS 515 MB; the products: 58.1 GFLOP per 1,024 tokens, 0.669 s
+inside them (87 GFLOP/s), against 112 GFLOP/s for a 2048^3 matmul, so >= 0.518 s per 1,024 tokens even with
+every other cost at zero. The two runs before: auto 0.971 s, SB3 21.57 s, 22.2x; float32 1.297 s, auto
+1.137 s, SB3 19.32 s, 17.0x (matmuls 0.655 s of 59.0 GFLOP; floor 0.491-0.512 s). The products are ~60 % of
+a rollout: 8 minibatches of ~800 positions (16-token prompts + 32 new) through the 4 layers forward and
+backward, and the 4,096-way LM head at the ~512 action positions of each.
 """
 
 from __future__ import annotations
@@ -83,7 +93,7 @@ def build(tmp: Path, vocab: int, layers: int, dims: int) -> Path:
     return tmp / "policy"
 
 
-def time_rlfl(policy: Path, rollouts: int, device: str, precision: str) -> list[float]:
+def time_rlfl(policy: Path, rollouts: int, device: str, precision: str) -> tuple[list[float], PPO]:
     env = make_text_vec_env("bench/Sentiment-v0", n_envs=ENVS)
     model = PPO(str(policy), env, n_steps=NEW_TOKENS, batch_size=512, n_epochs=EPOCHS, learning_rate=1e-5, seed=0,
                 device=device, precision=precision)
@@ -93,7 +103,29 @@ def time_rlfl(policy: Path, rollouts: int, device: str, precision: str) -> list[
         t0 = time.perf_counter()
         model.learn(TOKENS_PER_ROLLOUT, reset_num_timesteps=False)
         times.append(time.perf_counter() - t0)
-    return times
+    return times, model
+
+
+MATMULS = ("aten::addmm", "aten::mm", "aten::bmm")
+
+
+def matmul_floor(model: PPO) -> tuple[float, float, float]:
+    """The matrix products of one more rollout of ``model`` (CPU): (GFLOP, seconds in them, GFLOP/s of a large
+    float32 matmul on this machine). Their seconds are what a rollout would cost with no other work at all."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        model.learn(TOKENS_PER_ROLLOUT, reset_num_timesteps=False)
+    events = [e for e in prof.key_averages() if e.key in MATMULS]
+    gflop = sum(e.flops for e in events) / 1e9
+    seconds = sum(e.self_cpu_time_total for e in events) / 1e6
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < 1.0:
+        a @ b
+        n += 1
+    return gflop, seconds, 2 * 2048**3 * n / (time.perf_counter() - t0) / 1e9
 
 
 def time_sb3(policy: Path, rollouts: int, device: str) -> list[float]:
@@ -136,9 +168,9 @@ def main() -> None:
               f"{args.layers} layers x {args.dims} dims, vocab {args.vocab}, {ENVS} envs, {PROMPT_TOKENS}-token prompts, "
               f"{NEW_TOKENS} new tokens, {EPOCHS} epochs, minibatches of 512 tokens; BPE vocab {policy_vocab(policy)}",
               flush=True)
-        best = float("inf")
+        best, float32_model = float("inf"), None
         for precision in args.precision.split(","):
-            ours = time_rlfl(policy, args.rollouts, args.device, precision)
+            ours, model = time_rlfl(policy, args.rollouts, args.device, precision)
             peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             med = float(np.median(ours))
             best = min(best, med)
@@ -146,12 +178,20 @@ def main() -> None:
             print(f"rlfl PPO, precision={precision} ({'bfloat16' if dtype else 'float32'}): {med:.3f} s per 1,024 "
                   f"tokens (median of {len(ours)}; min {min(ours):.3f}, max {max(ours):.3f}); peak RSS so far "
                   f"{peak_mb:.0f} MB", flush=True)
+            if args.device == "cpu" and dtype is None and float32_model is None:
+                float32_model = model  # profiled after every timing (the profiler's memory is not the run's)
+            del model
         med = best
         if args.sb3_rollouts > 0:
             theirs = time_sb3(policy, args.sb3_rollouts, args.device)
             sb3 = float(np.median(theirs))
             print(f"stable_baselines3.PPO(TransformerPolicy): {sb3:.2f} s per 1,024 tokens (median of {len(theirs)})")
             print(f"speed-up of the fastest rlfl setting: {sb3 / med:.1f}x", flush=True)
+        if float32_model is not None:
+            gflop, seconds, peak = matmul_floor(float32_model)
+            print(f"float32 rlfl PPO's matrix products (one more rollout, profiled): {gflop:.1f} GFLOP per 1,024 tokens, "
+                  f"{seconds:.3f} s in them ({gflop / seconds:.0f} GFLOP/s); a 2048^3 float32 matmul runs at "
+                  f"{peak:.0f} GFLOP/s here, so they alone need >= {gflop / peak:.3f} s per 1,024 tokens on this CPU")
 
 
 if __name__ == "__main__":
