@@ -189,8 +189,8 @@ def main() -> None:
             print(f"speed-up of the fastest rlfl setting: {sb3 / med:.1f}x", flush=True)
         if float32_model is not None:
             gflop, seconds, peak = matmul_floor(float32_model)
-            print(f"float32 rlfl PPO's matrix products (one more rollout, profiled): {gflop:.1f} GFLOP per 1,024 tokens, "
-                  f"{seconds:.3f} s in them ({gflop / seconds:.0f} GFLOP/s); a 2048^3 float32 matmul runs at "
+            print(f"float32 rlfl PPO's matrix products (one more rollout, profiled): {gflop:.1f} GFLOP per 1,024 "
+                  f"tokens, {seconds:.3f} s in them ({gflop / seconds:.0f} GFLOP/s); a 2048^3 float32 matmul runs at "
                   f"{peak:.0f} GFLOP/s here, so they alone need >= {gflop / peak:.3f} s per 1,024 tokens on this CPU")
 
 
