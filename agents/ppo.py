@@ -32,6 +32,11 @@ returns for dozens of rollouts, which leaves the advantages with little more tha
 to 0 over the run. On ``rlfl/SyntheticReviews-v0`` the decay is worth more than a nat of KL at the same gold
 rate: as the steps shrink, the KL that update noise had added drains away while the reward stays.
 
+Under torchrun every process steps its own env rows and the ranks average each minibatch's gradients and
+share the statistics an update reads (`rlfl.agents.distributed`): ``torchrun --nproc_per_node=N -m rlfl
+ppo ...``, or a script that joins the process group before building `PPO`. ``num_timesteps`` then counts
+the tokens of all ranks.
+
 Units: one timestep is one token of one env row, as in SB3 (``n_steps`` tokens per row per rollout,
 ``num_timesteps`` counts tokens). ``save_checkpoint`` writes the policy in rlfl's checkpoint format (the
 GPT and its value head), which ``rlfl sample``/``serve`` and a further PPO run open; ``save`` writes SB3's zip.
@@ -61,6 +66,9 @@ from typing import Any
 import numpy as np
 import torch
 from gymnasium import spaces
+from rlfl.agents.distributed import (
+    all_gather, all_max, all_min, all_sum, average_gradients, broadcast_module, mean_count, mean_std, world,
+)
 from rlfl.agents.kl import ESTIMATORS, AdaptiveKL, FixedKL, RunningMoments, kl_per_token
 from rlfl.agents.policy import TransformerPolicy
 from rlfl.agents.rollout import CachedActor, RolloutStore
@@ -218,6 +226,7 @@ class PPO(OnPolicyAlgorithm):
         self.policy_kwargs = {k: v for k, v in self.policy_kwargs.items()
                               if k not in ("checkpoint", "reference_checkpoint")}
         self.policy_kwargs["gpt_config"] = self.policy.gpt.config.to_dict()
+        broadcast_module(self.policy)  # under torchrun: every rank starts from rank 0's value head
         self._amp_dtype = resolve_precision(self.precision, self.device)
         if self.value_lr_scale != 1.0:
             self._split_value_group()
@@ -328,7 +337,7 @@ class PPO(OnPolicyAlgorithm):
             actions_np = actions.cpu().numpy()
             actor.append(actions_np)
             new_obs, rewards, dones, infos = env.step(actions_np)
-            self.num_timesteps += env.num_envs
+            self.num_timesteps += env.num_envs * world()[1]  # every rank's tokens (torchrun)
             callback.update_locals(locals())
             if not callback.on_step():
                 return False
@@ -363,7 +372,7 @@ class PPO(OnPolicyAlgorithm):
         scores = store.scores[ended].astype(np.float64)
         new = scores.copy()
         if self.normalize_reward:
-            self.score_moments.update(scores)
+            self.score_moments.update(all_gather(scores))
             new = (new - self.score_moments.mean) / max(self.score_moments.std, 1e-6)
         if self.logsigmoid_reward is not None:
             new = -np.logaddexp(0.0, self.logsigmoid_reward - new)  # log sigmoid(new - c), stable for any new
@@ -442,12 +451,16 @@ class PPO(OnPolicyAlgorithm):
         returns = advantages + old_values
         episode_kls = self._episode_kls(store, kl_tok)
         if self.normalize_advantage:
-            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+            adv_mean, adv_std = mean_std(advantages)  # of every rank's advantages under torchrun
+            advantages = (advantages - adv_mean) / (adv_std + 1e-8)
         flat = lambda a: torch.as_tensor(a.reshape(-1), dtype=torch.float32, device=self.device)
         adv_t, ret_t, old_logp_t, old_v_t = flat(advantages), flat(returns), flat(old_logp), flat(old_values)
 
         n_tokens = store.steps * store.num_rows
         n_minibatches = max(1, round(n_tokens / self.batch_size))
+        ranks = world()[1]
+        if ranks > 1:  # as many minibatches on every rank, none empty: each one's collectives need all ranks
+            n_minibatches = int(min(n_minibatches, all_min([store.num_segments])[0]))
         stats: dict[str, list[float]] = {k: [] for k in ("pg", "vf", "ent", "approx_kl", "clip")}
         skipped, continue_training, updates = 0, True, 0
         max_log_ratio = math.log(self.ratio_threshold)
@@ -463,11 +476,16 @@ class PPO(OnPolicyAlgorithm):
                                                                          entropy=want, segment_ids=b.segment_ids)
                 adv, ret, old_logp, old_v = adv_t[b.cells], ret_t[b.cells], old_logp_t[b.cells], old_v_t[b.cells]
                 log_ratio = logp - old_logp
-                if not torch.isfinite(log_ratio).all():
+                finite = bool(torch.isfinite(log_ratio).all())
+                max_abs = float(log_ratio.detach().abs().max()) if finite else math.inf
+                if ranks > 1:  # one rank's NaN stops every rank; one rank's exploding ratio skips the minibatch
+                    not_finite, max_abs = all_max([float(not finite), max_abs])
+                    finite = not_finite == 0
+                if not finite:
                     raise FloatingPointError(
                         f"PPO: NaN/inf log-probabilities at timestep {self.num_timesteps} (epoch {epoch}); the policy "
                         "diverged: lower learning_rate, set target_kl or restart from the last checkpoint")
-                if log_ratio.detach().abs().max() > max_log_ratio:
+                if max_abs > max_log_ratio:
                     skipped += 1  # one sample this far off would dominate the update: drop the minibatch
                     continue
                 ratio = log_ratio.exp()
@@ -479,12 +497,17 @@ class PPO(OnPolicyAlgorithm):
                     ent = entropy.mean()
                     loss = loss - self.ent_coef * ent
                     stats["ent"].append(ent.item())
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"PPO: the loss is {loss.item()} at timestep {self.num_timesteps} (policy {pg_loss.item():.4g}, "
-                        f"value {vf_loss.item():.4g}); lower learning_rate or vf_coef, or clip rewards (reward_clip)")
                 with torch.no_grad():
                     approx_kl = ((ratio - 1) - log_ratio).mean().item()
+                loss_finite = bool(torch.isfinite(loss))
+                if ranks > 1:  # the early stop and the NaN stop below are taken on all ranks' figures
+                    not_finite, kl_sum = all_sum([float(not loss_finite), approx_kl])
+                    loss_finite, approx_kl = not_finite == 0, kl_sum / ranks
+                if not loss_finite:
+                    raise FloatingPointError(
+                        f"PPO: the loss is {loss.item()} at timestep {self.num_timesteps} (policy {pg_loss.item():.4g}, "
+                        f"value {vf_loss.item():.4g}; NaN/inf on this rank or another under torchrun); lower "
+                        "learning_rate or vf_coef, or clip rewards (reward_clip)")
                 stats["pg"].append(pg_loss.item())
                 stats["vf"].append(vf_loss.item())
                 stats["approx_kl"].append(approx_kl)
@@ -496,13 +519,14 @@ class PPO(OnPolicyAlgorithm):
                     break
                 self.policy.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                average_gradients(self.policy.parameters())  # under torchrun: every rank takes the same step
                 torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
                 self.policy.optimizer.step()
                 updates += 1
             if not continue_training:
                 break
         self._n_updates += updates
-        self.kl_ctl.update(float(np.mean(episode_kls)) if episode_kls else float("nan"), len(episode_kls))
+        self.kl_ctl.update(*mean_count(episode_kls))  # all ranks' completions under torchrun
 
         ended = store.dones
         record = self.logger.record

@@ -17,6 +17,12 @@
    and after, timesteps, wall time). While a run writes ``out_dir`` it holds a lock on ``.ppo.lock`` there, so
    a second run on the same directory stops with an error instead of mixing its saves in.
 
+Under ``torchrun --nproc_per_node=N -m rlfl ppo ...`` every process steps its own ``n_envs`` rows (its own
+prompts and samples) and the ranks average each minibatch's gradients (`rlfl.agents.distributed`), so one
+rollout trains on N x n_envs x n_steps tokens and ``total_timesteps`` counts all of them. Rank 0 alone
+evaluates, logs, samples and writes ``out_dir``; each process uses cpu_count / N threads unless
+``num_threads`` says otherwise, and its own GPU (``cuda:LOCAL_RANK``) with ``--device cuda``.
+
 Example:
     >>> from rlfl.agents.train import PPOConfig, train_ppo
     >>> out = train_ppo(PPOConfig(init_from="runs/sft", out_dir="runs/ppo", total_timesteps=65536))  # doctest: +SKIP
@@ -29,6 +35,7 @@ import importlib.util
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from rlfl.agents.callbacks import (
     CheckpointEvery,
     GoldEval,
@@ -80,7 +88,8 @@ class PPOConfig:
     data_path: str | None = field(default=None, metadata={"help": "prompt data of envs that need it (IMDB, HH-RLHF)"})
     n_prompts: int | None = field(default=None, metadata={"help": "prompts the env draws from"})
     # ---- run size
-    n_envs: int = field(default=32, metadata={"help": "parallel episodes (rows of the vector env)"})
+    n_envs: int = field(default=32, metadata={
+        "help": "parallel episodes (rows of the vector env), per process under torchrun"})
     total_timesteps: int = field(default=65536, metadata={
         "help": "generated tokens to train on (runs to the end of the rollout that reaches it)"})
     # ---- PPO
@@ -174,10 +183,28 @@ class PPOConfig:
 # ---------------------------------------------------------------------------------------------- pieces
 def _device(want: str) -> str:
     if want == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        want = "cuda" if torch.cuda.is_available() else "cpu"
     if want.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device=cuda but no CUDA GPU is visible; pass --device cpu")
+    if want == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        want = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # torchrun: one GPU per process
     return want
+
+
+@contextlib.contextmanager
+def _process_group(device: str) -> Iterator[tuple[int, int]]:
+    """Join torchrun's process group for the run (gloo on a CPU, NCCL on GPUs); (rank, world size)."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1 or dist.is_initialized():
+        yield (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        return
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    try:
+        yield dist.get_rank(), size
+    finally:
+        dist.destroy_process_group()
 
 
 def _check_inputs(cfg: PPOConfig, resuming: bool) -> None:
@@ -281,13 +308,18 @@ def train_ppo(cfg: PPOConfig) -> Path:
     """Run (or resume) PPO as ``cfg`` says; returns ``cfg.out_dir``, which holds the final checkpoint."""
     out = Path(cfg.out_dir)
     _check_inputs(cfg, (out / STATE_ZIP).is_file())
-    out.mkdir(parents=True, exist_ok=True)
-    with _exclusive(out):
-        _run(cfg, out)
+    device = _device(cfg.device)
+    with _process_group(device) as (rank, size), contextlib.ExitStack() as stack:
+        if rank == 0:  # rank 0 writes out_dir (torchrun stops the other ranks if it fails here)
+            out.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(_exclusive(out))
+        if size > 1:
+            dist.barrier()  # out_dir exists and is locked before any rank reads it
+        _run(cfg, out, device, rank, size)
     return out
 
 
-def _run(cfg: PPOConfig, out: Path) -> None:
+def _run(cfg: PPOConfig, out: Path, device: str, rank: int, size: int) -> None:
     from rlfl.agents.ppo import PPO
     from rlfl.agents.vec_env import make_text_vec_env
     from rlfl.envs.rewards import as_reward_source
@@ -295,9 +327,9 @@ def _run(cfg: PPOConfig, out: Path) -> None:
 
     state = out / STATE_ZIP
     resuming = state.is_file()
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    device = _device(cfg.device)
+    if cfg.num_threads or size > 1:
+        torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // size))
+    main = rank == 0
 
     # ---- the env: the policy's tokenizer, the reward loaded once, eval prompts held out
     # (a resumed run reads the tokenizer from out_dir: the checkpoint there is written before the zip)
@@ -315,21 +347,32 @@ def _run(cfg: PPOConfig, out: Path) -> None:
     # ---- the model: resume from the zip, or start from the policy checkpoint
     resumed_at = None
     if resuming:
-        _warn_changed_settings(out, cfg)
+        if main:
+            _warn_changed_settings(out, cfg)
         model = PPO.load(state, env=env, device=device)
         resumed_at = model.num_timesteps
-        model.set_random_seed(cfg.seed + resumed_at)  # don't replay the first run's prompts and samples
-        log.info("resumed PPO from %s at timestep %d of %d", state, resumed_at, cfg.total_timesteps)
+        model.set_random_seed(cfg.seed + resumed_at + rank)  # don't replay the first run's prompts and samples
+        if main:
+            log.info("resumed PPO from %s at timestep %d of %d", state, resumed_at, cfg.total_timesteps)
     else:
         # every setting a resume takes from the zip is a PPO argument of the same name, except these four
         same = {k: getattr(cfg, k) for k in _FROM_ZIP if k not in ("init_from", "reference", "learning_rate",
                                                                     "lr_schedule")}
-        model = PPO(cfg.init_from, env, learning_rate=LRSchedule(cfg.lr_schedule, cfg.learning_rate), seed=cfg.seed,
-                    device=device, policy_kwargs={"reference_checkpoint": cfg.reference} if cfg.reference else None,
-                    **same)
-        _write_json(out / "ppo_config.json", to_dict(cfg))
+        # each rank its own prompts and samples (rank 0's are a single process's)
+        model = PPO(cfg.init_from, env, learning_rate=LRSchedule(cfg.lr_schedule, cfg.learning_rate),
+                    seed=cfg.seed + rank, device=device,
+                    policy_kwargs={"reference_checkpoint": cfg.reference} if cfg.reference else None, **same)
+        if main:
+            _write_json(out / "ppo_config.json", to_dict(cfg))
+    if not main:  # rank 0 alone logs, evaluates and writes out_dir
+        from stable_baselines3.common.logger import Logger
+
+        model.set_logger(Logger(None, []))
+        if cfg.total_timesteps > model.num_timesteps:
+            model.learn(cfg.total_timesteps - model.num_timesteps, reset_num_timesteps=not resuming)
+        return
     model.set_logger(_sb3_logger(out, cfg.log_formats, resumed_at))
-    rollout = model.n_steps * model.n_envs
+    rollout = model.n_steps * model.n_envs * size
     if cfg.total_timesteps % rollout:
         log.info("total_timesteps %d is not a multiple of the rollout (%d tokens): training stops at %d",
                  cfg.total_timesteps, rollout, math.ceil(cfg.total_timesteps / rollout) * rollout)

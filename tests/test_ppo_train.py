@@ -103,9 +103,9 @@ def test_two_runs_never_write_one_out_dir(policy_dir, tmp_path):
 def test_doctests():
     import doctest
 
-    from rlfl.agents import callbacks, schedules, train
+    from rlfl.agents import callbacks, distributed, schedules, train
 
-    for module in (train, callbacks, schedules):
+    for module in (train, callbacks, schedules, distributed):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
 
