@@ -55,6 +55,7 @@ from rlfl.agents.schedules import SCHEDULES, LRSchedule
 
 from rlfl.config import to_dict
 from rlfl.stage_cache import atomic_write_bytes
+from rlfl.trainer import join_process_group, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -181,30 +182,16 @@ class PPOConfig:
 
 
 # ---------------------------------------------------------------------------------------------- pieces
-def _device(want: str) -> str:
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    if want.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device=cuda but no CUDA GPU is visible; pass --device cpu")
-    if want == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        want = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # torchrun: one GPU per process
-    return want
-
-
 @contextlib.contextmanager
 def _process_group(device: str) -> Iterator[tuple[int, int]]:
-    """Join torchrun's process group for the run (gloo on a CPU, NCCL on GPUs); (rank, world size)."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size == 1 or dist.is_initialized():
-        yield (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
-        return
-    if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
-    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    """Torchrun's process group for the run, left when it ends if this run joined it; (rank, world size)."""
+    joined = not dist.is_initialized()
+    join_process_group(torch.device(device))
     try:
-        yield dist.get_rank(), size
+        yield (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     finally:
-        dist.destroy_process_group()
+        if joined and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _check_inputs(cfg: PPOConfig, resuming: bool) -> None:
@@ -308,7 +295,7 @@ def train_ppo(cfg: PPOConfig) -> Path:
     """Run (or resume) PPO as ``cfg`` says; returns ``cfg.out_dir``, which holds the final checkpoint."""
     out = Path(cfg.out_dir)
     _check_inputs(cfg, (out / STATE_ZIP).is_file())
-    device = _device(cfg.device)
+    device = str(pick_device(cfg.device))
     with _process_group(device) as (rank, size), contextlib.ExitStack() as stack:
         if rank == 0:  # rank 0 writes out_dir (torchrun stops the other ranks if it fails here)
             out.mkdir(parents=True, exist_ok=True)

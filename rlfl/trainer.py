@@ -126,25 +126,35 @@ class Runtime:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
 
+def pick_device(want: str) -> torch.device:
+    """``auto`` is a visible CUDA GPU, else the CPU; under torchrun ``cuda`` is this process's GPU (LOCAL_RANK)."""
+    if want == "auto":
+        want = "cuda" if torch.cuda.is_available() else "cpu"
+    if want.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device=cuda but no CUDA GPU is visible; pass --device cpu")
+    if want == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        want = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    return torch.device(want)
+
+
+def join_process_group(device: torch.device) -> None:
+    """Join torchrun's process group when launched by torchrun (NCCL on GPUs, gloo on CPUs); else nothing."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+
+
 def setup_runtime(config: TrainConfig) -> Runtime:
     """Pick the device and precision; join the torchrun process group when launched by torchrun."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    want = config.device
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    if want.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device=cuda but no CUDA GPU is visible; pass --device cpu")
-    if want == "cuda" and world_size > 1:
-        want = f"cuda:{local_rank}"
-    device = torch.device(want)
+    device = pick_device(config.device)
+    join_process_group(device)
     if device.type == "cuda":
-        torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     if device.type == "cpu":
         threads = config.num_threads or max(1, (os.cpu_count() or 1) // world_size)
         torch.set_num_threads(threads)
