@@ -7,7 +7,8 @@ One conversation renders as::
 Role markers and ``<|end|>`` are special tokens (never produced by ordinary text: a user who types
 "<|end|>" gets those characters as plain text, so nobody can forge a turn). Every stage that talks in
 turns uses this one template: SFT (with the loss mask), generation (``add_generation_prompt`` ends the
-ids with ``<|assistant|>`` and ``<|end|>`` is the stop token), ``rlfl serve``'s chat endpoint and ``rlfl chat``.
+ids with ``<|assistant|>`` and ``<|end|>`` is the stop token), ``rlfl serve``'s chat endpoint, ``rlfl chat``
+and ``rlfl sample`` on a checkpoint that ``is_chat_checkpoint``.
 
 Example:
     >>> from rlfl.tokenizer import byte_tokenizer
@@ -39,6 +40,24 @@ def role_token(tokenizer: Tokenizer, role: str) -> int:
 def end_token(tokenizer: Tokenizer) -> int:
     """The special-token id that closes every turn (the stop token of chat generation)."""
     return tokenizer.special_tokens[END]
+
+
+def is_chat_checkpoint(config: Mapping[str, Any]) -> bool:
+    """Whether a checkpoint (its ``config.json``) was trained to answer user turns of this template.
+
+    ``rlfl sft`` always trains on the template, so every SFT checkpoint is one. A PPO checkpoint is one
+    when its run wrapped prompts as user turns (``PPOConfig.chat_template``; unset means the env's
+    default, plain text for the built-in envs): PPO from an SFT policy on plain-text prompts has been
+    tuned to continue text, and that is how it should be sampled. Pretrained and reward-model
+    checkpoints continue plain text.
+    """
+    stage = config.get("stage")
+    if stage == "sft":
+        return True
+    if stage == "ppo":
+        run = (config.get("ppo") or {}).get("config") or {}
+        return run.get("chat_template") is True
+    return False
 
 
 def validate_messages(messages: Any, where: str = "messages") -> list[dict[str, str]]:

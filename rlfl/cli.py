@@ -68,7 +68,11 @@ class SampleArgs:
     """`rlfl sample`: generate text from any checkpoint."""
 
     checkpoint: str = field(default="runs/base", metadata={"help": "checkpoint directory of any stage"})
-    prompt: list[str] = field(default_factory=list, metadata={"help": "prompts (default: one empty prompt)"})
+    prompt: list[str] = field(default_factory=list, metadata={
+        "help": "prompts (default: one empty prompt); on a chat checkpoint (sft, or ppo with --chat-template) each "
+                "is a user turn answered up to <|end|>, as in `rlfl chat`"})
+    raw: bool = field(default=False, metadata={
+        "help": "continue the prompt as plain text even on a chat checkpoint (no chat template, no stop at <|end|>)"})
     num_samples: int = field(default=1, metadata={"help": "samples per prompt"})
     max_new_tokens: int = field(default=100, metadata={"help": "tokens to generate per sample"})
     temperature: float = field(default=0.8, metadata={"help": "softmax temperature"})
@@ -173,22 +177,40 @@ def cmd_quickstart(a: Any) -> None:
 
 
 def cmd_sample(a: SampleArgs) -> None:
+    from rlfl.batching import stop_token_ids
+    from rlfl.chat_template import chat_prompt, is_chat_checkpoint
     from rlfl.checkpoint import load_checkpoint
     from rlfl.generate import SamplingConfig, generate
 
     c = load_checkpoint(a.checkpoint, device=a.device)
     tok = c.tokenizer
     prompts = a.prompt or [""]
-    ids = [tok.encode(p) or [tok.eot_id] for p in prompts for _ in range(a.num_samples)]
+    # a chat checkpoint learned to answer user turns and end them with <|end|>: feed it what `rlfl chat`
+    # feeds it, or a plain prompt would get text the model never learned to write (past <|end|>, new turns)
+    chat = is_chat_checkpoint(c.config) and not a.raw
+    if chat:
+        log.info("%s is a %s chat checkpoint: each prompt is a user turn (--raw continues plain text)",
+                 c.path, c.config["stage"])
+        encoded = [chat_prompt(tok, [{"role": "user", "content": p}]) for p in prompts]
+        stops = stop_token_ids(tok)
+    else:
+        encoded = [tok.encode(p) or [tok.eot_id] for p in prompts]
+        stops = (tok.eot_id,)
+    ids = [e for e in encoded for _ in range(a.num_samples)]
     room = c.model.config.block_size - max(len(p) for p in ids)
     if room < 1:
-        raise ValueError(f"prompt is longer than the model's context ({c.model.config.block_size} tokens); shorten --prompt")
+        raise ValueError(f"prompt is longer than the model's context ({c.model.config.block_size} tokens"
+                         f"{' with the chat template' if chat else ''}); shorten --prompt")
     sc = SamplingConfig(max_new_tokens=min(a.max_new_tokens, room), temperature=a.temperature, top_k=a.top_k,
-                        top_p=a.top_p, greedy=a.greedy, seed=a.seed, stop_tokens=(tok.eot_id,))
+                        top_p=a.top_p, greedy=a.greedy, seed=a.seed, stop_tokens=stops)
     out = generate(c.model, ids, sc, pad_id=tok.pad_id)
-    for i, completion in enumerate(out.tokens):
+    for i, (completion, finished) in enumerate(zip(out.tokens, out.finished)):
         prompt = prompts[i // a.num_samples]
-        print(f"--- sample {i + 1} ---\n{prompt}{tok.decode(completion)}")
+        if chat:  # the answer without the stop token that ended it
+            answer = tok.decode(completion[:-1] if finished else completion)
+            print(f"--- sample {i + 1} ---\nuser: {prompt}\nassistant: {answer}")
+        else:
+            print(f"--- sample {i + 1} ---\n{prompt}{tok.decode(completion)}")
 
 
 # ------------------------------------------------------------------------------------ parser

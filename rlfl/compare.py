@@ -62,6 +62,7 @@ from rlfl.compare_eval import (
     parse_judge_spec,
     split_prompts,
 )
+from rlfl.agents.schedules import SCHEDULES
 from rlfl.config import to_dict
 from rlfl.stage_cache import (
     atomic_write_text,
@@ -128,6 +129,9 @@ class CompareConfig:
     ppo_batch_size: int = field(default=512, metadata={"help": "tokens per PPO minibatch"})
     ppo_epochs: int = field(default=4, metadata={"help": "passes over each PPO rollout"})
     ppo_lr: float = field(default=5e-5, metadata={"help": "PPO learning rate"})
+    ppo_lr_schedule: str = field(default="constant", metadata={
+        "help": "PPO learning-rate schedule over each run: constant | linear | cosine"})
+    value_lr_scale: float = field(default=1.0, metadata={"help": "the PPO value head's learning rate over the policy's"})
     kl_coef: float = field(default=0.05, metadata={"help": "weight of the per-token KL penalty"})
     adaptive_kl: bool = field(default=False, metadata={"help": "adapt the KL weight towards --kl-target"})
     kl_target: float = field(default=6.0, metadata={"help": "target KL per completion (nats) with --adaptive-kl"})
@@ -164,8 +168,9 @@ class CompareConfig:
             need(0.0 <= getattr(self, name) <= 1.0, name, "must be a probability in [0, 1]")
         need(0.0 <= self.tie_band < 0.5, "tie_band", "must be in [0, 0.5)")
         need(0.0 < self.rm_val_fraction < 1.0, "rm_val_fraction", "must be in (0, 1)")
-        for name in ("rm_lr", "ppo_lr", "kl_target"):
+        for name in ("rm_lr", "ppo_lr", "kl_target", "value_lr_scale"):
             need(getattr(self, name) > 0, name, "must be > 0")
+        need(self.ppo_lr_schedule in SCHEDULES, "ppo_lr_schedule", f"use one of {', '.join(SCHEDULES)}")
         need(bool(self.seeds), "seeds", "pass at least one seed (3 or more for confidence intervals)")
         need(len(set(self.seeds)) == len(self.seeds) and all(s >= 0 for s in self.seeds), "seeds",
              "seeds must be distinct integers >= 0")
@@ -543,7 +548,8 @@ def stage_ppo(run: CompareRun) -> None:
                         init_from=cfg.policy, env_id=ENV_ID, reward=reward, max_new_tokens=cfg.max_new_tokens,
                         max_prompt_tokens=cfg.max_prompt_tokens, chat_template=cfg.chat_template, n_envs=cfg.n_envs,
                         total_timesteps=cfg.ppo_timesteps, n_steps=cfg.max_new_tokens, batch_size=cfg.ppo_batch_size,
-                        n_epochs=cfg.ppo_epochs, learning_rate=cfg.ppo_lr, kl_coef=cfg.kl_coef,
+                        n_epochs=cfg.ppo_epochs, learning_rate=cfg.ppo_lr, lr_schedule=cfg.ppo_lr_schedule,
+                        value_lr_scale=cfg.value_lr_scale, kl_coef=cfg.kl_coef,
                         adaptive_kl=cfg.adaptive_kl, kl_target=cfg.kl_target, out_dir=str(out),
                         checkpoint_every=every, eval_every=every, eval_prompts=cfg.ppo_eval_prompts, sample_every=0,
                         seed=seed, device=run.device, num_threads=cfg.num_threads, progress=cfg.progress))

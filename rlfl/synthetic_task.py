@@ -40,7 +40,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,23 +65,27 @@ CORPUS_SEED, SFT_SEED, PAIRS_SEED = 1000, 2000, 3000  # offsets added to the tas
 _SENTENCE_END = re.compile(r"[.!?]$")
 
 
-def cut_response(continuation: str, max_bytes: int) -> str:
-    """The longest head of ``continuation`` within ``max_bytes`` UTF-8 bytes that ends a sentence, else
-    the longest that ends a word ("" when not even the first word fits).
+def cut_response(continuation: str, max_len: int, length: Callable[[str], int] | None = None) -> str:
+    """The longest head of ``continuation`` of at most ``max_len`` units that ends a sentence, else the
+    longest that ends a word ("" when not even the first word fits). ``length`` measures a text (default:
+    its UTF-8 bytes, the byte tokenizer's tokens; pass ``lambda s: len(tok.encode(s))`` for a BPE).
 
     Example:
         >>> cut_response(" good. The battery lasted all day long.", 20)
         ' good.'
         >>> cut_response(" was fine but the battery died", 20)
         ' was fine but the'
+        >>> cut_response(" was fine but the battery died", 3, length=lambda s: len(s.split()))
+        ' was fine but'
     """
-    if len(continuation.encode()) <= max_bytes:
+    length = length or (lambda s: len(s.encode()))
+    if length(continuation) <= max_len:
         return continuation
     words = re.findall(r"\s*\S+", continuation)
     best_word = best_sentence = head = ""
     for w in words:
         head += w
-        if len(head.encode()) > max_bytes:
+        if length(head) > max_len:
             break
         best_word = head
         if _SENTENCE_END.search(head):
@@ -91,13 +95,14 @@ def cut_response(continuation: str, max_bytes: int) -> str:
 
 def review_sft_records(n: int, *, seed: int, words: tuple[int, int] = (2, 6),
                        max_response_bytes: int = DEFAULT_NEW_TOKENS - 1,
-                       sentiment_only: bool = False) -> list[dict[str, str]]:
+                       sentiment_only: bool = False, tokenizer: Any = None) -> list[dict[str, str]]:
     """SFT records ``{"prompt", "response"}`` from ``n`` synthetic reviews (mixed sentiment).
 
     The prompt is the review's first 2-6 words, drawn exactly as `synthetic_review_prompts` draws them
     (same ``seed`` and ``words`` give the same prompts); the response is the rest of the review, with its
     leading space, cut by `cut_response` to ``max_response_bytes`` so that with the byte tokenizer
-    response + ``<|end|>`` fits the env's 32 new tokens. Reviews with nothing after the prompt are left
+    response + ``<|end|>`` fits the env's 32 new tokens; with a ``tokenizer`` the limit counts its tokens
+    instead (``max_response_bytes`` then means tokens: pass the env's max_new_tokens - 1). Reviews with nothing after the prompt are left
     out, so a few fewer than ``n`` records can come back.
 
     ``sentiment_only`` keeps only records whose prompt + response the gold judge reads as non-neutral
@@ -119,9 +124,10 @@ def review_sft_records(n: int, *, seed: int, words: tuple[int, int] = (2, 6),
     texts = [" ".join(r.text.split()) for r in generate_reviews(n, seed=seed)]
     prompts = _first_words(texts, words, seed)
     assert len(prompts) == len(texts) and all(t.startswith(p) for p, t in zip(prompts, texts))
+    length = None if tokenizer is None else (lambda t: len(tokenizer.encode(t)))
     records, empty, neutral = [], 0, 0
     for prompt, text in zip(prompts, texts):
-        response = cut_response(text[len(prompt):], max_response_bytes)
+        response = cut_response(text[len(prompt):], max_response_bytes, length)
         if not response.strip():
             empty += 1
         elif sentiment_only and gold_sentiment(prompt + response) == 0:

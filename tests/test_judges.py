@@ -352,6 +352,7 @@ def test_embedding_judge_zero_shot(tmp_path):
     assert p[0] > 0.5 > p[1] and p[0] == pytest.approx(1 - p[1])
     s = j.score(["", ""], [good, bad])
     assert s.shape == (2,) and s[0] > 0 > s[1]
-    assert as_reward_source(j) is j and j.name == "embed:model"
+    assert as_reward_source(j) is j and j.name == "embed:all-MiniLM-L6-v2"
+    assert 22_000_000 < j.n_params < 23_000_000  # all-MiniLM-L6-v2: 22.7M parameters
     with pytest.raises(FileNotFoundError, match="no such sentence-transformers model directory"):
         EmbeddingJudge(tmp_path / "missing")

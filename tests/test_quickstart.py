@@ -11,14 +11,14 @@ from rlfl.quickstart import QuickstartConfig, format_summary, quickstart
 
 TINY = {"corpus_docs": 300, "n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 96, "pretrain_steps": 30,
         "pretrain_batch_size": 8, "sft_reviews": 600, "sft_steps": 30, "sft_batch_size": 16, "n_pairs": 64,
-        "rm_steps": 10, "rm_batch_size": 16, "ppo_timesteps": 512, "eval_prompts": 16, "seeds": [0, 1],
+        "rm_steps": 10, "rm_batch_size": 16, "ai_judge": "lexicon", "ppo_timesteps": 512, "eval_prompts": 16, "seeds": [0, 1],
         "progress": False, "num_threads": 1, "plots": False}
 
 
 @pytest.mark.parametrize("overrides, message", [
     ({"pretrain_steps": 0}, "QuickstartConfig.pretrain_steps=0 must be an integer >= 1; fix --pretrain-steps"),
     ({"n_embd": 100, "n_head": 3}, "n_embd=100 is not a multiple of n_head=3"),
-    ({"block_size": 64}, "QuickstartConfig.block_size=64 leaves no room"),
+    ({"block_size": 32}, "QuickstartConfig.block_size=32 is shorter than max_prompt_tokens \\+ max_new_tokens = 40"),
     ({"noise": 2.0}, "QuickstartConfig.noise=2.0 must be a probability"),
     ({"seeds": [1, 1]}, "QuickstartConfig.seeds=[1, 1] must be distinct"),
     ({"device": "tpu"}, "QuickstartConfig.device='tpu'"),
@@ -42,6 +42,11 @@ def test_tiny_quickstart_from_raw_text_to_report(tmp_path):
         assert sorted(store.annotators()) == ["sim-0", "sim-1", "sim-2"]
         assert all(label.simulated for label in store.labels())
     assert "SIMULATED" in (out / "report.md").read_text()
+    # the corpus is tokenized by a BPE trained on it, and every policy's words are checked against the grammar
+    assert json.loads((out / "task/data/tokenizer.json").read_text())["kind"] == "bpe"
+    for name, policy in results["policies"].items():
+        assert 0.0 <= policy["in_vocab_rate"] <= 1.0, name
+    assert "in-vocabulary words" in (out / "report.md").read_text()
     text = format_summary(results)
     assert "rlhf" in text and "gold mean" in text and "agreement" in text
 

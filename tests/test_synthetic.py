@@ -123,3 +123,27 @@ def test_synthetic_documents_feed_the_pipeline(tmp_path):
     assert meta["splits"]["train"]["documents"] + meta["splits"]["val"]["documents"] + \
         meta["duplicates_removed"] == 200
     assert len(load_shards(tmp_path / "shards").val) > 0
+
+
+def test_every_word_the_generator_writes_is_in_the_grammar_vocabulary():
+    from rlfl.synthetic import grammar_words, in_vocabulary_rate, words_of
+
+    reviews = generate_reviews(5000, seed=3)
+    assert all(in_vocabulary_rate(r.text) == 1.0 for r in reviews)
+    used = {w for r in reviews for w in words_of(r.text)}
+    assert len(used) > 500 and used <= grammar_words()
+
+
+@pytest.mark.parametrize("text, expected", [
+    (" The soup was tasty.", 1.0),
+    (" levilainy.", 0.0),
+    (" eisy a tenjoy.", 1 / 3),          # only "a" is a word of the grammar
+    (" the torrible. The", 2 / 3),
+    ("5 out of 5!", 1.0),                 # numbers and punctuation are not words
+    ("", 1.0),
+    ("I didn\u2019t enjoy the plot.", 1.0),  # typographic apostrophe
+])
+def test_in_vocabulary_rate_counts_made_up_words(text, expected):
+    from rlfl.synthetic import in_vocabulary_rate
+
+    assert in_vocabulary_rate(text) == pytest.approx(expected)
