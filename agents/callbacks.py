@@ -12,8 +12,8 @@ training starts (the "before" figure) and once when it ends.
 
 - `SampleLogger`: a few finished completions of the last rollout with their rewards (best to worst).
 - `GoldEval` / `evaluate_policy`: the policy samples completions of held-out prompts (plain softmax,
-  temperature 1, the env's stop tokens and prompt encoding); a gold judge scores them; the KL to the
-  reference and the reference's perplexity of the text say what the reward cost.
+  temperature 1, the env's stop tokens, ``min_new_tokens`` and prompt encoding); a gold judge scores them;
+  the KL to the reference and the reference's perplexity of the text say what the reward cost.
 - `CheckpointEvery`: the rlfl checkpoint (for ``rlfl sample``/``serve`` and later stages) and SB3's zip
   (for resuming and ``PPO.load``), each written atomically.
 - `ProgressLine`: a progress bar over tokens and one metrics line per update (score, KL, beta, tok/s).
@@ -90,9 +90,11 @@ def evaluate_policy(
     text env or `TextVecEnv` it acts in). Prompts are encoded exactly as the env encodes them (chat template,
     left truncation to ``max_prompt_tokens``); completions are drawn from the plain softmax (temperature 1, no
     top-k/top-p), ``n_samples`` per prompt, up to ``max_new_tokens`` (default: the env's) or a stop token of
-    the env. ``judge`` is a reward source or ``fn(prompt, completion) -> float`` (default: the env's
-    ``gold_judge``); it scores the completion text without its stop token. With a fixed ``seed`` two calls on
-    the same weights draw the same completions, so figures before and after training are comparable.
+    the env, which cannot come before the env's ``min_new_tokens`` (as in PPO's rollouts; the reference's
+    log-probs of the KL get the same ban). ``judge`` is a reward source or ``fn(prompt, completion) -> float``
+    (default: the env's ``gold_judge``); it scores the completion text without its stop token. With a fixed
+    ``seed`` two calls on the same weights draw the same completions, so figures before and after training are
+    comparable.
 
     Returns floats: ``gold_mean``, ``gold_positive_rate`` (share of scores > 0), ``kl`` (mean over completions
     of the summed ``log p_policy - log p_reference`` of the sampled tokens, nats), ``perplexity`` (exp of the
@@ -127,8 +129,9 @@ def evaluate_policy(
     width = ids.shape[1]
     encoded = [ids[i, width - int(n):].tolist() for i, n in enumerate(lengths)]
     rows = [i for i in range(len(prompts)) for _ in range(n_samples)]
-    sampling = {"max_new_tokens": int(max_new_tokens or episodes.max_new_tokens),
-                "stop_tokens": tuple(episodes.stop_tokens)}
+    n_new = int(max_new_tokens or episodes.max_new_tokens)
+    sampling = {"max_new_tokens": n_new, "stop_tokens": tuple(episodes.stop_tokens),
+                "min_new_tokens": min(episodes.min_new_tokens, n_new)}
 
     texts: list[str] = []
     kls, nll_sum, n_tokens, lengths_out, stopped = [], 0.0, 0, [], []
@@ -137,7 +140,8 @@ def evaluate_policy(
         chunk_prompts = [encoded[i] for i in chunk]
         out = generate(policy.gpt, chunk_prompts, SamplingConfig(seed=None if seed is None else seed + c, **sampling),
                        pad_id=tok.pad_id, return_logprobs=True)
-        ref = _reference_logprobs(policy, chunk_prompts, out.tokens, tok.pad_id)
+        ref = _reference_logprobs(policy, chunk_prompts, out.tokens, tok.pad_id, sampling["min_new_tokens"],
+                                  episodes.stop_tokens)
         for tokens, logp, ref_logp, done in zip(out.tokens, out.logprobs, ref, out.finished):
             kls.append(float(np.sum(np.asarray(logp, dtype=np.float64) - ref_logp)))
             nll_sum -= float(ref_logp.sum())
@@ -160,12 +164,13 @@ def evaluate_policy(
     }
 
 
-def _reference_logprobs(policy: Any, prompts: list[list[int]], completions: list[list[int]], pad_id: int
-                        ) -> list[np.ndarray]:
+def _reference_logprobs(policy: Any, prompts: list[list[int]], completions: list[list[int]], pad_id: int,
+                        min_new_tokens: int = 0, stop_tokens: Sequence[int] = ()) -> list[np.ndarray]:
     """Log-probs of each completion's tokens under the policy's frozen reference (one forward for the batch).
 
     Rows are ``prompt + completion``, right-padded: with causal attention the padding after a row's last token
-    changes nothing before it, and the positions count from each row's first token as in generation.
+    changes nothing before it, and the positions count from each row's first token as in generation. The
+    stop tokens are banned before ``min_new_tokens`` as they were in sampling.
     """
     device = next(policy.reference.parameters()).device
     width = max(len(p) + len(c) for p, c in zip(prompts, completions))
@@ -177,8 +182,12 @@ def _reference_logprobs(policy: Any, prompts: list[list[int]], completions: list
         mask[r, : len(p) + len(c)] = True
         positions += [(r, len(p) - 1 + j) for j in range(len(c))]  # the state before token j chose it
         actions += c
+    early = torch.tensor([j < min_new_tokens for c in completions for j in range(len(c))], dtype=torch.bool,
+                         device=device)
+    stop_ids = torch.tensor(sorted(stop_tokens), dtype=torch.long, device=device) if min_new_tokens else None
     logp = policy.reference_logprobs(tokens.to(device), mask.to(device), torch.tensor(positions, device=device),
-                                     torch.tensor(actions, device=device)).double().cpu().numpy()
+                                     torch.tensor(actions, device=device), early=early,
+                                     stop_ids=stop_ids).double().cpu().numpy()
     return np.split(logp, np.cumsum([len(c) for c in completions])[:-1])
 
 

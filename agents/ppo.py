@@ -18,9 +18,11 @@ Safety rails: the reference policy is frozen (no grad, never updated); an epoch 
 approximate KL of the update exceeds ``1.5 * target_kl`` (SB3's rule); a minibatch whose probability
 ratios explode (any ratio above ``ratio_threshold`` or below its inverse) is skipped and counted in
 ``train/skipped_batches``; a NaN/inf loss raises `FloatingPointError` (training never goes on silently).
-``beta`` is fixed or adaptive (``adaptive_kl=True``: keeps the KL per completion near ``kl_target``).
-Optional: ``no_stop_penalty`` (added to the reward of completions that ran out of tokens without a stop
-token), ``reward_clip``, ``normalize_reward`` (running mean/std of the reward source's scores) and
+``beta`` is fixed or adaptive (``adaptive_kl=True``: `rlfl.agents.kl.AdaptiveKL` keeps the KL per completion
+near ``kl_target``, moving beta at a speed set by ``kl_horizon``). Optional: ``no_stop_penalty`` (added to the
+reward of completions that ran out of tokens without a stop token), ``short_penalty`` (added to the reward of
+completions with fewer than ``short_tokens`` tokens, a final stop token not counted, so an empty completion is
+short), ``reward_clip``, ``normalize_reward`` (running mean/std of the reward source's scores) and
 ``logsigmoid_reward`` (a score s becomes ``log sigmoid(s - c)``: Wang et al. 2024, "Transforming and
 Combining Rewards for Aligning Large Language Models". The reward is bounded above, so pushing an already
 good completion further pays little while a bad one still pays in full; the paper finds less reward
@@ -31,6 +33,12 @@ returns for dozens of rollouts, which leaves the advantages with little more tha
 ``learning_rate`` takes a schedule too: ``LRSchedule("linear", 1.5e-4)`` (`rlfl.agents.schedules`) decays it
 to 0 over the run. On ``rlfl/SyntheticReviews-v0`` the decay is worth more than a nat of KL at the same gold
 rate: as the steps shrink, the KL that update noise had added drains away while the reward stays.
+
+Against length collapse (a reward that pays for short or empty completions), besides ``short_penalty``: the
+env's ``min_new_tokens`` (the stop tokens cannot be sampled before a completion has that many tokens: the
+actor bans their logits, and the training forwards of policy and reference ban them on the same actions, so
+the first epoch's probability ratios are exactly 1 and the KL is 0 before the policy moves), and fixed-length
+episodes (the env's ``stop_tokens=[]``: every completion runs ``max_new_tokens``).
 
 Under torchrun every process steps its own env rows and the ranks average each minibatch's gradients and
 share the statistics an update reads (`rlfl.agents.distributed`): ``torchrun --nproc_per_node=N -m rlfl
@@ -69,7 +77,7 @@ from gymnasium import spaces
 from rlfl.agents.distributed import (
     all_gather, all_max, all_min, all_sum, average_gradients, broadcast_module, mean_count, mean_std, world,
 )
-from rlfl.agents.kl import ESTIMATORS, AdaptiveKL, FixedKL, RunningMoments, kl_per_token
+from rlfl.agents.kl import ESTIMATORS, KL_HORIZON, AdaptiveKL, FixedKL, RunningMoments, kl_per_token
 from rlfl.agents.policy import TransformerPolicy
 from rlfl.agents.rollout import CachedActor, RolloutStore
 from rlfl.agents.vec_env import TextVecEnv, make_text_vec_env
@@ -149,10 +157,12 @@ class PPO(OnPolicyAlgorithm):
         kl_coef: float = 0.05,
         adaptive_kl: bool = False,
         kl_target: float = 6.0,
-        kl_horizon: int = 10_000,
+        kl_horizon: int = KL_HORIZON,
         kl_estimator: str = "k1",
         ratio_threshold: float = 10.0,
         no_stop_penalty: float = 0.0,
+        short_penalty: float = 0.0,
+        short_tokens: int = 0,
         reward_clip: float | None = None,
         normalize_reward: bool = False,
         logsigmoid_reward: float | None = None,
@@ -182,10 +192,15 @@ class PPO(OnPolicyAlgorithm):
                   "value_lr_scale": value_lr_scale > 0 and math.isfinite(value_lr_scale),
                   "reward_clip": reward_clip is None or reward_clip > 0,
                   "logsigmoid_reward": logsigmoid_reward is None or math.isfinite(logsigmoid_reward),
+                  "no_stop_penalty": math.isfinite(no_stop_penalty), "short_penalty": math.isfinite(short_penalty),
+                  "short_tokens": short_tokens >= 0,
                   "target_kl": target_kl is None or target_kl > 0}
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"PPO {name}={locals()[name]!r} is out of range; see the PPO docstring for valid values")
+        if short_penalty != 0 and short_tokens == 0:
+            raise ValueError(f"short_penalty={short_penalty} penalises completions shorter than short_tokens=0 tokens, "
+                             "which is none of them; set short_tokens (e.g. 8)")
         if kl_estimator not in ESTIMATORS:
             raise ValueError(f"kl_estimator={kl_estimator!r}; use one of {', '.join(ESTIMATORS)}")
         if precision not in PRECISIONS:
@@ -202,6 +217,7 @@ class PPO(OnPolicyAlgorithm):
         self.kl_coef, self.adaptive_kl, self.kl_target, self.kl_horizon = kl_coef, adaptive_kl, kl_target, kl_horizon
         self.kl_estimator, self.ratio_threshold = kl_estimator, float(ratio_threshold)
         self.no_stop_penalty, self.reward_clip, self.normalize_reward = no_stop_penalty, reward_clip, normalize_reward
+        self.short_penalty, self.short_tokens = float(short_penalty), int(short_tokens)
         self.logsigmoid_reward = None if logsigmoid_reward is None else float(logsigmoid_reward)
         self.precision = precision
         self.value_lr_scale = float(value_lr_scale)
@@ -271,6 +287,13 @@ class PPO(OnPolicyAlgorithm):
         if need > self.policy.gpt.config.block_size:
             raise ValueError(f"the env's max_prompt_tokens + max_new_tokens = {need} exceeds the policy's block_size "
                              f"{self.policy.gpt.config.block_size}; lower max_prompt_tokens or max_new_tokens")
+        if self.short_tokens > env.max_new_tokens:
+            raise ValueError(f"short_tokens={self.short_tokens} exceeds the env's max_new_tokens {env.max_new_tokens}: "
+                             "every completion would be short; lower short_tokens")
+        if self.no_stop_penalty != 0 and not env.stop_tokens:
+            raise ValueError("no_stop_penalty penalises completions that end without a stop token, and this env has "
+                             "no stop tokens (fixed-length episodes), so it would penalise every one; set "
+                             "no_stop_penalty=0")
         if len(self._episode_kl) != env.num_envs:
             self._episode_kl = np.zeros(env.num_envs)
 
@@ -304,8 +327,9 @@ class PPO(OnPolicyAlgorithm):
         """Write the policy (GPT + value head) as an rlfl checkpoint: ``rlfl sample``/``serve`` open it."""
         hyper = {k: getattr(self, k) for k in ("n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "ent_coef",
                                               "vf_coef", "value_lr_scale", "max_grad_norm", "target_kl", "kl_coef",
-                                              "adaptive_kl", "kl_target", "kl_estimator", "no_stop_penalty",
-                                              "reward_clip", "normalize_reward", "logsigmoid_reward")}
+                                              "adaptive_kl", "kl_target", "kl_horizon", "kl_estimator",
+                                              "no_stop_penalty", "short_penalty", "short_tokens", "reward_clip",
+                                              "normalize_reward", "logsigmoid_reward")}
         hyper["learning_rate"] = self.lr_schedule(self._current_progress_remaining)
         hyper["kl_beta"] = self.kl_ctl.beta
         save_checkpoint(directory, self.policy.net, self.tokenizer, stage="ppo", step=self.num_timesteps,
@@ -325,10 +349,12 @@ class PPO(OnPolicyAlgorithm):
     def _collect(self, env: TextVecEnv, callback: Any, n_rollout_steps: int) -> bool:
         if self._actor is None:
             self._actor = CachedActor(self.policy, env.num_envs, env.max_prompt_tokens, env.max_new_tokens,
-                                      env.tokenizer.pad_id, self.device, autocast=self._autocast)
+                                      env.tokenizer.pad_id, self.device, autocast=self._autocast,
+                                      min_new_tokens=env.min_new_tokens, stop_tokens=env.stop_tokens)
         actor = self._actor
         actor.load(self._last_obs, env.completion_lengths())  # the weights changed since the last rollout
-        store = RolloutStore(n_rollout_steps, env.num_envs, actor.width)
+        store = RolloutStore(n_rollout_steps, env.num_envs, actor.width, min_new_tokens=actor.min_new_tokens,
+                             stop_tokens=actor.stop_ids.tolist())
         seg_j0, seg_t0 = actor.n.copy(), np.zeros(env.num_envs, dtype=np.int64)
         callback.on_rollout_start()
         for t in range(n_rollout_steps):
@@ -347,6 +373,7 @@ class PPO(OnPolicyAlgorithm):
             for r in np.flatnonzero(dones):
                 info = infos[r]
                 store.scores[t, r], store.stopped[t, r] = info["score"], info["stopped"]
+                store.lengths[t, r] = info["episode"]["l"] - int(info["stopped"])
                 store.completions.append((info["prompt"], info["completion"], info["score"]))
                 store.close_segment(r, seg_j0[r], actor.n[r], seg_t0[r], actor.tokens[r], actor.mask[r])
                 seg_j0[r], seg_t0[r] = 0, t + 1
@@ -366,7 +393,7 @@ class PPO(OnPolicyAlgorithm):
     # ------------------------------------------------------------------------------ rewards and advantages
     def _shaped_rewards(self, store: RolloutStore) -> np.ndarray:
         """Env rewards with the score on each episode's last token transformed (normalise, log-sigmoid, clip, in
-        that order, then the no-stop penalty)."""
+        that order), then the no-stop and short-completion penalties."""
         rewards = store.rewards.astype(np.float64).copy()
         ended = store.dones
         scores = store.scores[ended].astype(np.float64)
@@ -380,6 +407,7 @@ class PPO(OnPolicyAlgorithm):
             new = np.clip(new, -self.reward_clip, self.reward_clip)
         rewards[ended] += new - scores
         rewards[ended & ~store.stopped] += self.no_stop_penalty
+        rewards[ended & (store.lengths < self.short_tokens)] += self.short_penalty
         return rewards
 
     def _gae(self, rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, last_values: np.ndarray) -> np.ndarray:
@@ -415,10 +443,12 @@ class PPO(OnPolicyAlgorithm):
             cells = b.cells.cpu().numpy()
             with self._autocast():
                 ref[cells] = self.policy.reference_logprobs(b.tokens, b.mask, b.positions, b.actions,
-                                                            segment_ids=b.segment_ids).cpu().numpy()
+                                                            segment_ids=b.segment_ids, early=b.early,
+                                                            stop_ids=b.stop_ids).cpu().numpy()
                 if recompute:
                     lp, _, v = self.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions, entropy="none",
-                                                            segment_ids=b.segment_ids)
+                                                            segment_ids=b.segment_ids, early=b.early,
+                                                            stop_ids=b.stop_ids)
                     logp[cells], values[cells] = lp.cpu().numpy(), v.cpu().numpy()
         shape = (store.steps, store.num_rows)
         return ref.reshape(shape), logp.reshape(shape), values.reshape(shape)
@@ -473,7 +503,8 @@ class PPO(OnPolicyAlgorithm):
                     # without an entropy bonus the entropy is only logged: measure it in the first epoch
                     want = "grad" if self.ent_coef != 0 else "log" if epoch == 0 else "none"
                     logp, entropy, values = self.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions,
-                                                                         entropy=want, segment_ids=b.segment_ids)
+                                                                         entropy=want, segment_ids=b.segment_ids,
+                                                                         early=b.early, stop_ids=b.stop_ids)
                 adv, ret, old_logp, old_v = adv_t[b.cells], ret_t[b.cells], old_logp_t[b.cells], old_v_t[b.cells]
                 log_ratio = logp - old_logp
                 finite = bool(torch.isfinite(log_ratio).all())

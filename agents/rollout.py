@@ -13,6 +13,12 @@ token sequence. Training then runs ONE forward per segment for all its actions (
 sequences, never single tokens), and GAE runs over the grid, where an episode that ends mid-rollout and
 one that continues into the next are both handled by the usual done-masking and bootstrap value.
 
+An env with ``min_new_tokens`` (a stop token before that many new tokens does not end the episode) gets the
+standard remedy for empty and too-short completions: the actor bans the stop tokens' logits until a row has
+that many tokens (`rlfl.generate.ban_stop_tokens`), and every `Batch` says which of its actions were chosen
+under the ban, so the training forwards recompute exactly the distribution that was sampled (for the policy
+and the reference alike).
+
 Example (shapes only; `rlfl.agents.PPO` drives these):
     >>> store = RolloutStore(n_steps=4, num_rows=2, seq_len=10)
     >>> store.actions.shape, store.num_segments
@@ -23,11 +29,12 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from rlfl.generate import ban_stop_tokens
 from rlfl.model import KVCache
 
 
@@ -36,12 +43,14 @@ class CachedActor:
 
     ``prompt_tokens`` (P) and ``max_new_tokens`` (N) are the env's; observations are the env's left-padded
     windows of length P + N. After `load` (or `advance`) the logits and value of each row's current state are
-    in ``logits`` (rows, vocab) and ``values`` (rows,).
+    in ``logits`` (rows, vocab) and ``values`` (rows,). ``stop_tokens`` cannot be sampled while a row has fewer
+    than ``min_new_tokens`` completion tokens (the env's option of the same name).
     """
 
     def __init__(self, policy: torch.nn.Module, num_rows: int, prompt_tokens: int, max_new_tokens: int,
                  pad_id: int, device: torch.device, *,
-                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> None:
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                 min_new_tokens: int = 0, stop_tokens: Sequence[int] = ()) -> None:
         self.policy = policy
         self.gpt = policy.net.gpt
         self.rows, self.P, self.N = int(num_rows), int(prompt_tokens), int(max_new_tokens)
@@ -49,6 +58,8 @@ class CachedActor:
         self.pad_id = int(pad_id)
         self.device = device
         self.autocast = autocast
+        self.min_new_tokens = int(min_new_tokens)
+        self.stop_ids = torch.tensor(sorted(stop_tokens), dtype=torch.long, device=device)
         # the cache holds keys/values in the dtype attention reads them in: the forwards' (autocast) dtype
         # on a GPU, float32 on a CPU, whose attention computes in float32 (rlfl.model._masked_attention_cpu)
         with autocast():
@@ -129,8 +140,13 @@ class CachedActor:
     # ------------------------------------------------------------------------------ stepping
     @torch.no_grad()
     def sample(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """One token per row from the plain softmax (no top-k/top-p/temperature: the KL must be right)."""
-        logp_all = torch.log_softmax(self.logits, dim=-1)
+        """One token per row from the plain softmax (no top-k/top-p/temperature: the KL must be right), the
+        stop tokens banned in rows that have fewer than ``min_new_tokens`` tokens."""
+        logits = self.logits
+        if self.min_new_tokens:
+            early = torch.from_numpy(self.n < self.min_new_tokens).to(self.device)
+            logits = ban_stop_tokens(logits, early, self.stop_ids)
+        logp_all = torch.log_softmax(logits, dim=-1)
         # inverse-CDF sampling: one uniform per row and a binary search; exact, and on a CPU ~10x faster
         # than torch.multinomial over a 4k vocabulary (which draws with a much heavier per-row algorithm)
         cdf = logp_all.exp().cumsum(-1)
@@ -189,6 +205,8 @@ class Batch:
     actions: torch.Tensor  # (K,)
     cells: torch.Tensor  # (K,): flat index t * rows + r of each action on the grid
     segment_ids: torch.Tensor | None = None  # (R, W): which segment each column belongs to (0: padding)
+    early: torch.Tensor | None = None  # (K,): chosen with the stop tokens banned (None: no min_new_tokens)
+    stop_ids: torch.Tensor | None = None  # (S,): the banned stop tokens
 
 
 def pack_rows(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -210,10 +228,17 @@ def pack_rows(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 class RolloutStore:
-    """One rollout on a (n_steps, num_rows) grid, plus its segments (per-episode token sequences)."""
+    """One rollout on a (n_steps, num_rows) grid, plus its segments (per-episode token sequences).
 
-    def __init__(self, n_steps: int, num_rows: int, seq_len: int) -> None:
+    ``min_new_tokens`` and ``stop_tokens``: the stop-token ban the actor sampled under (see `CachedActor`),
+    handed to every `Batch` so the training forwards apply it to the same actions.
+    """
+
+    def __init__(self, n_steps: int, num_rows: int, seq_len: int, *, min_new_tokens: int = 0,
+                 stop_tokens: Sequence[int] = ()) -> None:
         self.n_steps, self.num_rows, self.seq_len = int(n_steps), int(num_rows), int(seq_len)
+        self.min_new_tokens = int(min_new_tokens)
+        self.stop_tokens = sorted(int(t) for t in stop_tokens)
         shape = (self.n_steps, self.num_rows)
         self.actions = np.zeros(shape, dtype=np.int64)
         self.logp = np.zeros(shape, dtype=np.float32)
@@ -222,6 +247,7 @@ class RolloutStore:
         self.scores = np.zeros(shape, dtype=np.float32)  # the reward source's raw score where an episode ended
         self.dones = np.zeros(shape, dtype=bool)
         self.stopped = np.zeros(shape, dtype=bool)  # ended by a stop token (False with done: ran out of tokens)
+        self.lengths = np.zeros(shape, dtype=np.int64)  # where an episode ended: its tokens, a final stop excluded
         self.last_values = np.zeros(self.num_rows, dtype=np.float32)
         self.steps = 0
         # segments: row, first completion index acted on here (j0), completion length at the end, first step
@@ -253,6 +279,7 @@ class RolloutStore:
         seg = np.repeat(np.arange(len(meta)), counts)
         j = np.arange(len(seg)) - self.seg_offsets[seg] + self.seg_j0[seg]
         self.act_seg, self.act_col = seg, prompt_tokens - 1 + j  # the hidden state before token j chose it
+        self.act_early = j < self.min_new_tokens  # chosen with the stop tokens banned
         self.act_tok = self.seg_tokens[seg, prompt_tokens + j]
         t = self.seg_t0[seg] + (j - self.seg_j0[seg])
         self.act_cell = t * self.num_rows + self.seg_row[seg]
@@ -288,7 +315,10 @@ class RolloutStore:
             seg_ids[row[i], cols] = i + 1
         to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
         packed = n_rows < len(segments)
+        ban = self.min_new_tokens > 0 and bool(self.stop_tokens)
         return Batch(tokens=to(tokens), mask=to(mask),
                      positions=to(np.stack([row[local], offset[local] + self.act_col[k] - first[local]], 1)),
                      actions=to(self.act_tok[k]), cells=to(self.act_cell[k]),
-                     segment_ids=to(seg_ids) if packed else None)
+                     segment_ids=to(seg_ids) if packed else None,
+                     early=to(self.act_early[k]) if ban else None,
+                     stop_ids=to(np.array(self.stop_tokens, dtype=np.int64)) if ban else None)

@@ -83,6 +83,11 @@ class TextVecEnv(VecEnv):
         return int(self.inner._batch.max_new_tokens)
 
     @property
+    def min_new_tokens(self) -> int:
+        """Tokens a completion has before a stop token may end it (0: a stop token may come first)."""
+        return int(self.inner.min_new_tokens)
+
+    @property
     def max_prompt_tokens(self) -> int:
         """Prompt tokens an observation holds at most (longer prompts are left-truncated)."""
         return int(self.inner._batch.max_prompt_tokens)

@@ -57,8 +57,8 @@ BUILTIN_IDS = (SYNTHETIC_REVIEWS, IMDB_POSITIVE, HELPFUL)
 # Keyword arguments of TextGenerationEnv besides (tokenizer, prompts, reward). Listed here rather than read
 # from its signature so that `import rlfl.envs` does not load the env modules (tiktoken, gymnasium.vector:
 # a third of the import time); tests/test_registry.py keeps the list in step with the signature.
-ENV_OPTIONS = ("max_new_tokens", "max_prompt_tokens", "stop_tokens", "chat_template", "reward_shaping",
-               "render_mode")
+ENV_OPTIONS = ("max_new_tokens", "max_prompt_tokens", "stop_tokens", "min_new_tokens", "chat_template",
+               "reward_shaping", "render_mode")
 
 
 # ---------------------------------------------------------------------------------------- building
@@ -119,8 +119,8 @@ def build_reward_env(*, reward: Any, prompts: Any, tokenizer: Any = "bytes", gol
     ``reward`` and ``gold`` are anything `as_reward_source` accepts (callable, source, checkpoint path);
     ``prompts`` a list of strings or a prompt source; ``tokenizer`` a spec for
     `rlfl.tokenizer.load_tokenizer` or a Tokenizer; ``options`` the env's keyword arguments
-    (``max_new_tokens``, ``max_prompt_tokens``, ``stop_tokens``, ``chat_template``, ``reward_shaping``,
-    ``render_mode``). ``env_id`` only names the env in error messages. The env gets a ``gold_judge``
+    (``max_new_tokens``, ``max_prompt_tokens``, ``stop_tokens``, ``min_new_tokens``, ``chat_template``,
+    ``reward_shaping``, ``render_mode``). ``env_id`` only names the env in error messages. The env gets a ``gold_judge``
     attribute (a reward source, or None).
 
     Example:
@@ -150,9 +150,10 @@ def register_reward_env(id: str, *, reward: Any, prompts: Any, tokenizer: Any = 
     ``make``, not here); ``prompts`` a list of strings or a prompt source; ``tokenizer`` a spec
     ("bytes", "gpt2:PATH", a checkpoint directory) or a Tokenizer, which must match the policy's;
     ``gold`` an optional reward source exposed as ``env.unwrapped.gold_judge`` for evaluation; ``kwargs``
-    more env options (``stop_tokens``, ``chat_template``, ``reward_shaping``, ``render_mode``). With
-    ``vector=True`` ``gymnasium.make_vec(id, num_envs=N)`` builds one batched `TextGenerationVectorEnv`.
-    Registering an id again raises unless ``overwrite=True`` (then it is replaced, with a warning).
+    more env options (``stop_tokens``, ``min_new_tokens``, ``chat_template``, ``reward_shaping``,
+    ``render_mode``). With ``vector=True`` ``gymnasium.make_vec(id, num_envs=N)`` builds one batched
+    `TextGenerationVectorEnv`. Registering an id again raises unless ``overwrite=True`` (then it is replaced,
+    with a warning).
 
     Example:
         >>> register_reward_env("demo/Short-v0", reward=lambda p, c: -len(c), prompts=["Hi"])

@@ -2,7 +2,12 @@
 
 An episode draws a prompt from a prompt source, the agent emits one token per step (the action is a token
 id), and the episode ends when the agent emits a stop token (``terminated``) or has written
-``max_new_tokens`` tokens (``truncated``). Only then does the reward source score the finished completion
+``max_new_tokens`` tokens (``truncated``). Two options change when it ends, both remedies for completions
+that collapse to nothing under a reward that likes short text: ``min_new_tokens=N`` (a stop token among the
+first N tokens does not end the episode: it stays in the completion as an ordinary token; `rlfl.agents.PPO`
+goes further and never samples one there, by banning the stop tokens' logits) and ``stop_tokens=[]`` (no
+stop token at all: every episode runs exactly ``max_new_tokens``, the fixed-length episodes of the classic
+sentiment task). Only then does the reward source score the finished completion
 (the decoded text, stop token excluded); every earlier step pays 0, unless a ``reward_shaping`` callable
 adds a per-token term.
 
@@ -212,6 +217,7 @@ class EpisodeBatch:
         max_new_tokens: int = 32,
         max_prompt_tokens: int = 32,
         stop_tokens: Sequence[int] | None = None,
+        min_new_tokens: int = 0,
         chat_template: bool = False,
         reward_shaping: RewardShaping | None = None,
     ) -> None:
@@ -219,6 +225,10 @@ class EpisodeBatch:
                              ("max_prompt_tokens", max_prompt_tokens)):
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{field} must be a positive integer, got {value!r}")
+        if (not isinstance(min_new_tokens, (int, np.integer)) or isinstance(min_new_tokens, bool)
+                or not 0 <= min_new_tokens <= max_new_tokens):
+            raise ValueError(f"min_new_tokens must be an integer in [0, max_new_tokens={max_new_tokens}], got "
+                             f"{min_new_tokens!r}")
         if reward_shaping is not None and not callable(reward_shaping):
             raise ValueError("reward_shaping must be a callable fn(prompt, completion_ids) -> float, or None")
         self.tokenizer = tokenizer
@@ -229,6 +239,7 @@ class EpisodeBatch:
         self.pad_id = int(tokenizer.pad_id)
         self.num_rows = int(num_rows)
         self.max_new_tokens = int(max_new_tokens)
+        self.min_new_tokens = int(min_new_tokens)
         self.max_prompt_tokens = int(max_prompt_tokens)
         self.length = self.max_prompt_tokens + self.max_new_tokens
 
@@ -273,14 +284,17 @@ class EpisodeBatch:
         self.prompts[rows] = texts
 
     def push(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Append one token to every row (shifting left); return (terminated, truncated) bool arrays."""
+        """Append one token to every row (shifting left); return (terminated, truncated) bool arrays.
+
+        A stop token terminates a row only once the row already had ``min_new_tokens`` tokens before it.
+        """
         # Overlapping slice copies are safe: numpy buffers them when source and destination overlap.
         self.tokens[:, :-1] = self.tokens[:, 1:]
         self.tokens[:, -1] = actions
         self.mask[:, :-1] = self.mask[:, 1:]
         self.mask[:, -1] = 1
         self.n_new += 1
-        terminated = self.is_stop[actions]
+        terminated = self.is_stop[actions] & (self.n_new > self.min_new_tokens)
         truncated = (self.n_new >= self.max_new_tokens) & ~terminated
         return terminated, truncated
 
@@ -358,7 +372,10 @@ class TextGenerationEnv(gymnasium.Env):
             reward-model checkpoint path).
         max_new_tokens: the episode is truncated after this many tokens.
         max_prompt_tokens: longer prompts are left-truncated (with a warning).
-        stop_tokens: token ids that end the episode (default ``<|endoftext|>`` and ``<|end|>``).
+        stop_tokens: token ids that end the episode (default ``<|endoftext|>`` and ``<|end|>``); an empty
+            list: none, every episode runs exactly ``max_new_tokens`` tokens (fixed-length episodes).
+        min_new_tokens: a stop token among the first ``min_new_tokens`` tokens does not end the episode (it
+            stays in the completion as an ordinary token), so no completion ends shorter; default 0.
         chat_template: wrap each prompt as a user turn ready for an assistant answer.
         reward_shaping: ``fn(prompt, completion_ids) -> float`` added to the reward after every token
             (``completion_ids`` includes the token just emitted); default: 0 before the end.
@@ -382,14 +399,15 @@ class TextGenerationEnv(gymnasium.Env):
         max_new_tokens: int = 32,
         max_prompt_tokens: int = 32,
         stop_tokens: Sequence[int] | None = None,
+        min_new_tokens: int = 0,
         chat_template: bool = False,
         reward_shaping: RewardShaping | None = None,
         render_mode: str | None = None,
     ) -> None:
         self._batch = EpisodeBatch(
             tokenizer, prompts, reward, num_rows=1, max_new_tokens=max_new_tokens,
-            max_prompt_tokens=max_prompt_tokens, stop_tokens=stop_tokens, chat_template=chat_template,
-            reward_shaping=reward_shaping,
+            max_prompt_tokens=max_prompt_tokens, stop_tokens=stop_tokens, min_new_tokens=min_new_tokens,
+            chat_template=chat_template, reward_shaping=reward_shaping,
         )
         self.tokenizer = tokenizer
         self.reward = self._batch.reward  # the adapted source
@@ -403,6 +421,11 @@ class TextGenerationEnv(gymnasium.Env):
     def stop_tokens(self) -> list[int]:
         """The token ids that end an episode."""
         return list(self._batch.stop_tokens)
+
+    @property
+    def min_new_tokens(self) -> int:
+        """Tokens a completion has before a stop token may end it (0: a stop token may come first)."""
+        return self._batch.min_new_tokens
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None

@@ -80,14 +80,15 @@ class TextGenerationVectorEnv(VectorEnv):
         max_new_tokens: int = 32,
         max_prompt_tokens: int = 32,
         stop_tokens: Sequence[int] | None = None,
+        min_new_tokens: int = 0,
         chat_template: bool = False,
         reward_shaping: RewardShaping | None = None,
         render_mode: str | None = None,
     ) -> None:
         self._batch = EpisodeBatch(
             tokenizer, prompts, reward, num_rows=num_envs, max_new_tokens=max_new_tokens,
-            max_prompt_tokens=max_prompt_tokens, stop_tokens=stop_tokens, chat_template=chat_template,
-            reward_shaping=reward_shaping,
+            max_prompt_tokens=max_prompt_tokens, stop_tokens=stop_tokens, min_new_tokens=min_new_tokens,
+            chat_template=chat_template, reward_shaping=reward_shaping,
         )
         self.tokenizer = tokenizer
         self.reward = self._batch.reward  # the adapted source
@@ -105,6 +106,11 @@ class TextGenerationVectorEnv(VectorEnv):
     def stop_tokens(self) -> list[int]:
         """The token ids that end an episode."""
         return list(self._batch.stop_tokens)
+
+    @property
+    def min_new_tokens(self) -> int:
+        """Tokens a completion has before a stop token may end it (0: a stop token may come first)."""
+        return self._batch.min_new_tokens
 
     @property
     def current_prompts(self) -> list[str]:

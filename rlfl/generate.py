@@ -11,7 +11,9 @@ How a call runs:
 3. The next token comes from greedy argmax or from sampling softmax(logits / temperature) after top-k
    and top-p (nucleus) filtering, drawn with a torch.Generator seeded from `seed`.
 4. A row that emits a stop token is finished: from then on it is fed `pad_id` (its outputs are
-   ignored) so the batch keeps a fixed shape. The loop exits as soon as every row is finished.
+   ignored) so the batch keeps a fixed shape. The loop exits as soon as every row is finished. With
+   ``min_new_tokens`` the stop tokens' logits are masked (`ban_stop_tokens`) until the rows have that many
+   new tokens, as Hugging Face's ``min_new_tokens`` does, so no completion is shorter.
 
 `use_cache=False` recomputes the whole prefix each step with the same masks and positions; it is the
 slow reference the tests compare the cache against.
@@ -65,6 +67,9 @@ class SamplingConfig:
     stop_tokens: tuple[int, ...] = field(
         default=(), metadata={"help": "Token ids that end a completion (the stop token is kept as its last token)."}
     )
+    min_new_tokens: int = field(
+        default=0, metadata={"help": "The stop tokens cannot be chosen before a row has this many new tokens."}
+    )
     seed: int | None = field(default=None, metadata={"help": "Seed for sampling; the same seed gives the same output."})
 
     def __post_init__(self) -> None:
@@ -81,6 +86,9 @@ class SamplingConfig:
         self.stop_tokens = tuple(self.stop_tokens)
         if not all(_is_int(t) and t >= 0 for t in self.stop_tokens):
             raise ValueError(f"SamplingConfig.stop_tokens={self.stop_tokens!r} must be non-negative token ids")
+        if not _is_int(self.min_new_tokens) or not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError(f"SamplingConfig.min_new_tokens={self.min_new_tokens!r} must be an integer in [0, "
+                             f"max_new_tokens={self.max_new_tokens}]")
         if self.seed is not None and not _is_int(self.seed):
             raise ValueError(f"SamplingConfig.seed={self.seed!r} must be an integer, or None for unseeded sampling")
 
@@ -95,8 +103,29 @@ class Generation:
     """True when the row ended on a stop token, False when it ran out of max_new_tokens."""
     logprobs: list[list[float]] | None = None
     """With return_logprobs=True: log-prob of each completion token under log_softmax(logits / temperature),
-    i.e. BEFORE top-k/top-p filtering. That is what a training forward recomputes (the policy's own
-    distribution), so PPO's old and new log-probs agree at the first step."""
+    i.e. BEFORE top-k/top-p filtering, with the stop tokens banned before ``min_new_tokens``. That is what a
+    training forward recomputes (the policy's own distribution under the same ban), so PPO's old and new
+    log-probs agree at the first step."""
+
+
+def ban_stop_tokens(logits: torch.Tensor, early: torch.Tensor | None, stop_ids: torch.Tensor | None) -> torch.Tensor:
+    """``logits`` (K, V) with the ``stop_ids`` columns masked in the rows where ``early`` (K,) is True.
+
+    What ``min_new_tokens`` does to a distribution: a stop token cannot end a completion that is still too
+    short. The mask is the float's lowest finite value, not -inf: its probability is exactly 0 all the same,
+    and ``p * log p`` (an entropy) stays 0 instead of NaN, in the forward and the backward pass. Returns
+    ``logits`` itself when there is nothing to mask.
+
+    Example:
+        >>> ban_stop_tokens(torch.zeros(2, 3), torch.tensor([True, False]), torch.tensor([2])).softmax(-1)
+        tensor([[0.5000, 0.5000, 0.0000],
+                [0.3333, 0.3333, 0.3333]])
+    """
+    if early is None or stop_ids is None or stop_ids.numel() == 0:
+        return logits
+    cols = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    cols[stop_ids] = True
+    return logits.masked_fill(early[:, None] & cols, torch.finfo(logits.dtype).min)
 
 
 def _validate_prompts(prompts: list[list[int]], vocab_size: int, pad_id: int) -> None:
@@ -176,6 +205,7 @@ def generate(
         mask = positions = None
 
     stop = torch.tensor(config.stop_tokens, dtype=torch.long, device=device)
+    early = torch.ones(B, dtype=torch.bool, device=device)  # every row has `step` new tokens at each step
     generator = None
     if config.seed is not None:
         generator = torch.Generator(device=device)
@@ -198,6 +228,8 @@ def generate(
                 cache=cache,
             )
             logits = model.lm_head(h[:, -1]).float()  # only the last position: no (B, T, V) prefill logits
+            if step < config.min_new_tokens:
+                logits = ban_stop_tokens(logits, early, stop)
             token = _pick(logits, config, generator)
             if logprobs is not None:
                 logprobs[:, step] = F.log_softmax(logits / config.temperature, dim=-1).gather(-1, token).squeeze(-1)

@@ -102,6 +102,25 @@ def test_all_rows_stopped_exits_early(model64):
     assert out.finished == [True] * len(PROMPTS)
 
 
+def test_min_new_tokens_bans_the_stop_tokens_until_each_row_has_that_many(model64):
+    plain = generate(model64, PROMPTS, greedy(20), pad_id=PAD).tokens
+    stops = tuple(row[0] for row in plain)  # without the ban, every row would stop at its first token
+    out = generate(model64, PROMPTS, greedy(20, stop_tokens=stops, min_new_tokens=3), pad_id=PAD,
+                   return_logprobs=True)
+    for row, logprobs in zip(out.tokens, out.logprobs):
+        assert len(row) >= 4 and not set(row[:3]) & set(stops)  # 3 tokens, then a stop may end it
+    # the log-probs are those of the banned distribution: the stop tokens' mass went to the others
+    prompt, completion = PROMPTS[0], out.tokens[0]
+    with torch.no_grad():
+        logits = model64(torch.tensor([prompt + completion]))[0, len(prompt) - 1: -1].float()
+    logits[:3, list(stops)] = float("-inf")
+    expected = F.log_softmax(logits, dim=-1).gather(-1, torch.tensor(completion)[:, None])[:, 0]
+    torch.testing.assert_close(torch.tensor(out.logprobs[0]), expected, atol=1e-5, rtol=1e-5)
+    sampled = generate(model64, PROMPTS * 8, SamplingConfig(max_new_tokens=6, stop_tokens=stops, min_new_tokens=2,
+                                                            temperature=3.0, seed=0), pad_id=PAD)
+    assert min(len(t) for t in sampled.tokens) >= 3 and any(sampled.finished)
+
+
 def test_max_new_tokens_is_respected(model):
     out = generate(model, PROMPTS, SamplingConfig(max_new_tokens=9, seed=0), pad_id=PAD, return_logprobs=True)
     assert [len(t) for t in out.tokens] == [9] * 4
@@ -168,6 +187,7 @@ def test_eval_mode_during_generation_and_mode_restored():
         (dict(max_new_tokens=0), r"max_new_tokens=0 must be an integer >= 1"),
         (dict(stop_tokens=(-1,)), r"stop_tokens=\(-1,\) must be non-negative token ids"),
         (dict(seed="x"), r"seed='x' must be an integer"),
+        (dict(min_new_tokens=5), r"min_new_tokens=5 must be an integer in \[0, max_new_tokens=4\]"),
     ],
 )
 def test_sampling_config_validation(kwargs, message):

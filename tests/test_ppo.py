@@ -1,4 +1,5 @@
-"""rlfl.agents: the KV-cached actor, rollout segments, GAE, KL control, PPO learning, save/load, SB3's own PPO."""
+"""rlfl.agents: the KV-cached actor, rollout segments, GAE, KL control, length-collapse remedies, PPO learning,
+save/load, SB3's own PPO."""
 
 from __future__ import annotations
 
@@ -11,14 +12,12 @@ import rlfl.envs
 import torch
 from rlfl.agents import (
     PPO,
-    AdaptiveKL,
     TextVecEnv,
     TransformerPolicy,
-    kl_per_token,
     make_text_vec_env,
 )
-from rlfl.agents.kl import RunningMoments
 from rlfl.agents.rollout import CachedActor, pack_rows
+from rlfl.agents.schedules import LRSchedule
 from stable_baselines3.common.callbacks import BaseCallback
 
 from rlfl.checkpoint import load_checkpoint, save_checkpoint
@@ -165,6 +164,66 @@ def test_the_reward_lands_on_the_last_token_and_the_no_stop_penalty_only_on_unfi
 
 
 
+def test_the_short_penalty_lands_on_exactly_the_completions_shorter_than_short_tokens(policy_dir):
+    model = PPO(policy_dir, ragged_env(reward=one), n_envs=6, n_steps=12, no_stop_penalty=-0.25, short_penalty=-0.5,
+                short_tokens=3, seed=2)
+    collect(model)
+    store = model._store
+    ended = store.dones
+    # the env's lengths (a final stop token not counted) agree with the actor's segments
+    for s in np.flatnonzero(ended[store.seg_t0 + store.seg_n - store.seg_j0 - 1, store.seg_row]):
+        t, r = store.seg_t0[s] + store.seg_n[s] - store.seg_j0[s] - 1, store.seg_row[s]
+        assert store.lengths[t, r] == store.seg_n[s] - store.stopped[t, r]
+    short = ended & (store.lengths < 3)
+    assert (store.lengths[ended] == 0).any() and (ended & ~short).any()  # empty ones among the short ones
+    expected = ended * 1.0 - 0.25 * (ended & ~store.stopped) - 0.5 * short
+    np.testing.assert_array_equal(model._shaped_rewards(store), expected)
+
+
+def test_min_new_tokens_bans_early_stops_and_the_training_forwards_apply_the_same_ban(policy_dir):
+    # an eighth of the vocabulary stops an episode: without the ban a third of the completions would be 0-2 tokens
+    model = PPO(policy_dir, env_id("MinNew", stop_tokens=RAGGED_STOPS, min_new_tokens=5), n_envs=8, n_steps=24,
+                batch_size=64, learning_rate=0.0, seed=0)
+    assert model.env.min_new_tokens == 5
+    collect(model)
+    store = model._store
+    ended = store.dones
+    assert ended.sum() >= 16 and store.stopped[ended].any()
+    assert store.lengths[ended].min() == 5  # none shorter, and some stop as soon as they may
+    assert not set(store.act_tok[store.act_early].tolist()) & set(RAGGED_STOPS)
+    assert set(store.act_tok[~store.act_early].tolist()) & set(RAGGED_STOPS)
+    # the training forward under the same ban reproduces the sampled log-probs: the first epoch's ratio is 1
+    b = store.batch(np.arange(store.num_segments), torch.device("cpu"))
+    assert b.early is not None and b.early.any() and not b.early.all()
+    with torch.no_grad():
+        logp, _, _ = model.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions, entropy="grad",
+                                                   segment_ids=b.segment_ids, early=b.early, stop_ids=b.stop_ids)
+        unbanned, _, _ = model.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions,
+                                                       segment_ids=b.segment_ids)
+    rollout_logp = torch.from_numpy(store.logp.reshape(-1)[b.cells.numpy()])
+    torch.testing.assert_close(logp, rollout_logp, atol=2e-5, rtol=0)
+    assert (rollout_logp - unbanned)[b.early].min() > 0.05  # the ban moved the early tokens' mass
+    # the reference gets the ban too: before the policy moves, the KL is 0
+    ref, old_logp, _ = model._forward_pass(store)
+    assert np.abs(old_logp - ref).max() < 1e-4
+    # a whole update whose weights cannot move (learning rate 0): every ratio of every epoch is 1
+    model.learn(8 * 24 * 2)
+    values = model.logger.name_to_value
+    assert values["train/approx_kl"] < 1e-9 and values["train/clip_fraction"] == 0
+    assert values["train/skipped_batches"] == 0 and abs(values["rollout/kl"]) < 1e-3
+    assert np.isfinite(values["train/entropy"])
+
+
+def test_fixed_length_episodes_without_stop_tokens(policy_dir):
+    model = PPO(policy_dir, env_id("Fixed", stop_tokens=[]), n_envs=4, n_steps=20, seed=0)
+    collect(model)
+    store = model._store
+    assert store.dones.sum() == 8 and not store.stopped.any() and (store.lengths[store.dones] == 8).all()
+    assert store.dones[7::8].all() and not store.dones[np.arange(20) % 8 != 7].any()  # every 8th step, every row
+    with pytest.raises(ValueError, match="no stop tokens .* set no_stop_penalty=0"):
+        PPO(policy_dir, "test/Fixed-v0", n_envs=2, no_stop_penalty=-1.0)
+
+
 def test_logsigmoid_reward_bounds_the_score_then_clip_applies(policy_dir):
     model = PPO(policy_dir, env_id("Plain"), n_envs=6, n_steps=16, logsigmoid_reward=0.5, reward_clip=0.9, seed=2)
     collect(model)
@@ -189,26 +248,6 @@ def test_gae_over_the_grid_matches_returns_computed_by_hand(policy_dir):
     # row 1: episode ends at t=0 (return 1), a new one runs t=1..2 and bootstraps with 20 (returns 23, 23)
     returns = np.array([[2.0, 1.0], [2.0, 23.0], [10.0, 23.0]])
     np.testing.assert_allclose(adv + values, returns)
-
-
-# ---------------------------------------------------------------------------------------------- KL
-def test_kl_estimators_and_controllers():
-    logp, ref = torch.tensor([-1.0, -3.0]), torch.tensor([-2.0, -2.0])
-    assert kl_per_token(logp, ref, "k1").tolist() == [1.0, -1.0]
-    k3 = kl_per_token(logp, ref, "k3")
-    assert (k3 >= 0).all() and abs(k3[1].item() - (np.e - 1 - 1)) < 1e-5
-    with pytest.raises(ValueError, match="kl_estimator"):
-        kl_per_token(logp, ref, "k2")
-    ctl = AdaptiveKL(beta=0.1, target=6.0, horizon=100)
-    ctl.update(kl=1.0, n_episodes=50)  # far below target: beta shrinks by the capped 20 % * 50/100
-    assert ctl.beta == pytest.approx(0.09)
-    ctl.update(kl=60.0, n_episodes=100)
-    assert ctl.beta == pytest.approx(0.108)
-    m = RunningMoments()
-    data = np.random.default_rng(0).normal(3.0, 2.0, 1000)
-    for part in np.array_split(data, 7):
-        m.update(part)
-    assert m.mean == pytest.approx(data.mean()) and m.std == pytest.approx(data.std())
 
 
 # ---------------------------------------------------------------------------------------------- learning
@@ -241,6 +280,44 @@ def test_ppo_raises_the_reward_and_keeps_the_reference_frozen(policy_dir):
     assert values["rollout/kl"] > 0 and values["train/skipped_batches"] == 0
 
 
+class KLLog(BaseCallback):
+    """The logger's rollout/kl and train/kl_coef of every update (read before the next dump)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.kl: list[float] = []
+        self.beta: list[float] = []
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self.record()
+
+    def record(self) -> None:
+        values = self.model.logger.name_to_value
+        if "rollout/kl" in values:
+            self.kl.append(values["rollout/kl"])
+            self.beta.append(values["train/kl_coef"])
+
+
+def test_adaptive_kl_holds_the_kl_per_completion_at_its_target(policy_dir):
+    # the reward pays up to 1 per completion for lowercase letters, and beta starts 3.5x too low for the
+    # target: with a horizon of 10,000 completions this run ends at ~15 nats. The default horizon must bring
+    # it back and hold it.
+    target = 4.0
+    model = PPO(policy_dir, env_id("Lower"), n_envs=32, n_steps=8, batch_size=256,
+                learning_rate=LRSchedule("linear", 5e-4), kl_coef=0.008, adaptive_kl=True, kl_target=target, seed=0)
+    log = KLLog()
+    model.learn(32 * 8 * 250, callback=log)
+    log.record()  # the last update's figures
+    kl, beta = np.array(log.kl), np.array(log.beta)
+    assert len(kl) == 250
+    assert kl[20:80].max() > 2 * target  # the reward did pull the policy far past the target ...
+    assert beta.max() > 3 * beta[0]  # ... beta rose several-fold against it ...
+    assert abs(kl[-20:].mean() / target - 1) < 0.15, kl[-20:]  # ... and the run ends holding the target
+
+
 def test_exploding_ratios_skip_the_batch(policy_dir):
     model = PPO(policy_dir, env_id("Lower"), n_envs=4, n_steps=8, batch_size=16, n_epochs=2, learning_rate=1e-3,
                 ratio_threshold=1.0 + 1e-9, seed=0)
@@ -262,7 +339,7 @@ def test_diverged_weights_stop_training_with_a_message(policy_dir):
 # ---------------------------------------------------------------------------------------------- saving
 def test_save_load_and_checkpoint_round_trip(policy_dir, tmp_path):
     model = PPO(policy_dir, env_id("Lower"), n_envs=4, n_steps=8, batch_size=16, learning_rate=1e-3,
-                adaptive_kl=True, kl_target=0.01, seed=0)
+                adaptive_kl=True, kl_target=0.1, seed=0)
     model.learn(64)
     model.save(tmp_path / "ppo.zip")
     loaded = PPO.load(tmp_path / "ppo.zip", env=make_text_vec_env("test/Lower-v0", n_envs=4))

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from rlfl.agents import PPO
 from rlfl.agents.callbacks import GoldEval, SampleLogger, evaluate_policy
 from rlfl.agents.train import PPOConfig, split_prompts
+from rlfl.agents.vec_env import make_text_vec_env
 
 from rlfl.checkpoint import load_checkpoint, save_checkpoint
 from rlfl.cli import main
@@ -64,12 +65,18 @@ def test_config_validation_names_the_flag_and_the_fix():
     cases = [({"n_envs": 0}, "n_envs=0.*>= 1.*--n-envs"), ({"kl_estimator": "k2"}, "k1 or k3.*--kl-estimator"),
              ({"gamma": 1.5}, r"gamma=1.5.*\[0, 1\].*--gamma"), ({"log_formats": ["wandb"]}, "'wandb'.*--log-formats"),
              ({"reward_clip": 0.0}, "reward_clip.*--reward-clip"), ({"device": "tpu"}, "--device"),
-             ({"lr_schedule": "step"}, "constant, linear, cosine.*--lr-schedule")]
+             ({"lr_schedule": "step"}, "constant, linear, cosine.*--lr-schedule"),
+             ({"short_penalty": -1.0}, "short_penalty=-1.0.*set --short-tokens.*--short-penalty"),
+             ({"short_tokens": -1}, "short_tokens=-1.*--short-tokens"),
+             ({"min_new_tokens": -1}, "min_new_tokens=-1.*--min-new-tokens"),
+             ({"adaptive_kl": True, "kl_coef": 0.0}, "kl_coef=0.0.*--adaptive-kl.*--kl-coef")]
     for kwargs, pattern in cases:
         with pytest.raises(ValueError, match=pattern) as info:
             PPOConfig(**kwargs)
         assert "\n" not in str(info.value)
     assert PPOConfig(max_new_tokens=8, chat_template=False).env_kwargs() == {"max_new_tokens": 8, "chat_template": False}
+    # fixed-length episodes (--stop-tokens with no ids) and min_new_tokens reach the env
+    assert PPOConfig(stop_tokens=[], min_new_tokens=4).env_kwargs() == {"stop_tokens": [], "min_new_tokens": 4}
 
 
 def test_bad_input_fails_before_anything_is_written(policy_dir, tmp_path, capsys):
@@ -215,6 +222,21 @@ def test_gold_eval_figures_match_a_recomputation_by_hand(policy_dir, tmp_path):
     assert [row["timesteps"] for row in resumed.history] == [0, 64, 128, 192]
     assert resumed.history[:3] == gold.history  # read back from the CSV exactly
     assert resumed.history[-1]["gold_mean"] != 999.0 and "999.0" not in csv_path.read_text()
+
+
+def test_gold_eval_samples_under_the_env_s_min_new_tokens(policy_dir):
+    env_id = "test/EvalMinNew-v0"
+    rlfl.envs.register_reward_env(env_id, reward=length_judge, prompts=PROMPTS, max_new_tokens=8,
+                                  max_prompt_tokens=16, stop_tokens=STOPS, overwrite=True)
+    model = PPO(policy_dir, env_id, n_envs=2, n_steps=4, seed=0)
+    plain = evaluate_policy(model, PROMPTS, length_judge, n_samples=4, seed=0)
+    assert 0.3 < plain["stop_rate"] < 1 and abs(plain["kl"]) < 1e-4  # the policy is still its reference
+    for n in (4, 8):
+        model = PPO(policy_dir, make_text_vec_env(env_id, 2, min_new_tokens=n), n_steps=4, seed=0)
+        got = evaluate_policy(model, PROMPTS, length_judge, n_samples=4, seed=0)
+        assert got["length"] >= n + got["stop_rate"]  # every completion has n tokens before any stop token
+        assert abs(got["kl"]) < 1e-4  # the reference's log-probs get the same ban: no KL before training
+    assert got["stop_rate"] == 0 and got["length"] == 8  # min_new_tokens == max_new_tokens: nothing stops
 
 
 def test_gold_eval_needs_a_judge(policy_dir):

@@ -128,6 +128,25 @@ def test_make_vec_builds_one_batched_vector_env_with_one_reward_call_per_step(fr
     assert venv.unwrapped.gold_judge is None
 
 
+def test_min_new_tokens_and_fixed_length_pass_through_make_and_the_registered_spec(fresh_id):
+    register_reward_env(fresh_id, reward=lambda p, c: float(len(c)), prompts=["a"], max_new_tokens=4,
+                        min_new_tokens=2)
+    assert gymnasium.spec(fresh_id).kwargs["min_new_tokens"] == 2
+    env = gymnasium.make(fresh_id)
+    env.reset(seed=0)
+    _, reward, terminated, _, info = write(env, "")  # <|endoftext|> first: an ordinary token under min_new_tokens
+    assert not terminated and env.unwrapped.min_new_tokens == 2
+    _, reward, terminated, _, info = write(env, "x")  # the second token; the stop after it ends the episode
+    assert terminated and info["completion"] == "<|endoftext|>x"
+    venv = gymnasium.make_vec(fresh_id, num_envs=3, min_new_tokens=0, stop_tokens=[])  # make's kwargs win
+    assert venv.min_new_tokens == 0 and venv.stop_tokens == []
+    venv.reset(seed=0)
+    for _ in range(4):
+        _, _, terminated, truncated, _ = venv.step(np.full(3, EOT))
+    assert truncated.all() and not terminated.any()  # fixed length: <|endoftext|> ends nothing
+    assert checked(gymnasium.make("rlfl/SyntheticReviews-v0", min_new_tokens=3)).unwrapped.min_new_tokens == 3
+
+
 def test_vector_false_falls_back_to_gymnasium_sync_vector_env(fresh_id):
     register_reward_env(fresh_id, reward=has_great, prompts=["a"], vector=False)
     venv = gymnasium.make_vec(fresh_id, num_envs=2)

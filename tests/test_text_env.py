@@ -63,9 +63,9 @@ def run(env: TextGenerationEnv, text: bytes | list[int]):
 
 
 # ---------------------------------------------------------------------------------------- contracts
-@pytest.mark.parametrize("chat_template", [False, True])
-def test_passes_gymnasium_and_sb3_env_checkers(chat_template):
-    env = make(chat_template=chat_template, render_mode="ansi")
+@pytest.mark.parametrize("options", [{}, {"chat_template": True}, {"min_new_tokens": 3}, {"stop_tokens": []}])
+def test_passes_gymnasium_and_sb3_env_checkers(options):
+    env = make(render_mode="ansi", **options)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no spec, can't test other render modes" and SB3's space advice
         gym_check_env(env.unwrapped)
@@ -169,6 +169,39 @@ def test_custom_stop_tokens_replace_the_defaults():
     steps = run(env, [EOT] + list(b"a.b"))
     assert len(steps) == 3 and steps[-1][2] is True
     assert steps[-1][4]["completion"] == "<|endoftext|>a"  # EOT is ordinary here; "." is not scored
+
+
+def test_min_new_tokens_makes_an_early_stop_token_an_ordinary_one():
+    reward = LengthReward()
+    env = make(reward=reward, max_new_tokens=6, min_new_tokens=2)
+    assert env.min_new_tokens == 2
+    env.reset(options={"prompt": "Hi"})
+    # a stop token as the first and second token goes on (kept in the text); as the third it ends the episode
+    steps = run(env, [END, END, END, 65])
+    assert [s[2:4] for s in steps] == [(False, False), (False, False), (True, False)]
+    assert steps[-1][4]["completion"] == "<|end|><|end|>" and reward.calls[-1][1] == ["<|end|><|end|>"]
+    env.reset(options={"prompt": "Hi"})
+    steps = run(env, list(b"ab") + [END])  # two tokens already: a stop ends it, as without the option
+    assert steps[-1][2] is True and steps[-1][4]["completion"] == "ab"
+    # min_new_tokens == max_new_tokens: no stop token ever ends an episode
+    env = make(max_new_tokens=3, min_new_tokens=3)
+    env.reset(seed=0)
+    steps = run(env, [END] * 5)
+    assert len(steps) == 3 and [s[2:4] for s in steps][-1] == (False, True)
+    for bad in (-1, 7, 1.5, True):
+        with pytest.raises(ValueError, match=r"min_new_tokens must be an integer in \[0, max_new_tokens=6\]"):
+            make(max_new_tokens=6, min_new_tokens=bad)
+
+
+def test_no_stop_tokens_give_fixed_length_episodes():
+    env = make(stop_tokens=[], max_new_tokens=5)
+    assert env.stop_tokens == []
+    for seed in range(3):
+        env.reset(seed=seed)
+        steps = run(env, [EOT, END, EOT, END, EOT, END])
+        assert len(steps) == 5 and [s[2:4] for s in steps][-1] == (False, True)
+        assert not any(s[2] for s in steps)
+        assert steps[-1][4]["completion"] == "<|endoftext|><|end|><|endoftext|><|end|><|endoftext|>"
 
 
 def test_reward_shaping_adds_a_term_after_every_token():

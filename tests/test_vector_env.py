@@ -137,10 +137,11 @@ def test_seeding_repeats_prompt_draws_and_autoresets():
     assert not np.array_equal(rollout(7), rollout(8))
 
 
-def test_rows_replay_exactly_in_the_single_env():
+@pytest.mark.parametrize("options", [{}, {"min_new_tokens": 2}, {"stop_tokens": []}])
+def test_rows_replay_exactly_in_the_single_env(options):
     """Every episode a vector row plays equals the single env's episode with the same prompt and tokens."""
     n = 5
-    env = make(num_envs=n)
+    env = make(num_envs=n, **options)
     obs, info = env.reset(seed=3)
     rng = np.random.default_rng(3)
     current = [{"prompt": info["prompts"][i], "first": {k: v[i] for k, v in obs.items()}, "steps": []}
@@ -159,7 +160,7 @@ def test_rows_replay_exactly_in_the_single_env():
                 current[i] = {"prompt": env.current_prompts[i], "first": {k: v[i] for k, v in obs.items()}, "steps": []}
     assert len(episodes) >= 20
 
-    single = TextGenerationEnv(TOK, PROMPTS, RecordingReward(), **KW)
+    single = TextGenerationEnv(TOK, PROMPTS, RecordingReward(), **KW, **options)
     for ep in episodes:
         obs, info = single.reset(options={"prompt": ep["prompt"]})
         assert all(np.array_equal(obs[k], ep["first"][k]) for k in obs)
@@ -168,6 +169,25 @@ def test_rows_replay_exactly_in_the_single_env():
             assert all(np.array_equal(obs[k], v_obs[k]) for k in obs)
             assert (reward, term, trunc) == (v_reward, v_term, v_trunc)
         assert info["completion"] == ep["completion"] and (term or trunc)
+
+
+@pytest.mark.parametrize("options", [{"min_new_tokens": 2}, {"stop_tokens": []}])
+def test_min_new_tokens_and_no_stop_tokens_bound_every_row_s_episode_lengths(options):
+    env = make(num_envs=6, **options, max_new_tokens=5)
+    assert env.min_new_tokens == options.get("min_new_tokens", 0)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    lengths, stopped = [], []
+    for _ in range(40):
+        actions = np.where(rng.random(6) < 0.5, END, 97)  # a stop token every other step
+        _, _, terminated, truncated, info = env.step(actions)
+        done = terminated | truncated
+        lengths += (info["episode_length"][done] - terminated[done]).tolist()  # tokens, a final stop excluded
+        stopped += terminated[done].tolist()
+    if options.get("stop_tokens") == []:
+        assert set(lengths) == {5} and not any(stopped)  # every episode runs max_new_tokens
+    else:
+        assert min(lengths) == 2 and any(stopped)  # never shorter, and stops after that still end episodes
 
 
 def test_reward_errors_propagate_and_require_a_reset():
