@@ -1,10 +1,12 @@
 """`rlfl quickstart` from Python: RLHF vs RLAIF on the built-in synthetic reviews, from raw text to a report.
 
-What ``rlfl quickstart --out DIR`` runs, as a script you can edit: a byte-level GPT pretrained on synthetic
-reviews, a chat SFT policy, pairs of its samples labelled twice (SIMULATED human annotators over the gold
-sentiment judge with 20 % noise; the rule-based ``lexicon`` judge as the AI), a reward model per side, PPO
-against each with 3 seeds, and the gold evaluation with 95 % bootstrap intervals. See `rlfl.quickstart` for
-the stages and `rlfl.compare` for the experiment; DIR ends up holding report.md, its plots and results.json.
+What ``rlfl quickstart --out DIR`` runs, as a script you can edit: a BPE tokenizer trained on synthetic
+reviews and a small GPT pretrained on them, a chat SFT policy, pairs of its samples labelled twice (SIMULATED
+human annotators over the gold sentiment judge with 20 % noise; the all-MiniLM-L6-v2 sentence encoder as a
+zero-shot AI judge, from the ``embed`` extra), a reward model per side, PPO against each with 3 seeds, and the
+gold evaluation with 95 % bootstrap intervals. See `rlfl.quickstart` for the stages and `rlfl.compare` for the
+experiment; DIR ends up holding report.md, its plots and results.json. ``--tiny`` uses the rule-based
+``lexicon`` judge, so the smoke run needs no extra.
 
     python examples/quickstart.py                        # about 10 minutes on 2 CPU cores
     python examples/quickstart.py --device cuda          # the same on a GPU

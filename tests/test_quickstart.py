@@ -56,3 +56,15 @@ def test_tiny_quickstart_from_raw_text_to_report(tmp_path):
     assert {k: v for k, v in again.items() if k != "timing"} == {k: v for k, v in results.items() if k != "timing"}
     with pytest.raises(ValueError, match="was built with pretrain_steps=30, not 40"):
         quickstart(QuickstartConfig(out=str(out), **{**TINY, "pretrain_steps": 40}))
+
+
+def test_embed_judge_without_the_extra_is_refused_before_any_stage(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "sentence_transformers" else real(name, *a))
+    with pytest.raises(ValueError, match=r"needs the embed extra .* pip install -e '\.\[embed\]', or pass "
+                                         r"--ai-judge lexicon"):
+        quickstart(QuickstartConfig(out=str(tmp_path / "qs"), **{**TINY, "ai_judge": "embed"}))
+    assert not (tmp_path / "qs" / "task").exists()
