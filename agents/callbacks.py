@@ -99,8 +99,8 @@ def evaluate_policy(
     Returns floats: ``gold_mean``, ``gold_positive_rate`` (share of scores > 0), ``kl`` (mean over completions
     of the summed ``log p_policy - log p_reference`` of the sampled tokens, nats), ``perplexity`` (exp of the
     mean per-token NLL of the sampled tokens under the REFERENCE: how fluent the text is by the starting
-    model's standards), ``length`` (mean tokens generated, a final stop token included), ``stop_rate`` and
-    ``n`` (completions); plus ``samples``: the first ``n_show`` as dicts of prompt, completion and score.
+    model's standards), ``length`` (mean tokens generated, a final stop token included), ``stop_rate``,
+    ``empty`` (completions with no text but white space) and ``n`` (completions); plus ``samples``: the first ``n_show`` as dicts of prompt, completion and score.
     """
     from rlfl.envs.rewards import as_reward_source, check_scores
 
@@ -158,6 +158,7 @@ def evaluate_policy(
         "perplexity": float(math.exp(nll_sum / max(n_tokens, 1))),
         "length": float(np.mean(lengths_out)),
         "stop_rate": float(np.mean(stopped)),
+        "empty": int(sum(not t.strip() for t in texts)),
         "n": len(rows),
         "samples": [{"prompt": p, "completion": t, "score": float(s)}
                     for p, t, s in list(zip(prompt_texts, texts, scores))[:n_show]],

@@ -110,17 +110,18 @@ PPO_FIELDS = ("max_prompt_tokens", "max_new_tokens", "n_envs", "timesteps", "n_e
               "eval_prompts")
 
 
-# The reward model and the trunk follow benchmarks/bench_reward_imdb.py (test pair accuracy 0.91 there, 10.6
-# CPU-minutes). The gold classifier gets about 0.8 of a pass over the 24.5k test reviews it trains on (about as
-# long as the reward model). PPO: 32 rows x 48 tokens a rollout, 64 rollouts, at the learning rate of
-# benchmarks/bench_ppo_learning.py (same model size); a 3-update trial ran at about 500 tokens/s on one busy
-# core, so about 4 minutes with the evaluations. Estimated total: 15-20 minutes.
-FULL = Settings(reviews=None, vocab=4096, n_layer=4, n_head=4, n_embd=128, block=128,
-                pretrain_steps=400, pretrain_batch=16, rm_steps=800, rm_batch=16, gold_steps=600, gold_batch=32,
+# Sized for about 25 minutes on one thread (25 CPU-minutes). The base gets the most: 700 steps x 32 x 128 tokens,
+# about two passes over the first 40 words of all 25k train reviews (the prompt and the 48 tokens the policy
+# writes lie there). The reward model (400 steps x 16 pairs) and the gold classifier (300 steps x 32 reviews)
+# read the last 128 tokens of whole reviews, where the verdict sits. PPO: 32 rows x 48 tokens a rollout, 64
+# rollouts, fixed-length episodes (every completion is 48 tokens, the classic sentiment setup: a reward that
+# pays for stopping early cannot shrink them), the learning rate decaying linearly, the value head at 30x.
+FULL = Settings(reviews=None, head_words=40, vocab=4096, n_layer=4, n_head=4, n_embd=128, block=128,
+                pretrain_steps=700, pretrain_batch=32, rm_steps=400, rm_batch=16, gold_steps=300, gold_batch=32,
                 stats_samples=512, gold_check=2000, max_prompt_tokens=24, max_new_tokens=48,
-                n_envs=32, timesteps=32 * 48 * 64, n_epochs=4, batch_size=512, lr=1e-4, kl_coef=0.05,
+                n_envs=32, timesteps=32 * 48 * 64, n_epochs=4, batch_size=512, lr=2e-4, kl_coef=0.1,
                 eval_prompts=256)
-TINY = Settings(reviews=600, vocab=512, n_layer=2, n_head=2, n_embd=64, block=64,
+TINY = Settings(reviews=600, head_words=64, vocab=512, n_layer=2, n_head=2, n_embd=64, block=64,
                 pretrain_steps=40, pretrain_batch=8, rm_steps=30, rm_batch=8, gold_steps=30, gold_batch=16,
                 stats_samples=64, gold_check=100, max_prompt_tokens=32, max_new_tokens=16,
                 n_envs=8, timesteps=8 * 16 * 3, n_epochs=2, batch_size=64, lr=1e-4, kl_coef=0.05,
@@ -232,7 +233,7 @@ def evaluate(s: Settings, seed: int, data_dir: Path, base: Path, rm: Path, gold:
     judge = load_reward_model(gold, normalize=False)
     held = split_prompts(list(imdb_prompts(data_dir, split="train")), None, s.eval_prompts, seed)[1]
     env = make_text_vec_env(IMDB_POSITIVE, 1, tokenizer=str(base), data_path=str(data_dir), reward=str(rm),
-                            max_prompt_tokens=s.max_prompt_tokens, max_new_tokens=s.max_new_tokens)
+                            max_prompt_tokens=s.max_prompt_tokens, max_new_tokens=s.max_new_tokens, stop_tokens=[])
     before = evaluate_policy(PPO(str(base), env, seed=seed), held, judge, seed=seed)
     after = evaluate_policy(PPO.load(ppo_dir / "ppo_state.zip", env=env), held, judge, seed=seed)
     return before, after
@@ -310,7 +311,8 @@ def main() -> None:
         init_from=str(base), env_id=IMDB_POSITIVE, reward=str(rm), gold=str(gold), data_path=str(data_dir),
         max_prompt_tokens=s.max_prompt_tokens, max_new_tokens=s.max_new_tokens, n_envs=s.n_envs,
         n_steps=s.max_new_tokens, total_timesteps=s.timesteps, batch_size=s.batch_size, n_epochs=s.n_epochs,
-        learning_rate=s.lr, kl_coef=s.kl_coef, adaptive_kl=True, kl_target=KL_TARGET,
+        learning_rate=s.lr, lr_schedule="linear", value_lr_scale=30, stop_tokens=[], kl_coef=s.kl_coef,
+        adaptive_kl=True, kl_target=KL_TARGET,
         eval_prompts=s.eval_prompts, eval_every=max(1, s.timesteps // 4),
         checkpoint_every=max(1, s.timesteps // 8), sample_every=4, seed=args.seed, num_threads=args.threads,
         out_dir=str(ppo_dir), progress=False)
@@ -324,7 +326,8 @@ def main() -> None:
             ("mean gold logit", "gold_mean", "{:+.3f}"),
             ("KL to reference (nats)", "kl", "{:.3f}"),
             ("reference perplexity", "perplexity", "{:.2f}"),
-            ("completion length (tokens)", "length", "{:.1f}")]
+            ("completion length (tokens)", "length", "{:.1f}"),
+            ("empty completions", "empty", "{:d}")]
     print(f"\n{'':32}{'before':>10}{'after':>10}   ({before['n']} completions of held-out prompts)")
     for label, key, fmt in rows:
         print(f"{label:32}{fmt.format(before[key]):>10}{fmt.format(after[key]):>10}")
