@@ -113,13 +113,14 @@ PPO_FIELDS = ("max_prompt_tokens", "max_new_tokens", "n_envs", "timesteps", "n_e
 # Sized for about 25 minutes on one thread (25 CPU-minutes). The base gets the most: 700 steps x 32 x 128 tokens,
 # about two passes over the first 40 words of all 25k train reviews (the prompt and the 48 tokens the policy
 # writes lie there). The reward model (400 steps x 16 pairs) and the gold classifier (300 steps x 32 reviews)
-# read the last 128 tokens of whole reviews, where the verdict sits. PPO: 32 rows x 48 tokens a rollout, 64
+# read the last 128 tokens of whole reviews, where the verdict sits. PPO: 32 rows x 48 tokens a rollout, 128
 # rollouts, fixed-length episodes (every completion is 48 tokens, the classic sentiment setup: a reward that
-# pays for stopping early cannot shrink them), the learning rate decaying linearly, the value head at 30x.
+# pays for stopping early cannot shrink them), the learning rate decaying linearly, the value head at 30x, and
+# the KL coefficient starting at 0.2 (from 0.1 the KL passed 8 nats before the controller caught up).
 FULL = Settings(reviews=None, head_words=40, vocab=4096, n_layer=4, n_head=4, n_embd=128, block=128,
                 pretrain_steps=700, pretrain_batch=32, rm_steps=400, rm_batch=16, gold_steps=300, gold_batch=32,
                 stats_samples=512, gold_check=2000, max_prompt_tokens=24, max_new_tokens=48,
-                n_envs=32, timesteps=32 * 48 * 64, n_epochs=4, batch_size=512, lr=2e-4, kl_coef=0.1,
+                n_envs=32, timesteps=32 * 48 * 128, n_epochs=4, batch_size=512, lr=1e-4, kl_coef=0.2,
                 eval_prompts=256)
 TINY = Settings(reviews=600, head_words=64, vocab=512, n_layer=2, n_head=2, n_embd=64, block=64,
                 pretrain_steps=40, pretrain_batch=8, rm_steps=30, rm_batch=8, gold_steps=30, gold_batch=16,

@@ -4,7 +4,7 @@ What it runs, in ``--out DIR`` (every stage is skipped when its output is comple
 after Ctrl-C, goes straight to where the first stopped):
 
 1. ``task/data``: the built-in synthetic review corpus, tokenized by a byte-level BPE trained on it
-   (`rlfl.tokenizer.train_bpe`, a tiktoken `Encoding`; at 2,048 tokens nearly every word of the grammar
+   (`rlfl.tokenizer.train_bpe`, a tiktoken `Encoding`; at 1,920 tokens nearly every word of the grammar
    is one token, so the models choose words, not letters);
 2. ``task/base``: a small GPT pretrained on it (3 layers x 128 dims);
 3. ``task/sft``: that base fine-tuned as a chat policy on review openers -> continuations
@@ -20,12 +20,13 @@ after Ctrl-C, goes straight to where the first stopped):
    (with the share of in-vocabulary words, `rlfl.synthetic.in_vocabulary_rate`); ``report.md``, plots and
    ``results.json``.
 
-The defaults are sized to finish within 10 minutes on 2 CPU cores: 389 s measured on a quiet 2-core AMD EPYC
-(Zen 3, float32; pretrain 64 s, AI labels 34 s, 6 PPO runs of 49,152 tokens 33-41 s each). That run: SFT
-gold positive rate 0.49 -> RLHF 0.96 and RLAIF 0.95, at 4.24 and 4.33 nats of KL, completions 17.5 -> 15.1
-and 13.6 tokens, 0.999-1.000 of their words real words of the grammar; the AI labels agree with gold on 0.675
-of the pairs, the simulated human ones on 0.792. Each stage's time is logged and lands in ``timing.json`` and
-the report; ``--device cuda`` runs the training on a GPU.
+The defaults are sized to finish within 10 minutes on 2 CPU cores: 424 s measured on a quiet 2-core AMD EPYC
+(float32; pretrain 80 s, AI labels 40 s, 6 PPO runs of 49,152 tokens 35-44 s each;
+``python benchmarks/bench_quickstart.py`` reruns and records it). That run: SFT gold positive rate 0.53 ->
+RLHF 0.95 and RLAIF 0.94, at 4.52 and 4.27 nats of KL, completions 16.8 -> 13.3 and 16.5 tokens, every word
+a real word of the grammar; the AI labels agree with gold on 0.684 of the pairs, the simulated human ones on
+0.791. Each stage's time is logged and lands in ``timing.json`` and the report; ``--device cuda`` runs the
+training on a GPU.
 
 Example:
     >>> from rlfl.quickstart import QuickstartConfig, quickstart
@@ -57,8 +58,9 @@ class QuickstartConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "PPO seeds of every arm"})
     seed: int = field(default=0, metadata={"help": "seed of the data, the models' init and the labels"})
     corpus_docs: int = field(default=20000, metadata={"help": "synthetic reviews in the pretraining corpus"})
-    vocab_size: int = field(default=2048, metadata={
-        "help": "BPE vocabulary trained on the corpus (2048: nearly every word of the grammar is one token)"})
+    vocab_size: int = field(default=1920, metadata={
+        "help": "BPE vocabulary trained on the corpus (1920: nearly every word of the grammar is one token; the "
+                "default corpus runs out of merges near 1950)"})
     n_layer: int = field(default=3, metadata={"help": "transformer blocks of the base model"})
     n_head: int = field(default=4, metadata={"help": "attention heads of the base model"})
     n_embd: int = field(default=128, metadata={"help": "embedding width of the base model"})
