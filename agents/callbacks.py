@@ -50,7 +50,10 @@ from rlfl.stage_cache import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
-EVAL_FIELDS = ("timesteps", "gold_mean", "gold_positive_rate", "kl", "perplexity", "length", "stop_rate", "n")
+EVAL_FIELDS = ("timesteps", "gold_mean", "gold_positive_rate", "kl", "perplexity", "length", "stop_rate", "empty",
+               "n")
+# columns a GoldEval CSV written before they existed lacks; read back as NaN ("not measured")
+LATER_FIELDS = ("empty",)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -320,14 +323,16 @@ class GoldEval(BaseCallback):
 def _read_eval_csv(path: Path) -> list[dict[str, float]]:
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
-        missing = set(EVAL_FIELDS) - set(reader.fieldnames or ())
+        missing = set(EVAL_FIELDS) - set(LATER_FIELDS) - set(reader.fieldnames or ())
         if missing:
             raise ValueError(f"{path}: not a GoldEval CSV (no column {min(missing)!r}); delete it or pick "
                              "another csv_path")
         rows = []
         for row in reader:
-            parsed: dict[str, Any] = {k: float(row[k]) for k in EVAL_FIELDS}
+            parsed: dict[str, Any] = {k: float(row.get(k) or "nan") for k in EVAL_FIELDS}
             parsed["timesteps"], parsed["n"] = int(parsed["timesteps"]), int(parsed["n"])
+            if math.isfinite(parsed["empty"]):
+                parsed["empty"] = int(parsed["empty"])
             rows.append(parsed)
     return rows
 

@@ -216,7 +216,7 @@ def test_gold_eval_figures_match_a_recomputation_by_hand(policy_dir, tmp_path):
 
     # a resumed run drops rows written after its checkpoint (here: a made-up row at 192) and redoes them
     lines = csv_path.read_text().splitlines()
-    csv_path.write_text("\n".join(lines + ["192,999.0,1.0,0.0,1.0,8.0,0.0,18"]) + "\n")
+    csv_path.write_text("\n".join(lines + ["192,999.0,1.0,0.0,1.0,8.0,0.0,0,18"]) + "\n")
     resumed = GoldEval(PROMPTS, length_judge, every_steps=64, n_samples=3, seed=7, batch_size=5, csv_path=csv_path)
     model.learn(64, callback=resumed, reset_num_timesteps=False)
     assert [row["timesteps"] for row in resumed.history] == [0, 64, 128, 192]
@@ -289,3 +289,14 @@ def test_sigkill_then_the_same_command_resumes_and_finishes(policy_dir, tmp_path
         assert len(rows) >= 1 and ((n * 64 > killed_at) == (name != "progress.csv")).all(), (name, n)
         np.testing.assert_allclose(lr, 1e-3 * (1 - 64 * n / 1024), rtol=1e-6, atol=1e-12)
     assert n[-1] == 16 and lr[-1] == 0.0
+
+
+def test_eval_csv_written_before_the_empty_column_still_resumes(tmp_path):
+    from rlfl.agents.callbacks import _read_eval_csv
+
+    path = tmp_path / "eval.csv"
+    path.write_text("timesteps,gold_mean,gold_positive_rate,kl,perplexity,length,stop_rate,n\n"
+                    "0,0.5,0.75,0.0,12.5,8.0,1.0,16\n")
+    (row,) = _read_eval_csv(path)
+    assert row["timesteps"] == 0 and row["n"] == 16 and row["gold_positive_rate"] == 0.75
+    assert np.isnan(row["empty"])  # not measured then: never a made-up count
