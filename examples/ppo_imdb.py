@@ -36,8 +36,10 @@ rate went 0.387 -> 0.789 and the mean gold logit -0.373 -> +1.343, at a KL of 4.
 completion (the controller's target is 5; beta 0.2 -> 0.09), no empty completion; the reference's perplexity
 of the completions went 224.5 -> 251.5. The text is still only half English (the base saw two passes over the
 review openings: 4 layers x 128 dims is what 25 CPU-minutes can train), and the gold rate levels off near 0.78
-(393,216 PPO tokens: 0.777 at 4.60 nats), where the reward model and the gold classifier stop agreeing on such
-text.
+(393,216 PPO tokens: 0.777 at 4.60 nats). The reward model is not what stops it: of the completions the gold
+classifier still calls negative, most score low on the reward model too (scores correlate 0.71), and half
+follow a prompt the classifier already reads as negative ("In an era of such awful"); within 4-5 nats this
+policy does not turn them.
 
 One torch thread is the default: on a machine shared with other jobs, two threads can run 5x slower.
 The policy ends up in OUT/ppo as an ordinary rlfl checkpoint: ``rlfl sample OUT/ppo`` opens it.
