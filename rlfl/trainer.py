@@ -205,27 +205,41 @@ def peak_flops(device: torch.device, config: TrainConfig) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- logging
+METRICS_HEADER = ["step", "time", "name", "value"]
+
+
+def _logged_rows(path: Path, up_to_step: int) -> list[list[str]]:
+    """The complete rows of a metrics.csv up to ``up_to_step``. A kill can leave the file empty (before its
+    first row reached the disk) or end it in a half-written row: such rows are dropped, never fatal."""
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+            rows = list(csv.reader(fh))
+    except (OSError, csv.Error):
+        return []
+    if not rows or rows[0] != METRICS_HEADER:
+        return []
+    return [r for r in rows[1:] if len(r) == 4 and r[0].isdigit() and int(r[0]) <= up_to_step]
+
+
 class MetricsLog:
-    """metrics.csv (long format: step, time, name, value) plus TensorBoard when it is installed."""
+    """metrics.csv (long format: step, time, name, value) plus TensorBoard when it is installed.
+
+    The file is rewritten at the start, atomically (temp file, then rename) and with its header: the header of
+    a new run, or the rows up to the checkpoint a run resumes from, so it reads as one clean run and a kill at
+    any moment leaves a file the next resume can read.
+    """
 
     def __init__(self, out_dir: Path, resume_step: int | None) -> None:
         self.path = out_dir / "metrics.csv"
-        if resume_step is not None and self.path.exists():
-            # drop rows written after the checkpoint we resume from, so the log reads as one clean run
-            with open(self.path, newline="") as fh:
-                rows = [r for r in csv.reader(fh)]
-            kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= resume_step]
-            tmp = self.path.with_suffix(".csv.tmp")
-            with open(tmp, "w", newline="") as fh:
-                csv.writer(fh).writerows(kept)
-            os.replace(tmp, self.path)
-        elif self.path.exists():
-            self.path.unlink()
-        new = not self.path.exists()
-        self.fh = open(self.path, "a", newline="")
+        kept = _logged_rows(self.path, resume_step) if resume_step is not None else []
+        tmp = self.path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            csv.writer(fh).writerows([METRICS_HEADER, *kept])
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+        self.fh = open(self.path, "a", newline="", encoding="utf-8")
         self.writer = csv.writer(self.fh)
-        if new:
-            self.writer.writerow(["step", "time", "name", "value"])
         self.tb = None
         try:
             from torch.utils.tensorboard import SummaryWriter

@@ -139,3 +139,24 @@ def test_torchrun_two_processes_on_cpu(synthetic_shards, tmp_path):
     # 2 processes x 4 sequences x 32 tokens per step: tokens/s counts both ranks' tokens
     assert json.loads((out / "config.json").read_text())["step"] == 40
     assert r.stderr.count("eval @ step 40") == 1  # only rank 0 logs
+
+
+@pytest.mark.parametrize("left_behind", [
+    "",                                                        # killed before the header reached the disk
+    "step,time,name,value\n5,1.0,train/loss,2.5\n7,1.1,trai",  # killed in the middle of a row
+])
+def test_resume_reads_a_metrics_csv_a_kill_left_behind(synthetic_shards, tmp_path, left_behind):
+    common = ["pretrain", "--data", str(synthetic_shards), "--out-dir", str(tmp_path / "run"), "--checkpoint-interval",
+              "5", "--log-interval", "1000", "--eval-interval", "0", *TINY]
+    assert _rlfl(*common, "--max-steps", "5").returncode == 0
+    (tmp_path / "run" / "metrics.csv").write_text(left_behind)  # what a SIGKILL after the checkpoint can leave
+    resumed = _rlfl(*common, "--max-steps", "10")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed pretrain" in resumed.stderr
+    with open(tmp_path / "run" / "metrics.csv", newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["step", "time", "name", "value"]
+    assert all(len(r) == 4 and int(r[0]) <= 10 for r in rows[1:])  # the half-written row is gone
+    # the rows before the checkpoint that survived the kill, then the resumed run's (its last step always logs)
+    assert [r[0] for r in rows[1:] if r[2] == "train/loss"] == (["5", "10"] if left_behind else ["10"])
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["step"] == 10
