@@ -123,9 +123,15 @@ def pretrain(cfg: PretrainConfig) -> Path:
     tc = cfg.train
     train_sampler = BatchSampler(shards.train, cfg.block_size, tc.batch_size, seed=tc.seed,
                                  rank=runtime.rank, world_size=runtime.world_size)
-    # eval windows are the same at every eval (seed fixed, indexed by eval batch), so evals compare
-    val_sampler = BatchSampler(shards.val, cfg.block_size, tc.batch_size, seed=tc.seed + 1,
-                               rank=runtime.rank, world_size=runtime.world_size)
+    # eval windows are the same at every eval (seed fixed, indexed by eval batch), so evals compare. Shards made
+    # with --val-fraction 0 have no val split: pretraining then runs without evaluation, and says so.
+    val_sampler = None
+    if len(shards.val):
+        val_sampler = BatchSampler(shards.val, cfg.block_size, tc.batch_size, seed=tc.seed + 1,
+                                   rank=runtime.rank, world_size=runtime.world_size, split="val")
+    elif runtime.is_main:
+        log.warning("%s: no val split (prepared with --val-fraction 0): pretraining without evaluation, so no "
+                    "val/loss or val/bpb; prepare the data with --val-fraction 0.01 or more to get them", cfg.data)
     val = shards.meta["splits"]["val"]
     bytes_per_token = val["bytes"] / max(1, val["tokens"])
 
@@ -149,7 +155,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         model, tc, stage="pretrain", tokenizer=tokenizer,
         batch_fn=lambda step, micro: train_sampler.batch(step * tc.grad_accum + micro),
         loss_fn=loss_fn, tokens_per_batch=tc.batch_size * cfg.block_size,
-        eval_batch_fn=val_sampler.batch, eval_metrics_fn=eval_metrics,
+        eval_batch_fn=None if val_sampler is None else val_sampler.batch, eval_metrics_fn=eval_metrics,
         sample_fn=sample_fn if cfg.sample_tokens > 0 else None, parent=parent,
         extra_config={"pretrain": {k: v for k, v in to_dict(cfg).items() if k != "train"},
                       "data": {"path": str(Path(cfg.data).resolve()), "fingerprint": tokenizer.fingerprint}},

@@ -44,3 +44,21 @@ def test_continued_pretraining_adapts_to_a_new_domain(synthetic_shards, tmp_path
     before, after = domain_loss(base), domain_loss(cont)
     assert after < before - 0.5, (before, after)
 
+
+
+def test_shards_without_a_val_split_pretrain_without_evaluation(tmp_path, capfd):
+    import csv
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(c[0]["content"] + " -> " + c[1]["content"] for c in reverse_words(600, seed=1)))
+    shards = tmp_path / "shards"
+    main(["data", "prepare", "--input", str(corpus), "--val-fraction", "0", "--out", str(shards)])
+    assert json.loads((shards / "meta.json").read_text())["splits"]["val"]["tokens"] == 0
+    out = tmp_path / "base"
+    capfd.readouterr()
+    assert main(["pretrain", "--data", str(shards), *_flags(out, 20)]) in (0, None)
+    assert "no val split (prepared with --val-fraction 0): pretraining without evaluation" in capfd.readouterr().err
+    assert json.loads((out / "config.json").read_text())["step"] == 20
+    with open(out / "metrics.csv", newline="") as fh:
+        names = {row["name"] for row in csv.DictReader(fh)}
+    assert "train/loss" in names and not any(n.startswith("val/") for n in names)
