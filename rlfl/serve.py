@@ -50,6 +50,7 @@ import ipaddress
 import json
 import logging
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -82,6 +83,9 @@ MAX_ROWS_PER_REQUEST = 256  # len(prompt list) * n: one request can't monopolise
 MAX_STOP_STRINGS = 16
 
 
+READ_TIMEOUT = 30.0  # seconds a client may stay silent in the middle of a request (or idle between requests)
+
+
 @dataclass
 class ServeConfig:
     """`rlfl serve`: where to listen, which checkpoint to serve and how to batch requests."""
@@ -95,6 +99,9 @@ class ServeConfig:
         "help": "most completions decoded together in one generate call (and requests gathered per batch)"})
     batch_wait_ms: float = field(default=10.0, metadata={
         "help": "how long the worker waits for more concurrent requests before it starts a batch"})
+    read_timeout: float = field(default=READ_TIMEOUT, metadata={
+        "help": "seconds a client may stay silent mid-request (or idle on a kept-alive connection) before it is "
+                "dropped"})
     max_tokens_limit: int = field(default=512, metadata={
         "help": "cap on max_tokens of any request (larger requests are clamped)"})
     model_name: str | None = field(default=None, metadata={
@@ -115,6 +122,8 @@ class ServeConfig:
             raise ValueError(f"ServeConfig.batch_wait_ms={self.batch_wait_ms!r} must be >= 0 (0 = never wait)")
         if not isinstance(self.max_tokens_limit, int) or self.max_tokens_limit < 1:
             raise ValueError(f"ServeConfig.max_tokens_limit={self.max_tokens_limit!r} must be an integer >= 1")
+        if not isinstance(self.read_timeout, (int, float)) or not self.read_timeout > 0:
+            raise ValueError(f"ServeConfig.read_timeout={self.read_timeout!r} must be > 0 seconds; pass --read-timeout 30")
         if not isinstance(self.max_logprobs, int) or self.max_logprobs < 0:
             raise ValueError(f"ServeConfig.max_logprobs={self.max_logprobs!r} must be an integer >= 0; pass "
                              "--max-logprobs 20")
@@ -522,8 +531,32 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
+    """The HTTP server of `rlfl serve` and `rlfl label serve`: a thread per connection, each with a read timeout.
+
+    Without the timeout a client that sends half a request (or opens a connection and says nothing) holds a
+    thread for ever, and a few hundred such connections exhaust the process; with it the connection is closed
+    after ``read_timeout`` silent seconds and the thread ends.
+    """
+
     daemon_threads = True
     request_queue_size = 128  # the listen backlog; socketserver's 5 resets a burst of concurrent clients
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *,
+                 read_timeout: float = READ_TIMEOUT) -> None:
+        self.read_timeout = read_timeout
+        super().__init__(address, handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        conn, addr = super().get_request()
+        conn.settimeout(self.read_timeout)  # the handler's reads raise TimeoutError after that long
+        return conn, addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (TimeoutError, ConnectionError)):  # a slow or vanished client, not a bug of ours
+            log.info("%s: connection closed (%s)", client_address[0], type(exc).__name__)
+            return
+        super().handle_error(request, client_address)
 
 
 class _Server6(_Server):
@@ -594,7 +627,7 @@ def start_server(config: ServeConfig, *, checkpoint: Checkpoint | None = None) -
     handler = type("Handler", (_Handler,), {"app": app})
     server_cls = _Server6 if ":" in config.host else _Server
     try:
-        httpd = server_cls((config.host, config.port), handler)
+        httpd = server_cls((config.host, config.port), handler, read_timeout=config.read_timeout)
     except OSError as exc:
         app.engine.close()
         raise ValueError(f"cannot bind {config.host}:{config.port} ({exc.strerror or exc}); "

@@ -52,3 +52,26 @@ def printable_checkpoint(directory: Path, block_size: int) -> Path:
         model.wte.weight[127:] = 0
     save_checkpoint(directory, model, byte_tokenizer(), stage="sft")
     return directory
+
+
+def stalled_clients_are_dropped(port: int, request_head: bytes, read_timeout: float, n: int = 20) -> float:
+    """Open ``n`` connections to 127.0.0.1:``port`` that each send ``request_head`` (an unfinished request) and
+    then nothing; return the seconds until the server had closed every one of them. A server without a read
+    timeout never closes them: each ``recv`` then fails with a timeout ``read_timeout + 5`` seconds later."""
+    import socket
+    import time
+
+    conns = [socket.create_connection(("127.0.0.1", port)) for _ in range(n)]
+    for c in conns:
+        c.sendall(request_head)
+    t0 = time.monotonic()
+    for c in conns:
+        c.settimeout(read_timeout + 5)
+        try:
+            while c.recv(4096):  # an error answer, if any, then the close
+                pass
+        except ConnectionResetError:
+            pass
+        finally:
+            c.close()
+    return time.monotonic() - t0

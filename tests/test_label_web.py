@@ -424,3 +424,15 @@ def test_doctests():
     result = doctest.testmod(page_module)
     assert result.attempted >= 1 and result.failed == 0
     assert doctest.testmod(web_module).failed == 0
+
+
+def test_stalled_browsers_are_dropped_after_the_read_timeout(store):
+    from conftest import stalled_clients_are_dropped
+
+    with start_label_server(LabelServeConfig(store=str(store.path), port=0, read_timeout=0.5), store=store) as srv:
+        head = f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n".encode()  # headers never finished
+        assert stalled_clients_are_dropped(srv.port, head, 0.5) < 4.0
+        status, _, _, _ = request(srv.url)
+        assert status == 200
+    with pytest.raises(ValueError, match=r"read_timeout=-1 must be > 0 seconds"):
+        LabelServeConfig(read_timeout=-1)

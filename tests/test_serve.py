@@ -345,3 +345,25 @@ def test_a_row_that_stops_at_once_still_reports_its_stop_token(tmp_path):
     assert lp["tokens"] == ["<|endoftext|>"] and lp["text_offset"] == [1]
     assert next(iter(lp["top_logprobs"][0])) == "<|endoftext|>"
     assert lp["token_logprobs"][0] == pytest.approx(lp["top_logprobs"][0]["<|endoftext|>"])
+
+
+def test_stalled_clients_are_dropped_after_the_read_timeout(ckpt_dir):
+    import time
+
+    from conftest import stalled_clients_are_dropped
+
+    with start_server(ServeConfig(checkpoint=str(ckpt_dir), port=0, read_timeout=0.5)) as srv:
+        threads = threading.active_count()
+        half_body = (f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\nContent-Type: application/json"
+                     "\r\nContent-Length: 100\r\n\r\n{\"prompt\": \"Hel").encode()
+        half_headers = f"GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\n".encode()
+        assert stalled_clients_are_dropped(srv.port, half_body, 0.5) < 4.0
+        assert stalled_clients_are_dropped(srv.port, half_headers, 0.5) < 4.0
+        deadline = time.monotonic() + 3
+        while threading.active_count() > threads and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert threading.active_count() <= threads  # the connection threads ended
+        status, body, _ = call(srv, "/v1/models")
+        assert status == 200 and body["data"]  # and the server still answers
+    with pytest.raises(ValueError, match=r"ServeConfig.read_timeout=0 must be > 0 seconds; pass --read-timeout 30"):
+        ServeConfig(checkpoint=str(ckpt_dir), read_timeout=0)

@@ -55,6 +55,7 @@ from rlfl.feedback.store import ORDERS, Label, LabelStore, check_annotator
 # The HTTP server classes of `rlfl serve` (threaded, daemon threads, a deep listen backlog, IPv6 aware).
 from rlfl.serve import (
     BackgroundServer,
+    READ_TIMEOUT,
     _Server,
     _Server6,
     is_loopback,
@@ -84,6 +85,9 @@ class LabelServeConfig:
         "help": "allow binding a non-loopback address (the page is plain HTTP; the session token guards writes)"})
     annotators: list[str] | None = field(default=None, metadata={
         "help": "names allowed to label (default: any name typed on the page)"})
+    read_timeout: float = field(default=READ_TIMEOUT, metadata={
+        "help": "seconds a browser may stay silent mid-request (or idle on a kept-alive connection) before it is "
+                "dropped"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.store, str) or not self.store:
@@ -92,6 +96,9 @@ class LabelServeConfig:
             raise ValueError("LabelServeConfig.import_jsonl is empty; pass --import-jsonl items.jsonl or leave it out")
         if not isinstance(self.port, int) or isinstance(self.port, bool) or not 0 <= self.port <= 65535:
             raise ValueError(f"LabelServeConfig.port={self.port!r} must be in [0, 65535]; pass --port 8765 (0 = any free port)")
+        if not isinstance(self.read_timeout, (int, float)) or not self.read_timeout > 0:
+            raise ValueError(f"LabelServeConfig.read_timeout={self.read_timeout!r} must be > 0 seconds; pass "
+                             "--read-timeout 30")
         if not isinstance(self.host, str) or not self.host:
             raise ValueError("LabelServeConfig.host is empty; pass --host 127.0.0.1")
         if not self.allow_remote and not is_loopback(self.host):
@@ -387,7 +394,8 @@ def start_label_server(config: LabelServeConfig, *, store: LabelStore | None = N
     app = _LabelApp(store, config, secrets.token_urlsafe(32))
     handler = type("Handler", (_Handler,), {"app": app})
     try:
-        httpd = (_Server6 if ":" in config.host else _Server)((config.host, config.port), handler)
+        httpd = (_Server6 if ":" in config.host else _Server)((config.host, config.port), handler,
+                                                              read_timeout=config.read_timeout)
     except OSError as exc:
         if owns:
             store.close()
