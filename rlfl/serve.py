@@ -47,8 +47,10 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import hmac
 import json
 import logging
+import os
 import socket
 import sys
 import threading
@@ -107,7 +109,11 @@ class ServeConfig:
     model_name: str | None = field(default=None, metadata={
         "help": "model id reported by /v1/models (default: the checkpoint directory's name)"})
     allow_public: bool = field(default=False, metadata={
-        "help": "allow binding a non-loopback address; the server has no authentication"})
+        "help": "allow binding a non-loopback address (then set --api-key-env: without it anyone who reaches the "
+                "port can use the model)"})
+    api_key_env: str | None = field(default=None, metadata={
+        "help": "name of an environment variable holding an API key: requests must then send "
+                "'Authorization: Bearer KEY' (as the openai package does with api_key=KEY)"})
     max_logprobs: int = field(default=20, metadata={
         "help": "largest 'logprobs' (top tokens per position) a /v1/completions request may ask for"})
 
@@ -137,6 +143,9 @@ class ServeConfig:
                 f"use --host 127.0.0.1, or pass --allow-public to expose it on the network")
         if not self.model_name:
             self.model_name = Path(self.checkpoint).expanduser().resolve().name or "rlfl"
+        if self.api_key_env is not None and not os.environ.get(self.api_key_env):
+            raise ValueError(f"ServeConfig.api_key_env={self.api_key_env!r}: that environment variable is unset or "
+                             f"empty; export {self.api_key_env}=YOUR_KEY or leave out --api-key-env")
 
 
 def is_loopback(host: str) -> bool:
@@ -147,6 +156,38 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def loopback_hosts(host: str, port: int) -> set[str] | None:
+    """The Host headers a server bound to ``host``:``port`` accepts: its loopback names with the port (and without
+    it on port 80), or None (any) for a server bound to a public address. Refusing other names is the guard
+    against DNS rebinding: a web page whose domain resolves to 127.0.0.1 sends its own name as the Host."""
+    if not is_loopback(host):
+        return None
+    names = ("127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host)
+    return {f"{h.lower()}:{port}" for h in names} | ({h.lower() for h in names} if port == 80 else set())
+
+
+def browser_refusal(headers: Any, hosts: set[str] | None, *, write: bool) -> tuple[int, str] | None:
+    """Why a request that a web page in a browser could have sent must be refused, as (status, message); None if
+    it may go on. Every request: a Host outside ``hosts`` (`loopback_hosts`). Writes (POST and the like), before
+    their body is read: another Origin than the server's own, ``Sec-Fetch-Site: cross-site``, and any
+    Content-Type but application/json (a page can send text/plain or a form without a CORS preflight).
+    Programs (curl, the openai package, urllib) send no Origin and are not affected."""
+    if hosts is not None and headers.get("Host", "").lower() not in hosts:
+        return 403, (f"unexpected Host header {headers.get('Host')!r}; use a loopback address such as "
+                     "http://127.0.0.1:PORT/")
+    if not write:
+        return None
+    origin = headers.get("Origin")
+    if origin is not None and origin.lower() != f"http://{headers.get('Host', '')}".lower():
+        return 403, f"cross-origin request from {origin!r} refused"
+    if headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+        return 403, "cross-site request refused"
+    ctype = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
+    if ctype != "application/json":
+        return 415, f"Content-Type must be application/json, got {ctype or 'none'!r}"
+    return None
 
 
 # ------------------------------------------------------------------------------------ request parsing
@@ -336,6 +377,8 @@ class _App:
         self.tokenizer = checkpoint.tokenizer
         self.block_size = checkpoint.model.config.block_size
         self.model_name = config.model_name or "rlfl"
+        self.api_key = os.environ[config.api_key_env] if config.api_key_env else None
+        self.hosts: set[str] | None = None  # accepted Host headers (`loopback_hosts`), set once the port is known
         self.limit = config.max_tokens_limit
         self.max_logprobs = config.max_logprobs
         self.model = checkpoint.model
@@ -482,6 +525,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         path = self.path.split("?", 1)[0].rstrip("/") or "/"
         try:
+            refusal = browser_refusal(self.headers, self.app.hosts, write=method != "GET")
+            if refusal is not None:
+                self.close_connection = True  # the body (if any) stays unread
+                raise RequestError(refusal[1], status=refusal[0], kind="invalid_request_error")
+            self._check_api_key()
             methods = self._routes().get(path)
             if methods is None:
                 self.close_connection = True  # the body (if any) stays unread
@@ -498,6 +546,18 @@ class _Handler(BaseHTTPRequestHandler):
         except Exception as exc:  # a bug in our code: answer 500 rather than drop the connection
             log.exception("%s %s failed", method, path)
             self._send(500, RequestError(f"internal error: {exc}", status=500, kind="server_error").body())
+
+    def _check_api_key(self) -> None:
+        key = self.app.api_key
+        if key is None:
+            return
+        sent = self.headers.get("Authorization", "")
+        scheme, _, token = sent.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode("utf-8", "replace"),
+                                                                 key.encode("utf-8")):
+            self.close_connection = True
+            raise RequestError("missing or wrong API key; send 'Authorization: Bearer KEY' (openai: api_key=KEY)",
+                               status=401, kind="authentication_error")
 
     def _send(self, status: int, body: dict[str, Any], allow: str | None = None) -> None:
         data = json.dumps(body).encode("utf-8")
@@ -632,6 +692,7 @@ def start_server(config: ServeConfig, *, checkpoint: Checkpoint | None = None) -
         app.engine.close()
         raise ValueError(f"cannot bind {config.host}:{config.port} ({exc.strerror or exc}); "
                          f"pick another --port (0 = any free port)") from None
+    app.hosts = loopback_hosts(config.host, httpd.server_address[1])
     server = RunningServer(httpd, app, config.host)
     log.info("serving %s (context %d tokens) at %s/v1 (batches of up to %d, waiting %g ms)",
              app.model_name, app.block_size, server.url, config.max_batch_size, config.batch_wait_ms)

@@ -38,11 +38,12 @@ def server(ckpt_dir):
     srv.shutdown()
 
 
-def call(server, path: str, body=None, *, method: str | None = None, raw: bytes | None = None):
+def call(server, path: str, body=None, *, method: str | None = None, raw: bytes | None = None,
+         headers: dict | None = None):
     """(status, parsed JSON body, headers) of one request; HTTP errors are returned, not raised."""
     data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
     req = urllib.request.Request(server.url + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return resp.status, json.loads(resp.read()), resp.headers
@@ -367,3 +368,39 @@ def test_stalled_clients_are_dropped_after_the_read_timeout(ckpt_dir):
         assert status == 200 and body["data"]  # and the server still answers
     with pytest.raises(ValueError, match=r"ServeConfig.read_timeout=0 must be > 0 seconds; pass --read-timeout 30"):
         ServeConfig(checkpoint=str(ckpt_dir), read_timeout=0)
+
+
+
+def test_requests_a_web_page_could_send_are_refused(server):
+    body = {"prompt": "Hi", "max_tokens": 2}
+    # a page may POST text/plain or a form without a CORS preflight: refused before the body is read
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        status, out, _ = call(server, "/v1/completions", body, headers={"Content-Type": ctype})
+        assert status == 415 and "application/json" in out["error"]["message"], ctype
+    status, out, _ = call(server, "/v1/completions", body, headers={"Origin": "http://evil.example"})
+    assert status == 403 and "cross-origin" in out["error"]["message"]
+    status, out, _ = call(server, "/v1/completions", body, headers={"Sec-Fetch-Site": "cross-site"})
+    assert status == 403 and "cross-site" in out["error"]["message"]
+    # DNS rebinding: a page on evil.example resolving to 127.0.0.1 sends its own name as the Host, reads included
+    for path, payload in (("/v1/models", None), ("/v1/completions", body)):
+        status, out, _ = call(server, path, payload, headers={"Host": f"evil.example:{server.port}"})
+        assert status == 403 and "Host" in out["error"]["message"], path
+    # what programs send still works: no Origin, or the server's own origin, and localhost as the Host
+    own = {"Origin": f"http://localhost:{server.port}", "Host": f"localhost:{server.port}"}
+    assert call(server, "/v1/completions", body)[0] == 200
+    assert call(server, "/v1/completions", body, headers=own)[0] == 200
+
+
+def test_api_key_is_required_when_set(ckpt_dir, monkeypatch):
+    monkeypatch.setenv("RLFL_TEST_KEY", "s3cret-key")
+    with start_server(ServeConfig(checkpoint=str(ckpt_dir), port=0, api_key_env="RLFL_TEST_KEY")) as srv:
+        body = {"prompt": "Hi", "max_tokens": 2}
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret-key"}):
+            status, out, _ = call(srv, "/v1/completions", body, headers=headers)
+            assert status == 401 and out["error"]["type"] == "authentication_error", headers
+        assert call(srv, "/v1/models")[0] == 401
+        status, out, _ = call(srv, "/v1/completions", body, headers={"Authorization": "Bearer s3cret-key"})
+        assert status == 200 and out["choices"][0]["text"] is not None
+    monkeypatch.delenv("RLFL_TEST_KEY")
+    with pytest.raises(ValueError, match="api_key_env='RLFL_TEST_KEY': that environment variable is unset"):
+        ServeConfig(checkpoint=str(ckpt_dir), api_key_env="RLFL_TEST_KEY")

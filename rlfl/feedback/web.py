@@ -58,7 +58,9 @@ from rlfl.serve import (
     READ_TIMEOUT,
     _Server,
     _Server6,
+    browser_refusal,
     is_loopback,
+    loopback_hosts,
     run_until_interrupted,
 )
 
@@ -243,21 +245,15 @@ class _Handler(BaseHTTPRequestHandler):
     app: _LabelApp  # set on the per-server subclass
 
     def _check_host(self) -> None:
-        hosts = self.app.hosts
-        if hosts is not None and self.headers.get("Host", "").lower() not in hosts:
-            raise HTTPError(403, f"unexpected Host header {self.headers.get('Host')!r}; open the page at a "
-                                 "loopback address such as http://127.0.0.1:PORT/")
+        refusal = browser_refusal(self.headers, self.app.hosts, write=False)
+        if refusal is not None:
+            raise HTTPError(*refusal)
 
     def _check_write(self) -> None:
-        """The checks every POST passes before its body is even read (order: origin, type, token)."""
-        origin = self.headers.get("Origin")
-        if origin is not None and origin.lower() != f"http://{self.headers.get('Host', '')}".lower():
-            raise HTTPError(403, f"cross-origin request from {origin!r} refused")
-        if self.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
-            raise HTTPError(403, "cross-site request refused")
-        ctype = self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-        if ctype != "application/json":
-            raise HTTPError(415, f"Content-Type must be application/json, got {ctype or 'none'!r}")
+        """The checks every POST passes before its body is even read (host, origin, type, then the token)."""
+        refusal = browser_refusal(self.headers, self.app.hosts, write=True)
+        if refusal is not None:
+            raise HTTPError(*refusal)
         sent = self.headers.get(TOKEN_HEADER, "")
         if not sent or not hmac.compare_digest(sent.encode("utf-8", "replace"), self.app.token.encode("ascii")):
             raise HTTPError(403, f"missing or wrong {TOKEN_HEADER} header; reload the page served by this server")
@@ -401,10 +397,7 @@ def start_label_server(config: LabelServeConfig, *, store: LabelStore | None = N
             store.close()
         raise ValueError(f"cannot bind {config.host}:{config.port} ({exc.strerror or exc}); "
                          f"pick another --port (0 = any free port)") from None
-    port = httpd.server_address[1]
-    if is_loopback(config.host):  # DNS-rebinding guard: only loopback names of our own port
-        names = ("127.0.0.1", "localhost", "[::1]", f"[{config.host}]" if ":" in config.host else config.host)
-        app.hosts = {f"{h.lower()}:{port}" for h in names} | ({h.lower() for h in names} if port == 80 else set())
+    app.hosts = loopback_hosts(config.host, httpd.server_address[1])  # DNS-rebinding guard
     server = RunningLabelServer(httpd, app, config.host, owns)
     log.info("labelling page for %s (%d items) at %s", Path(config.store).name if owns else "the store",
              len(store), server.url)
