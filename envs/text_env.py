@@ -288,6 +288,7 @@ class EpisodeBatch:
 
         A stop token terminates a row only once the row already had ``min_new_tokens`` tokens before it.
         """
+        self._dropped = (self.tokens[:, 0].copy(), self.mask[:, 0].copy())  # what `unpush` puts back
         # Overlapping slice copies are safe: numpy buffers them when source and destination overlap.
         self.tokens[:, :-1] = self.tokens[:, 1:]
         self.tokens[:, -1] = actions
@@ -297,6 +298,15 @@ class EpisodeBatch:
         terminated = self.is_stop[actions] & (self.n_new > self.min_new_tokens)
         truncated = (self.n_new >= self.max_new_tokens) & ~terminated
         return terminated, truncated
+
+    def unpush(self) -> None:
+        """Take back the last `push` (a step whose reward source raised leaves the rows as they were)."""
+        tokens, mask = self._dropped
+        self.tokens[:, 1:] = self.tokens[:, :-1]
+        self.tokens[:, 0] = tokens
+        self.mask[:, 1:] = self.mask[:, :-1]
+        self.mask[:, 0] = mask
+        self.n_new -= 1
 
     def completion_ids(self, row: int, drop_stop: bool = False) -> np.ndarray:
         """The tokens row ``row`` generated so far (without its final stop token if ``drop_stop``)."""
@@ -453,15 +463,20 @@ class TextGenerationEnv(gymnasium.Env):
         actions = b.check_actions(np.asarray(action).reshape(1))
         terminated, truncated = b.push(actions)
         term, trunc = bool(terminated[0]), bool(truncated[0])
-        reward = float(b.shaping()[0])
         info: dict[str, Any] = {"prompt": str(b.prompts[0])}
+        try:
+            reward = float(b.shaping()[0])
+            if term or trunc:
+                completions, scores = b.finish(self._row, terminated)
+                reward += float(scores[0])
+                info["completion"], info["score"] = completions[0], float(scores[0])
+            else:
+                info["completion"] = b.completion_text(0)
+        except BaseException:  # a raising reward source or shaping: the env stays as it was before the step
+            b.unpush()
+            raise
         if term or trunc:
-            completions, scores = b.finish(self._row, terminated)
-            reward += float(scores[0])
-            info["completion"], info["score"] = completions[0], float(scores[0])
             self._running = False
-        else:
-            info["completion"] = b.completion_text(0)
         b.returns[0] += reward
         if self.render_mode == "human" and not self._running:
             self.render()

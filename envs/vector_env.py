@@ -147,10 +147,19 @@ class TextGenerationVectorEnv(VectorEnv):
     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Append one token per row; score every row that finished in ONE reward call; restart those rows."""
         if not self._running:
-            raise gymnasium.error.ResetNeeded("step() called before reset() (or after a failed step); call reset()")
+            raise gymnasium.error.ResetNeeded("step() called before reset(); call reset()")
         b = self._batch
         actions = b.check_actions(actions)
         terminated, truncated = b.push(actions)
+        try:
+            return self._after_push(actions, terminated, truncated)
+        except BaseException:  # a raising reward source or shaping: every row stays as it was before the step
+            b.unpush()
+            raise
+
+    def _after_push(self, actions: np.ndarray, terminated: np.ndarray, truncated: np.ndarray
+                    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        b = self._batch
         rewards = b.shaping()
         done = terminated | truncated
         n = self.num_envs
@@ -166,7 +175,6 @@ class TextGenerationVectorEnv(VectorEnv):
         }
         rows = np.flatnonzero(done)
         if rows.size:
-            self._running = False  # until the rows are restarted: a raising reward source leaves them half-done
             completions, scores = b.finish(rows, terminated[rows])
             rewards[rows] += scores
             info["prompts"][rows] = b.prompts[rows]
@@ -182,7 +190,6 @@ class TextGenerationVectorEnv(VectorEnv):
         b.returns += rewards
         if rows.size:
             b.start(rows, self.np_random)
-            self._running = True
         return b.observation(), rewards, terminated, truncated, info
 
     def render(self) -> tuple[str, ...] | None:

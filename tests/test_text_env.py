@@ -316,3 +316,26 @@ def test_bad_arguments_are_one_line_value_errors():
         env.step(262)
     with pytest.raises(ValueError, match="unknown option 'prompts'; the only option is 'prompt'"):
         env.reset(options={"prompts": ["a"]})
+
+
+def test_a_step_whose_reward_source_raises_leaves_the_env_as_it_was():
+    class FailsOnce:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def score(self, prompts, completions):
+            self.calls += 1
+            if self.calls == 1:
+                raise ConnectionError("judge endpoint down")
+            return np.array([len(c) for c in completions], dtype=np.float64)
+
+    env = make(reward=FailsOnce(), max_new_tokens=2)
+    env.reset(options={"prompt": "Q"})
+    obs, *_ = env.step(ord("o"))
+    with pytest.raises(ConnectionError):
+        env.step(ord("k"))  # the last token: the completion is scored, and the source raises
+    # retry: the token of the failed step was not kept, so the episode ends at max_new_tokens, not after it
+    obs2, reward, terminated, truncated, info = env.step(ord("k"))
+    assert truncated and not terminated and info["completion"] == "ok" and reward == 2.0
+    assert env.unwrapped._batch.n_new[0] == 2
+    np.testing.assert_array_equal(obs2["input_ids"][:-1], obs["input_ids"][1:])

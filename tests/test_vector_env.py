@@ -190,7 +190,7 @@ def test_min_new_tokens_and_no_stop_tokens_bound_every_row_s_episode_lengths(opt
         assert min(lengths) == 2 and any(stopped)  # never shorter, and stops after that still end episodes
 
 
-def test_reward_errors_propagate_and_require_a_reset():
+def test_a_failed_step_leaves_the_env_as_it_was():
     class Nan:
         def score(self, prompts, completions):
             return np.where(np.array([c == "bad" for c in completions]), np.nan, 1.0)
@@ -198,13 +198,13 @@ def test_reward_errors_propagate_and_require_a_reset():
     env = make(num_envs=2, reward=Nan(), max_new_tokens=3)
     env.reset(options={"prompts": ["p0", "p1"]})
     for t in b"ba":
-        env.step(np.array([t, t]))
+        obs, *_ = env.step(np.array([t, t]))
     with pytest.raises(RewardError, match=r"'Nan' returned nan for completion 0 of 2 \(and 1 more\): prompt 'p0', completion 'bad'"):
         env.step(np.array([ord("d"), ord("d")]))
-    with pytest.raises(gymnasium.error.ResetNeeded):
-        env.step(np.array([65, 65]))
-    env.reset(seed=0)
-    env.step(np.array([65, 65]))
+    again = env.unwrapped._batch.observation()  # the token of the failed step was taken back
+    assert all(np.array_equal(again[k], obs[k]) for k in obs)
+    _, rewards, _, truncated, info = env.step(np.array([ord("g"), ord("g")]))  # the episode goes on from there
+    assert truncated.all() and list(info["completions"]) == ["bag", "bag"] and rewards.tolist() == [1.0, 1.0]
 
 
 def test_bad_actions_and_options():
