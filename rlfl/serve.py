@@ -50,6 +50,7 @@ import ipaddress
 import hmac
 import json
 import logging
+import math
 import os
 import socket
 import sys
@@ -208,7 +209,8 @@ def _is_int(x: object) -> bool:
 
 
 def _is_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+    """A finite JSON number (Python's json reads NaN and Infinity, which no sampling setting can be)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "n")
@@ -256,11 +258,11 @@ def _sampling(body: dict[str, Any], tokenizer: Tokenizer, default_max: int, limi
         raise RequestError(f"'max_tokens' must be an integer >= 1, got {json.dumps(max_tokens)}", "max_tokens")
     temperature = get("temperature", 1.0)
     if not _is_number(temperature) or temperature < 0:
-        raise RequestError(f"'temperature' must be a number >= 0 (0 = greedy), got {json.dumps(temperature)}",
+        raise RequestError(f"'temperature' must be a finite number >= 0 (0 = greedy), got {json.dumps(temperature)}",
                            "temperature")
     top_p = get("top_p", 1.0)
     if not _is_number(top_p) or not 0 < top_p <= 1:
-        raise RequestError(f"'top_p' must be a number in (0, 1], got {json.dumps(top_p)}", "top_p")
+        raise RequestError(f"'top_p' must be a finite number in (0, 1], got {json.dumps(top_p)}", "top_p")
     top_k = body.get("top_k")
     if top_k is not None and (not _is_int(top_k) or top_k < 1):
         raise RequestError(f"'top_k' must be an integer >= 1 (or null to disable it), got {json.dumps(top_k)}", "top_k")

@@ -126,7 +126,8 @@ def test_unknown_field_is_named(server):
 
 
 @pytest.mark.parametrize("field,value", [
-    ("temperature", -0.1), ("temperature", "hot"), ("top_p", 0), ("top_p", 1.5), ("max_tokens", 0),
+    ("temperature", -0.1), ("temperature", "hot"), ("temperature", float("nan")), ("temperature", float("inf")),
+    ("top_p", 0), ("top_p", 1.5), ("top_p", float("nan")), ("max_tokens", 0),
     ("max_tokens", "5"), ("max_tokens", True), ("top_k", 0), ("stop", [""]), ("stop", 3), ("n", 0), ("seed", -1),
     ("prompt", 5), ("prompt", []), ("presence_penalty", 0.5),
 ])
