@@ -341,8 +341,12 @@ class Trainer:
                              "pass a new --out-dir, or --no-resume to overwrite it")
         if saved.tokenizer.fingerprint != self.tokenizer.fingerprint:
             raise ValueError(f"{self.out_dir}: checkpoint tokenizer differs from this run's; pass a new --out-dir")
-        ckpt.load_into(self.model, saved)
         state = saved.trainer_state
+        if int(state["step"]) > self.config.max_steps:
+            raise ValueError(f"{self.out_dir}: holds a checkpoint at step {int(state['step'])}, past --max-steps "
+                             f"{self.config.max_steps}; pass --max-steps {int(state['step'])} or more to continue it, "
+                             "a new --out-dir, or --no-resume to start over")
+        ckpt.load_into(self.model, saved)
         self.optimizer.load_state_dict(state["optimizer"])
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])

@@ -160,3 +160,14 @@ def test_resume_reads_a_metrics_csv_a_kill_left_behind(synthetic_shards, tmp_pat
     # the rows before the checkpoint that survived the kill, then the resumed run's (its last step always logs)
     assert [r[0] for r in rows[1:] if r[2] == "train/loss"] == (["5", "10"] if left_behind else ["10"])
     assert json.loads((tmp_path / "run" / "config.json").read_text())["step"] == 10
+
+
+def test_max_steps_below_the_checkpoint_is_refused_not_ignored(synthetic_shards, tmp_path):
+    common = ["pretrain", "--data", str(synthetic_shards), "--out-dir", str(tmp_path / "run"), "--eval-interval", "0",
+              *TINY]
+    assert _rlfl(*common, "--max-steps", "10").returncode == 0
+    before = (tmp_path / "run" / "model.safetensors").read_bytes()
+    r = _rlfl(*common, "--max-steps", "5")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "holds a checkpoint at step 10, past --max-steps 5; pass --max-steps 10 or more" in r.stderr
+    assert (tmp_path / "run" / "model.safetensors").read_bytes() == before  # nothing written
