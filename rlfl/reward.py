@@ -261,6 +261,20 @@ def pair_loss(model: nn.Module, batch: Sequence[torch.Tensor]) -> tuple[torch.Te
             {"accuracy": _pair_accuracy(d, target), "reward_gap": float(d.mean())})
 
 
+MAX_LABEL = 1e6  # beyond this a squared error overflows float32 long before the model could fit it
+
+
+def _check_label_values(path: str, labels: list[float]) -> None:
+    """Refuse labels too large to train on; warn when they are all the same (there is nothing to learn)."""
+    big = max((abs(v) for v in labels), default=0.0)
+    if big > MAX_LABEL:
+        raise ValueError(f"{path}: a label of magnitude {big:g} (the limit is {MAX_LABEL:g}); a reward model's scores "
+                         "live near 0: rescale the labels (e.g. to [-1, 1] or standard scores)")
+    if labels and len(set(labels)) == 1:
+        log.warning("%s: every one of the %d labels is %g: a reward model can only learn a constant from that; "
+                    "add examples with other labels", path, len(labels), labels[0])
+
+
 def label_loss(kind: str):
     """The loss of a labels batch: ``"bce"`` (0/1 labels, logistic) or ``"mse"`` (scalar labels)."""
     def loss_fn(model: nn.Module, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -448,6 +462,7 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
         if loss_name == "bce" and not all(0.0 <= e.label <= 1.0 for e in train_data.examples):
             raise ValueError(f"--label-loss bce needs labels in [0, 1], but {cfg.data} has others; "
                              "pass --label-loss mse")
+        _check_label_values(cfg.data, [e.label for e in data.examples])
     train_ex = encode_reward_data(train_data, tokenizer, block)
     val_ex = encode_reward_data(val_data, tokenizer, block) if len(val_data) else None
     if runtime.is_main:

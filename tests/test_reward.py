@@ -252,3 +252,19 @@ def test_doctests():
     import doctest
 
     assert doctest.testmod(reward).failed == 0
+
+
+def test_huge_labels_are_refused_and_constant_labels_warned_about(base, caplog):
+    huge = base / "huge.jsonl"
+    huge.write_text("".join(json.dumps({"text": f"text {i}", "label": 1e30 if i == 3 else 0.5}) + "\n"
+                            for i in range(20)))
+    with pytest.raises(ValueError, match=r"huge.jsonl: a label of magnitude 1e\+30 .* rescale the labels"):
+        train_reward_model(RewardTrainConfig(init_from=str(base / "base"), data=str(huge), val_fraction=0.1,
+                                             train=_train_cfg(base / "rm-huge", steps=2)))
+    assert not (base / "rm-huge" / "model.safetensors").exists()  # refused before anything was written
+    ones = base / "ones.jsonl"
+    ones.write_text("".join(json.dumps({"text": f"text {i}", "label": 1}) + "\n" for i in range(20)))
+    with caplog.at_level("WARNING", logger="rlfl.reward"):
+        train_reward_model(RewardTrainConfig(init_from=str(base / "base"), data=str(ones), val_fraction=0.1,
+                                             train=_train_cfg(base / "rm-ones", steps=2)))
+    assert "every one of the 20 labels is 1: a reward model can only learn a constant" in caplog.text
