@@ -416,7 +416,8 @@ def prepare_corpus(documents_or_paths: str | os.PathLike | Iterable[Document | s
         "seed": seed, "val_fraction": val_fraction, "split_mode": split_mode,
     }
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    _remove_stale_temps(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-{os.getpid()}-", dir=out_dir.parent))
     try:
         for name, split_docs in (("train", train), ("val", val)):
             n_tokens = _write_split(split_docs, tokenizer, tmp / f"{name}.bin", dtype)
@@ -443,6 +444,29 @@ def _only_documents(items: Iterator[Any]) -> Iterator[Document]:
             raise ValueError(f"prepare_corpus: got {type(item).__name__} among Documents; pass either "
                              "paths or Documents, not a mix (wrap texts in rlfl.data.Document)")
         yield item
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def _remove_stale_temps(out_dir: Path) -> None:
+    """Delete the temporary folders that a killed `prepare_corpus` left beside ``out_dir`` (tens of MB each):
+    ``.NAME.tmp-PID-*`` of a process that no longer runs, and ``.NAME.old-*`` once ``out_dir`` itself exists."""
+    for path in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):
+        pid = path.name[len(f".{out_dir.name}.tmp-"):].split("-", 1)[0]
+        if path.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            logger.info("removing %s, left by an interrupted run (process %s)", path, pid)
+            shutil.rmtree(path, ignore_errors=True)
+    if out_dir.is_dir():
+        for path in out_dir.parent.glob(f".{out_dir.name}.old-*"):
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _swap_in(tmp: Path, out_dir: Path) -> None:

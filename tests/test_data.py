@@ -362,3 +362,25 @@ def test_sampler_on_memmapped_shards(tmp_path, tok):
     starts = BatchSampler(shards.train, 32, 4, seed=0).starts(0)
     assert torch.equal(x[1], torch.from_numpy(shards.train[starts[1]:starts[1] + 32].astype(np.int64)))
     assert int(x.max()) < tok.n_vocab
+
+
+def test_a_killed_prepare_leaves_no_temp_folder_behind_the_next_run(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    text = tmp_path / "big.txt"
+    text.write_text("\n\n".join(f"document {i}: " + "the quick brown fox jumps over the lazy dog. " * 40
+                                for i in range(20000)))
+    cmd = [sys.executable, "-m", "rlfl", "data", "prepare", "--input", str(text), "--out", str(tmp_path / "out")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and not list(tmp_path.glob(".out.tmp-*/train.bin")):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    left = list(tmp_path.glob(".out.tmp-*"))
+    assert left and not (tmp_path / "out").exists(), "the run finished before it could be killed mid-write"
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.txt", "out"]  # the killed run's folder is gone
+    assert json.loads((tmp_path / "out" / "meta.json").read_text())["splits"]["train"]["tokens"] > 0
