@@ -277,7 +277,24 @@ def gpt2_tokenizer(
         raise ValueError(
             "gpt2_tokenizer: pass ranks_file=/path/to/r50k_base.tiktoken, or both encoder_json= and vocab_bpe="
         )
+    _check_gpt2_ranks(ranks, str(ranks_file if ranks_file is not None else vocab_bpe))
     return Tokenizer(kind="gpt2", name="gpt2", pat_str=GPT2_PAT_STR, ranks=ranks, special_tokens=_specials(len(ranks)))
+
+
+# GPT-2's BPE: 50,256 mergeable ranks, and the SHA-256 of r50k_base.tiktoken (the ranks written one
+# "base64(token) rank" line each, by rank), which encoder.json + vocab.bpe give too.
+GPT2_RANKS, GPT2_RANKS_SHA256 = 50_256, "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
+
+
+def _check_gpt2_ranks(ranks: dict[bytes, int], where: str) -> None:
+    """Refuse ranks that are not GPT-2's: a file cut short, or another BPE's, would otherwise load as "gpt2"."""
+    fix = "use GPT-2's r50k_base.tiktoken (or its encoder.json + vocab.bpe), whole"
+    if len(ranks) != GPT2_RANKS:
+        raise ValueError(f"{where}: {len(ranks)} ranks, but GPT-2's BPE has {GPT2_RANKS}: the file is cut short or "
+                         f"not GPT-2's; {fix}")
+    lines = b"".join(base64.b64encode(t) + b" %d\n" % r for t, r in sorted(ranks.items(), key=lambda kv: kv[1]))
+    if hashlib.sha256(lines).hexdigest() != GPT2_RANKS_SHA256:
+        raise ValueError(f"{where}: {GPT2_RANKS} ranks, but not GPT-2's (their SHA-256 differs); {fix}")
 
 
 def train_bpe(

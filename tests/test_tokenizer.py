@@ -355,3 +355,24 @@ def test_named_encoding_gets_our_special_tokens():
     tok = tokenizer_from_name("cl100k_base", get_encoding=fake_get_encoding)
     assert tok.kind == "tiktoken" and tok.eot_id == 300 and tok.special_tokens["<|fim|>"] == 301
     assert [tok.special_tokens[s] for s in SPECIAL_TOKENS[1:]] == [302, 303, 304, 305, 306]
+
+
+def test_a_gpt2_ranks_file_cut_short_or_altered_is_refused(tmp_path):
+    src = GPT2_DIR / "r50k_base.tiktoken"
+    if not src.is_file():
+        pytest.skip(f"{src}: no GPT-2 ranks file beside the repo")
+    lines = src.read_bytes().splitlines(keepends=True)
+    cut = tmp_path / "cut.tiktoken"
+    cut.write_bytes(b"".join(lines[:10_000]))  # cut at a line boundary: every line still parses
+    with pytest.raises(ValueError, match=r"cut\.tiktoken: 10000 ranks, but GPT-2's BPE has 50256: the file is cut "
+                                         r"short or not GPT-2's"):
+        gpt2_tokenizer(cut)
+    swapped = tmp_path / "swapped.tiktoken"  # two ranks exchanged: same size, other merges
+    a, b = lines[300].split(b" ")[0], lines[301].split(b" ")[0]
+    lines[300], lines[301] = a + b" 301\n", b + b" 300\n"
+    lines[300], lines[301] = lines[301], lines[300]
+    swapped.write_bytes(b"".join(lines))
+    with pytest.raises(ValueError, match=r"swapped\.tiktoken: 50256 ranks, but not GPT-2's \(their SHA-256 differs\)"):
+        gpt2_tokenizer(swapped)
+    with pytest.raises(ValueError, match="cut short"):
+        load_tokenizer(f"gpt2:{cut}")
