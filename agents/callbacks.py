@@ -103,7 +103,8 @@ def evaluate_policy(
     of the summed ``log p_policy - log p_reference`` of the sampled tokens, nats), ``perplexity`` (exp of the
     mean per-token NLL of the sampled tokens under the REFERENCE: how fluent the text is by the starting
     model's standards), ``length`` (mean tokens generated, a final stop token included), ``stop_rate``,
-    ``empty`` (completions with no text but white space) and ``n`` (completions); plus ``samples``: the first ``n_show`` as dicts of prompt, completion and score.
+    ``empty`` (completions with no text but white space) and ``n`` (completions); plus ``samples``: the first
+    ``n_show`` as dicts of prompt, completion and score.
     """
     from rlfl.envs.rewards import as_reward_source, check_scores
 

@@ -17,6 +17,7 @@ import logging
 import time
 from pathlib import Path
 
+import torch
 from results import record
 
 from rlfl.compare_stats import format_ci
@@ -50,7 +51,7 @@ def main() -> None:
              f"{gold['human']['raw']:.3f}, AI ({results['labels']['ai']['source']}) {gold['ai']['raw']:.3f}.")
     print(notes)
     if not args.no_record:
-        threads = args.threads or __import__("torch").get_num_threads()
+        threads = args.threads or torch.get_num_threads()
         path = record("bench_quickstart", "python benchmarks/bench_quickstart.py",
                       ["policy", "gold positive rate", "gold - SFT", "KL to SFT (nats)", "length", "real words"],
                       rows, threads=threads, notes=notes)

@@ -19,6 +19,8 @@ import platform
 import re
 from pathlib import Path
 
+from rlfl.stage_cache import atomic_write_text
+
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 HEADER = ("# Benchmark results\n\nWritten by the scripts in this folder (`benchmarks/results.py`): one section per "
@@ -53,7 +55,4 @@ def record(name: str, command: str, header: list[str], rows: list[list[str]], *,
     parts = re.split(r"(?m)^(?=## )", text)
     kept = [p for p in parts[1:] if not p.startswith(f"## {name}\n")]
     body = parts[0].rstrip("\n") + "\n\n" + "\n".join(p.rstrip("\n") + "\n" for p in sorted(kept + [section]))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(body, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, body)

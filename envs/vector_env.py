@@ -152,12 +152,12 @@ class TextGenerationVectorEnv(VectorEnv):
         actions = b.check_actions(actions)
         terminated, truncated = b.push(actions)
         try:
-            return self._after_push(actions, terminated, truncated)
+            return self._after_push(terminated, truncated)
         except BaseException:  # a raising reward source or shaping: every row stays as it was before the step
             b.unpush()
             raise
 
-    def _after_push(self, actions: np.ndarray, terminated: np.ndarray, truncated: np.ndarray
+    def _after_push(self, terminated: np.ndarray, truncated: np.ndarray
                     ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         b = self._batch
         rewards = b.shaping()

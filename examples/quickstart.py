@@ -27,7 +27,8 @@ from rlfl.quickstart import QuickstartConfig, format_summary, quickstart
 # Only checks that the pipeline runs: 2 layers x 64 dims, a few dozen steps, 2 seeds, a 16-prompt evaluation.
 TINY = {"corpus_docs": 300, "n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 96, "pretrain_steps": 30,
         "pretrain_batch_size": 8, "sft_reviews": 600, "sft_steps": 30, "sft_batch_size": 16, "n_pairs": 64,
-        "rm_steps": 10, "rm_batch_size": 16, "ai_judge": "lexicon", "ppo_timesteps": 1024, "eval_prompts": 16, "seeds": [0, 1]}
+        "rm_steps": 10, "rm_batch_size": 16,
+        "ai_judge": "lexicon", "ppo_timesteps": 1024, "eval_prompts": 16, "seeds": [0, 1]}
 
 
 def main() -> None:

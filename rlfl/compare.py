@@ -131,7 +131,8 @@ class CompareConfig:
     ppo_lr: float = field(default=5e-5, metadata={"help": "PPO learning rate"})
     ppo_lr_schedule: str = field(default="constant", metadata={
         "help": "PPO learning-rate schedule over each run: constant | linear | cosine"})
-    value_lr_scale: float = field(default=1.0, metadata={"help": "the PPO value head's learning rate over the policy's"})
+    value_lr_scale: float = field(default=1.0, metadata={
+        "help": "the PPO value head's learning rate over the policy's"})
     kl_coef: float = field(default=0.05, metadata={"help": "weight of the per-token KL penalty"})
     adaptive_kl: bool = field(default=False, metadata={"help": "adapt the KL weight towards --kl-target"})
     kl_target: float = field(default=6.0, metadata={"help": "target KL per completion (nats) with --adaptive-kl"})

@@ -70,7 +70,8 @@ class QuickstartConfig:
     sft_reviews: int = field(default=12000, metadata={"help": "reviews drawn for SFT records (about 2 in 5 are kept)"})
     sft_steps: int = field(default=250, metadata={"help": "SFT steps"})
     sft_batch_size: int = field(default=32, metadata={"help": "SFT examples per step"})
-    max_prompt_tokens: int = field(default=16, metadata={"help": "prompt tokens the policy sees (chat tokens included)"})
+    max_prompt_tokens: int = field(default=16, metadata={
+        "help": "prompt tokens the policy sees (chat tokens included)"})
     max_new_tokens: int = field(default=24, metadata={"help": "tokens per completion at most (SFT answers fit in it)"})
     n_pairs: int = field(default=4000, metadata={"help": "pairs of SFT samples both label sources judge"})
     noise: float = field(default=0.2, metadata={"help": "error rate of the simulated human annotators"})
@@ -121,8 +122,8 @@ class QuickstartConfig:
 
 # settings that change nothing the task stages produce
 _RUNTIME = ("out", "device", "num_threads", "progress", "plots")
-_TASK_FIELDS = ("seed", "corpus_docs", "vocab_size", "max_new_tokens", "n_layer", "n_head", "n_embd", "block_size", "pretrain_steps",
-                "pretrain_batch_size", "sft_reviews", "sft_steps", "sft_batch_size")
+_TASK_FIELDS = ("seed", "corpus_docs", "vocab_size", "max_new_tokens", "n_layer", "n_head", "n_embd", "block_size",
+                "pretrain_steps", "pretrain_batch_size", "sft_reviews", "sft_steps", "sft_batch_size")
 
 
 def _train_config(cfg: QuickstartConfig, out_dir: Path, *, steps: int, batch_size: int, lr: float) -> Any:

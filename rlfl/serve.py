@@ -130,7 +130,8 @@ class ServeConfig:
         if not isinstance(self.max_tokens_limit, int) or self.max_tokens_limit < 1:
             raise ValueError(f"ServeConfig.max_tokens_limit={self.max_tokens_limit!r} must be an integer >= 1")
         if not isinstance(self.read_timeout, (int, float)) or not self.read_timeout > 0:
-            raise ValueError(f"ServeConfig.read_timeout={self.read_timeout!r} must be > 0 seconds; pass --read-timeout 30")
+            raise ValueError(f"ServeConfig.read_timeout={self.read_timeout!r} must be > 0 seconds; pass "
+                             "--read-timeout 30")
         if not isinstance(self.max_logprobs, int) or self.max_logprobs < 0:
             raise ValueError(f"ServeConfig.max_logprobs={self.max_logprobs!r} must be an integer >= 0; pass "
                              "--max-logprobs 20")
@@ -530,7 +531,7 @@ class _Handler(BaseHTTPRequestHandler):
             refusal = browser_refusal(self.headers, self.app.hosts, write=method != "GET")
             if refusal is not None:
                 self.close_connection = True  # the body (if any) stays unread
-                raise RequestError(refusal[1], status=refusal[0], kind="invalid_request_error")
+                raise RequestError(refusal[1], status=refusal[0])
             self._check_api_key()
             methods = self._routes().get(path)
             if methods is None:

@@ -100,10 +100,10 @@ def review_sft_records(n: int, *, seed: int, words: tuple[int, int] = (2, 6),
 
     The prompt is the review's first 2-6 words, drawn exactly as `synthetic_review_prompts` draws them
     (same ``seed`` and ``words`` give the same prompts); the response is the rest of the review, with its
-    leading space, cut by `cut_response` to ``max_response_bytes`` so that with the byte tokenizer
-    response + ``<|end|>`` fits the env's 32 new tokens; with a ``tokenizer`` the limit counts its tokens
-    instead (``max_response_bytes`` then means tokens: pass the env's max_new_tokens - 1). Reviews with nothing after the prompt are left
-    out, so a few fewer than ``n`` records can come back.
+    leading space, cut by `cut_response` to ``max_response_bytes`` tokens of ``tokenizer`` (default: the byte
+    tokenizer, whose tokens are the UTF-8 bytes), so that response + ``<|end|>`` fits the env's new tokens
+    when it is their number minus one. Reviews with nothing after the prompt are left out, so a few fewer
+    than ``n`` records can come back.
 
     ``sentiment_only`` keeps only records whose prompt + response the gold judge reads as non-neutral
     (about 40 %, half of them positive). Why: 60 % of reviews open with a neutral sentence ("We picked

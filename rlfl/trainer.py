@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import logging
 import math
 import os
@@ -47,6 +48,7 @@ from torch import nn
 
 from rlfl import checkpoint as ckpt
 from rlfl.config import to_dict
+from rlfl.stage_cache import atomic_write_text
 from rlfl.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -232,12 +234,9 @@ class MetricsLog:
     def __init__(self, out_dir: Path, resume_step: int | None) -> None:
         self.path = out_dir / "metrics.csv"
         kept = _logged_rows(self.path, resume_step) if resume_step is not None else []
-        tmp = self.path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            csv.writer(fh).writerows([METRICS_HEADER, *kept])
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        text = io.StringIO()
+        csv.writer(text).writerows([METRICS_HEADER, *kept])
+        atomic_write_text(self.path, text.getvalue())
         self.fh = open(self.path, "a", newline="", encoding="utf-8")
         self.writer = csv.writer(self.fh)
         self.tb = None

@@ -11,7 +11,8 @@ from rlfl.quickstart import QuickstartConfig, format_summary, quickstart
 
 TINY = {"corpus_docs": 300, "n_layer": 2, "n_head": 2, "n_embd": 64, "block_size": 96, "pretrain_steps": 30,
         "pretrain_batch_size": 8, "sft_reviews": 600, "sft_steps": 30, "sft_batch_size": 16, "n_pairs": 64,
-        "rm_steps": 10, "rm_batch_size": 16, "ai_judge": "lexicon", "ppo_timesteps": 512, "eval_prompts": 16, "seeds": [0, 1],
+        "rm_steps": 10, "rm_batch_size": 16,
+        "ai_judge": "lexicon", "ppo_timesteps": 512, "eval_prompts": 16, "seeds": [0, 1],
         "progress": False, "num_threads": 1, "plots": False}
 
 
