@@ -14,8 +14,8 @@ training starts (the "before" figure) and once when it ends.
 - `GoldEval` / `evaluate_policy`: the policy samples completions of held-out prompts (plain softmax,
   temperature 1, the env's stop tokens, ``min_new_tokens`` and prompt encoding); a gold judge scores them;
   the KL to the reference and the reference's perplexity of the text say what the reward cost.
-- `CheckpointEvery`: the rlfl checkpoint (for ``rlfl sample``/``serve`` and later stages) and SB3's zip
-  (for resuming and ``PPO.load``), each written atomically.
+- `CheckpointEvery`: the rlfl checkpoint (for ``rlfl sample``/``serve`` and later stages) and the run's
+  resume state (``ppo_resume.pt``: tensors and numbers only, nothing unpickled), each written atomically.
 - `ProgressLine`: a progress bar over tokens and one metrics line per update (score, KL, beta, tok/s).
 
 Example:
@@ -67,7 +67,11 @@ def _text_env(env: Any) -> Any:
 
 
 def save_sb3_zip(model: BaseAlgorithm, path: str | Path) -> None:
-    """``model.save(path)`` made atomic: SB3 writes the zip in place, so a kill mid-save would corrupt it."""
+    """``model.save(path)`` made atomic: SB3 writes the zip in place, so a kill mid-save would corrupt it.
+
+    The zip is an export for SB3's ``PPO.load``, which unpickles parts of it: open only zips you wrote or
+    trust. rlfl resumes from `rlfl.agents.PPO.save_resume_state` files instead, which hold no code.
+    """
     buffer = io.BytesIO()
     model.save(buffer)
     atomic_write_bytes(path, buffer.getvalue())
@@ -339,21 +343,24 @@ def _read_eval_csv(path: Path) -> list[dict[str, float]]:
 
 
 class CheckpointEvery(BaseCallback):
-    """Saves the rlfl checkpoint and SB3's zip every ``every_steps`` timesteps and when training ends.
+    """Saves the rlfl checkpoint and the run's resume state every ``every_steps`` timesteps and when training ends.
 
     ``out_dir`` becomes an rlfl checkpoint directory (``model.save_checkpoint``: atomic as a whole) and also
-    holds ``zip_name`` (SB3's ``save``, made atomic by writing a temp file and renaming it). The checkpoint is
-    written first, so wherever a kill lands the zip is never newer than the checkpoint and both always load
-    (at worst the zip is one save behind, and a resume from it redoes those steps). ``every_steps=0``: only at
-    the end. ``extra`` is added to the checkpoint's config.json (e.g. the run's config).
+    holds ``resume_name`` (``model.save_resume_state``: weights, optimizer, counters and settings, read back
+    by `rlfl.agents.PPO.from_resume_state` with ``torch.load(weights_only=True)``, so no code runs from it).
+    The checkpoint is written first, so wherever a kill lands the resume state is never newer than the
+    checkpoint and both always load (at worst it is one save behind, and a resume from it redoes those
+    steps). ``every_steps=0``: only at the end. ``extra`` is added to the checkpoint's config.json (e.g. the
+    run's config).
     """
 
-    def __init__(self, out_dir: str | Path, every_steps: int, *, zip_name: str = "ppo_state.zip",
+    def __init__(self, out_dir: str | Path, every_steps: int, *, resume_name: str = "ppo_resume.pt",
                  extra: dict[str, Any] | None = None) -> None:
         super().__init__()
         if every_steps < 0:
             raise ValueError(f"CheckpointEvery: every_steps={every_steps} must be >= 0 (0 = only at the end)")
-        self.out_dir, self.every_steps, self.zip_path = Path(out_dir), int(every_steps), Path(out_dir) / zip_name
+        self.out_dir, self.every_steps = Path(out_dir), int(every_steps)
+        self.resume_path = Path(out_dir) / resume_name
         self.extra = extra
         self.last_saved = -1
 
@@ -368,16 +375,16 @@ class CheckpointEvery(BaseCallback):
         return True
 
     def _on_training_end(self) -> None:
-        if self.num_timesteps != self.last_saved or not self.zip_path.is_file():
+        if self.num_timesteps != self.last_saved or not self.resume_path.is_file():
             self.save()
 
     def save(self) -> None:
-        """Write both files now."""
+        """Write both now."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.model.save_checkpoint(self.out_dir, extra=self.extra)
-        save_sb3_zip(self.model, self.zip_path)
+        self.model.save_resume_state(self.resume_path)
         self.last_saved = self.num_timesteps
-        logger.debug("saved %s at timestep %d", self.zip_path, self.num_timesteps)
+        logger.debug("saved %s at timestep %d", self.resume_path, self.num_timesteps)
 
 
 class ProgressLine(BaseCallback):

@@ -66,6 +66,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import math
 from pathlib import Path
@@ -80,17 +81,27 @@ from rlfl.agents.distributed import (
 from rlfl.agents.kl import ESTIMATORS, KL_HORIZON, AdaptiveKL, FixedKL, RunningMoments, kl_per_token
 from rlfl.agents.policy import TransformerPolicy
 from rlfl.agents.rollout import CachedActor, RolloutStore
+from rlfl.agents.schedules import LRSchedule
 from rlfl.agents.vec_env import TextVecEnv, make_text_vec_env
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import FloatSchedule, explained_variance
 
 from rlfl.checkpoint import is_checkpoint, save_checkpoint
+from rlfl.stage_cache import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
 
 PRECISIONS = ("float32", "bfloat16", "auto")
+# the file a PPO run's resume state is saved to (`PPO.save_resume_state`), and its format tag
+RESUME_FILE = "ppo_resume.pt"
+RESUME_FORMAT = "rlfl-ppo-resume/1"
+# PPO arguments a resume state records and rebuilds the algorithm with (clip ranges and the learning rate too)
+RESUME_SETTINGS = ("n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "normalize_advantage", "ent_coef",
+                   "vf_coef", "value_lr_scale", "max_grad_norm", "target_kl", "kl_coef", "adaptive_kl", "kl_target",
+                   "kl_horizon", "kl_estimator", "ratio_threshold", "no_stop_penalty", "short_penalty", "short_tokens",
+                   "reward_clip", "normalize_reward", "logsigmoid_reward", "precision")
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -322,6 +333,95 @@ class PPO(OnPolicyAlgorithm):
         if self.env is None:
             raise ValueError("this PPO model has no env and no tokenizer; pass env= to PPO.load")
         return self.env.tokenizer
+
+    # ------------------------------------------------------------------------------ resume state (no pickle)
+    def resume_state(self) -> dict[str, Any]:
+        """Everything `from_resume_state` needs to continue this run, as tensors and plain values only.
+
+        The weights (policy, value head and the frozen reference), the optimizer's moments, the step counters,
+        the KL coefficient, the reward statistics and the settings that rebuild the algorithm. Saved with
+        ``torch.save`` it loads with ``torch.load(weights_only=True)``, which never runs code from the file
+        (unlike SB3's zip, whose ``data`` entry is unpickled by ``PPO.load``).
+        """
+        settings: dict[str, Any] = {k: getattr(self, k) for k in RESUME_SETTINGS}
+        settings["clip_range"] = float(self.clip_range(1.0))
+        settings["clip_range_vf"] = None if self.clip_range_vf is None else float(self.clip_range_vf(1.0))
+        lr = self.learning_rate
+        if isinstance(lr, LRSchedule):
+            settings["learning_rate"] = {"kind": lr.kind, "lr": lr.lr, "final": lr.final}
+        elif isinstance(lr, (int, float)):
+            settings["learning_rate"] = float(lr)
+        else:  # any other callable is code; the resumed run takes it as an argument
+            settings["learning_rate"] = None
+        return {
+            "format": RESUME_FORMAT,
+            "settings": settings,
+            "gpt_config": self.policy.gpt.config.to_dict(),
+            "obs_length": int(self.observation_space["input_ids"].shape[-1]),
+            "parent_checkpoint": None if self.parent_checkpoint is None else str(self.parent_checkpoint),
+            "num_timesteps": int(self.num_timesteps), "n_updates": int(self._n_updates),
+            "kl_beta": float(self.kl_ctl.beta),
+            "score_moments": [int(self.score_moments.count), float(self.score_moments.mean),
+                              float(self.score_moments.var)],
+            "policy": self.policy.state_dict(),
+            "optimizer": self.policy.optimizer.state_dict(),
+        }
+
+    def save_resume_state(self, path: str | Path) -> Path:
+        """Write `resume_state` to ``path`` atomically (a temp file, then a rename); `from_resume_state` reads it."""
+        buffer = io.BytesIO()
+        torch.save(self.resume_state(), buffer)
+        atomic_write_bytes(path, buffer.getvalue())
+        return Path(path)
+
+    @classmethod
+    def from_resume_state(cls, path: str | Path, env: GymEnv | str | None, *, device: torch.device | str = "auto",
+                          **overrides: Any) -> PPO:
+        """Rebuild a run saved by `save_resume_state`: same weights, optimizer, counters and settings.
+
+        The file is read with ``torch.load(weights_only=True)``: tensors, numbers, strings, lists and dicts
+        only, so a crafted file cannot run code (a pickle payload is refused with a one-line error).
+        ``overrides`` replace saved settings (``learning_rate`` is required when the run's rate was a schedule
+        other than `LRSchedule`). A run resumed this way continues with ``learn(remaining,
+        reset_num_timesteps=False)``.
+        """
+        path = Path(path)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no PPO resume state here; start a new run") from None
+        except Exception as exc:  # an unpickling error (code in the file) or a truncated/corrupt file
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{path}: not a readable PPO resume state ({reason[:160]}); delete it to start the run "
+                             "over, or restore it from a backup") from None
+        if not isinstance(state, dict) or state.get("format") != RESUME_FORMAT:
+            raise ValueError(f"{path}: not a PPO resume state of this version (format "
+                             f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r}, expected "
+                             f"{RESUME_FORMAT!r}); delete it to start the run over")
+        settings = {**state["settings"], **overrides}
+        lr = settings.pop("learning_rate")
+        if isinstance(lr, dict):
+            lr = LRSchedule(lr["kind"], lr["lr"], final=lr["final"])
+        elif lr is None:
+            raise ValueError(f"{path}: the run's learning rate was a custom schedule, which a resume file does not "
+                             "hold; pass learning_rate= to from_resume_state")
+        model = cls("TransformerPolicy", env, learning_rate=lr, device=device,
+                    policy_kwargs={"gpt_config": state["gpt_config"]}, _init_setup_model=False, **settings)
+        if env is None:  # the spaces of the env it was trained in
+            vocab, length = int(state["gpt_config"]["vocab_size"]), int(state["obs_length"])
+            box = spaces.Box(0, vocab - 1, shape=(length,), dtype=np.int64)
+            model.observation_space = spaces.Dict({"input_ids": box,
+                                                   "attention_mask": spaces.Box(0, 1, shape=(length,), dtype=np.int64)})
+            model.action_space = spaces.Discrete(vocab)
+        model._setup_model()
+        model.policy.load_state_dict(state["policy"])
+        model.policy.optimizer.load_state_dict(state["optimizer"])
+        model.num_timesteps, model._n_updates = int(state["num_timesteps"]), int(state["n_updates"])
+        model.kl_ctl.beta = float(state["kl_beta"])
+        count, mean, var = state["score_moments"]
+        model.score_moments.count, model.score_moments.mean, model.score_moments.var = int(count), float(mean), float(var)
+        model.parent_checkpoint = state["parent_checkpoint"]
+        return model
 
     def save_checkpoint(self, directory: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
         """Write the policy (GPT + value head) as an rlfl checkpoint: ``rlfl sample``/``serve`` open it."""

@@ -6,13 +6,15 @@
    log formats), so a typo fails in a second, not after the first rollout;
 2. builds the env (``make_text_vec_env(env_id, n_envs, ...)``) with the policy's own tokenizer, and holds
    ``eval_prompts`` of the env's prompts out of training for `GoldEval` (a seeded split);
-3. **resumes** when ``out_dir`` holds ``ppo_state.zip`` (``PPO.load`` then ``learn(remaining,
-   reset_num_timesteps=False)``: the same command after a crash or a SIGKILL continues from the last
-   checkpoint), else starts `PPO` from ``init_from``;
+3. **resumes** when ``out_dir`` holds ``ppo_resume.pt`` (`PPO.from_resume_state`, which reads tensors and
+   numbers only, then ``learn(remaining, reset_num_timesteps=False)``: the same command after a crash or a
+   SIGKILL continues from the last checkpoint), else starts `PPO` from ``init_from``;
 4. trains with `SampleLogger`, `GoldEval`, `CheckpointEvery` and `ProgressLine`; SB3's logger writes
    ``out_dir/logs`` (CSV by default; ``stdout``/``tensorboard``/``json`` on request);
 5. leaves in ``out_dir``: the final policy as an rlfl checkpoint (``rlfl sample OUT_DIR`` and ``rlfl serve
-   OUT_DIR`` open it; a later stage starts from it), ``ppo_state.zip`` (``rlfl.agents.PPO.load``),
+   OUT_DIR`` open it; a later stage starts from it), ``ppo_resume.pt`` (the resume state),
+   ``ppo_sb3.zip`` (an export for SB3's ``PPO.load``, which unpickles it: share it only with people who
+   trust you, and open only ones you trust),
    ``eval.csv`` (every gold evaluation), ``ppo_config.json`` and ``ppo_report.json`` (gold figures before
    and after, timesteps, wall time). While a run writes ``out_dir`` it holds a lock on ``.ppo.lock`` there, so
    a second run on the same directory stops with an error instead of mixing its saves in.
@@ -50,20 +52,24 @@ from rlfl.agents.callbacks import (
     GoldEval,
     ProgressLine,
     SampleLogger,
+    save_sb3_zip,
 )
 from rlfl.agents.kl import KL_HORIZON
+from rlfl.agents.ppo import PPO, RESUME_FILE
 from rlfl.agents.schedules import SCHEDULES, LRSchedule
 
 from rlfl.config import to_dict
 from rlfl.stage_cache import atomic_write_bytes
-from rlfl.trainer import join_process_group, pick_device
+from rlfl.device import pick_device
+from rlfl.files import read_json
+from rlfl.trainer import join_process_group
 
 log = logging.getLogger(__name__)
 
-STATE_ZIP = "ppo_state.zip"
+EXPORT_ZIP = "ppo_sb3.zip"
 LOG_FORMATS = ("stdout", "csv", "tensorboard", "json", "log")
-# settings a resumed run takes from ppo_state.zip, whatever the command line says now
-_FROM_ZIP = ("init_from", "reference", "n_steps", "batch_size", "n_epochs", "learning_rate", "lr_schedule", "kl_coef",
+# settings a resumed run takes from its resume state, whatever the command line says now
+_FROM_STATE = ("init_from", "reference", "n_steps", "batch_size", "n_epochs", "learning_rate", "lr_schedule", "kl_coef",
              "adaptive_kl", "kl_target", "kl_horizon", "kl_estimator", "target_kl", "gamma", "gae_lambda", "clip_range",
              "clip_range_vf", "ent_coef", "vf_coef", "value_lr_scale", "max_grad_norm", "no_stop_penalty",
              "short_penalty", "short_tokens", "reward_clip", "normalize_reward", "logsigmoid_reward", "precision")
@@ -141,7 +147,8 @@ class PPOConfig:
         "help": "float32 | bfloat16 | auto (bfloat16 where the hardware has it natively: recent CPUs and GPUs)"})
     # ---- output, evaluation, logging
     out_dir: str = field(default="runs/ppo", metadata={
-        "help": "output directory: final checkpoint, ppo_state.zip (resume), eval.csv, logs/, ppo_report.json"})
+        "help": "output directory: final checkpoint, ppo_resume.pt (resume), ppo_sb3.zip (SB3 export), eval.csv, logs/, "
+                "ppo_report.json"})
     checkpoint_every: int = field(default=8192, metadata={"help": "save every N timesteps (and at the end; 0 = end only)"})
     eval_every: int = field(default=8192, metadata={"help": "gold evaluation every N timesteps (and at start and end; 0 = those only)"})
     eval_prompts: int = field(default=64, metadata={"help": "prompts held out of training for gold evaluation (0 = no evaluation)"})
@@ -300,8 +307,9 @@ def _warn_changed_settings(out: Path, cfg: PPOConfig) -> None:
     path = out / "ppo_config.json"
     if not path.is_file():
         return
-    before, now = json.loads(path.read_text(encoding="utf-8")), to_dict(cfg)
-    changed = [k for k in _FROM_ZIP if k in before and before[k] != now.get(k)]
+    before = read_json(path, fix="it records the run's settings: restore it, or pass a new --out-dir")
+    now = to_dict(cfg)
+    changed = [k for k in _FROM_STATE if k in before and before[k] != now.get(k)]
     if changed:
         log.warning("resuming %s: %s changed since the run started; the saved run's values are used (start a new "
                     "--out-dir to train with the new ones)", out, ", ".join(changed))
@@ -311,7 +319,7 @@ def _warn_changed_settings(out: Path, cfg: PPOConfig) -> None:
 def train_ppo(cfg: PPOConfig) -> Path:
     """Run (or resume) PPO as ``cfg`` says; returns ``cfg.out_dir``, which holds the final checkpoint."""
     out = Path(cfg.out_dir)
-    _check_inputs(cfg, (out / STATE_ZIP).is_file())
+    _check_inputs(cfg, (out / RESUME_FILE).is_file())
     device = str(pick_device(cfg.device))
     with _process_group(device) as (rank, size), contextlib.ExitStack() as stack:
         if rank == 0:  # rank 0 writes out_dir (torchrun stops the other ranks if it fails here)
@@ -324,13 +332,15 @@ def train_ppo(cfg: PPOConfig) -> Path:
 
 
 def _run(cfg: PPOConfig, out: Path, device: str, rank: int, size: int) -> None:
-    from rlfl.agents.ppo import PPO
     from rlfl.agents.vec_env import make_text_vec_env
     from rlfl.envs.rewards import as_reward_source
     from stable_baselines3.common.callbacks import CallbackList
 
-    state = out / STATE_ZIP
+    state = out / RESUME_FILE
     resuming = state.is_file()
+    if not resuming and (out / "ppo_state.zip").is_file():
+        raise ValueError(f"{out / 'ppo_state.zip'}: runs no longer resume from SB3 zips (loading one runs pickled "
+                         "code from the file); pass a new --out-dir, or delete the zip to start this one over")
     if cfg.num_threads or size > 1:
         torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // size))
     main = rank == 0
@@ -353,14 +363,14 @@ def _run(cfg: PPOConfig, out: Path, device: str, rank: int, size: int) -> None:
     if resuming:
         if main:
             _warn_changed_settings(out, cfg)
-        model = PPO.load(state, env=env, device=device)
+        model = PPO.from_resume_state(state, env, device=device)
         resumed_at = model.num_timesteps
         model.set_random_seed(cfg.seed + resumed_at + rank)  # don't replay the first run's prompts and samples
         if main:
             log.info("resumed PPO from %s at timestep %d of %d", state, resumed_at, cfg.total_timesteps)
     else:
         # every setting a resume takes from the zip is a PPO argument of the same name, except these four
-        same = {k: getattr(cfg, k) for k in _FROM_ZIP if k not in ("init_from", "reference", "learning_rate",
+        same = {k: getattr(cfg, k) for k in _FROM_STATE if k not in ("init_from", "reference", "learning_rate",
                                                                     "lr_schedule")}
         # each rank its own prompts and samples (rank 0's are a single process's)
         model = PPO(cfg.init_from, env, learning_rate=LRSchedule(cfg.lr_schedule, cfg.learning_rate),
@@ -399,7 +409,7 @@ def _run(cfg: PPOConfig, out: Path, device: str, rank: int, size: int) -> None:
         callbacks.append(gold_eval)
     # evaluate before saving at the same step: a kill in between leaves an eval row newer than the zip,
     # which GoldEval drops on resume (and redoes), never a zip whose evaluation is missing from eval.csv
-    callbacks.append(CheckpointEvery(out, cfg.checkpoint_every, zip_name=STATE_ZIP,
+    callbacks.append(CheckpointEvery(out, cfg.checkpoint_every, resume_name=RESUME_FILE,
                                      extra={"ppo": {"env_id": cfg.env_id, "reward": cfg.reward, "config": to_dict(cfg)}}))
     callbacks.append(ProgressLine(progress=cfg.progress))
     start = model.num_timesteps
@@ -414,6 +424,8 @@ def _run(cfg: PPOConfig, out: Path, device: str, rank: int, size: int) -> None:
                  model.num_timesteps, cfg.total_timesteps)
     wall = time.perf_counter() - t0
     model.logger.close()
+    if remaining > 0 or not (out / EXPORT_ZIP).is_file():
+        save_sb3_zip(model, out / EXPORT_ZIP)  # for SB3's PPO.load; never read back by rlfl
 
     history = gold_eval.history if gold_eval is not None else []
     report = {

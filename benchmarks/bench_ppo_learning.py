@@ -187,7 +187,7 @@ def main() -> None:
         if rank:
             task = prepare_synthetic_task(args.task_dir, task_cfg)  # reuses rank 0's
     out = Path(args.out)
-    if (out / "ppo_state.zip").exists():
+    if (out / "ppo_resume.pt").exists():
         raise SystemExit(f"{out}: holds an earlier run; pass a new --out (this benchmark times a fresh run)")
     cfg = PPOConfig(init_from=str(task.sft), reward=str(task.reward_model), chat_template=True, out_dir=str(out),
                     total_timesteps=args.timesteps, n_envs=args.n_envs // ranks, n_steps=args.n_steps,

@@ -64,6 +64,7 @@ import numpy as np
 import torch
 from rlfl.agents import PPO, make_text_vec_env
 from rlfl.agents.callbacks import evaluate_policy
+from rlfl.agents.ppo import RESUME_FILE
 from rlfl.agents.train import PPOConfig, split_prompts, train_ppo
 from rlfl.envs import imdb_prompts
 from rlfl.envs.registry import IMDB_POSITIVE
@@ -242,7 +243,7 @@ def evaluate(s: Settings, seed: int, data_dir: Path, base: Path, rm: Path, gold:
     env = make_text_vec_env(IMDB_POSITIVE, 1, tokenizer=str(base), data_path=str(data_dir), reward=str(rm),
                             max_prompt_tokens=s.max_prompt_tokens, max_new_tokens=s.max_new_tokens, stop_tokens=[])
     before = evaluate_policy(PPO(str(base), env, seed=seed), held, judge, seed=seed)
-    after = evaluate_policy(PPO.load(ppo_dir / "ppo_state.zip", env=env), held, judge, seed=seed)
+    after = evaluate_policy(PPO.from_resume_state(ppo_dir / RESUME_FILE, env), held, judge, seed=seed)
     return before, after
 
 

@@ -93,8 +93,10 @@ def main() -> None:
 
     show("before", before)
     show("after", after)
-    # CheckpointEvery wrote the final policy; by hand: model.save_checkpoint(directory) and model.save(zip_path)
-    print(f"saved: {out / 'ppo'} (rlfl sample {out / 'ppo'}; PPO.load('{out / 'ppo' / 'ppo_state.zip'}'))")
+    # CheckpointEvery wrote the final policy and its resume state; by hand: model.save_checkpoint(directory)
+    # and model.save_resume_state(path)
+    print(f"saved: {out / 'ppo'} (rlfl sample {out / 'ppo'}; "
+          f"PPO.from_resume_state('{out / 'ppo' / 'ppo_resume.pt'}', env=...))")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from rlfl.device import pick_device
+from rlfl.files import read_json
 from rlfl.model import GPT, GPTConfig
 from rlfl.tokenizer import Tokenizer
 
@@ -183,6 +185,12 @@ def save_checkpoint(
     log.info("saved %s checkpoint at step %d to %s", stage, step, directory)
 
 
+def _reason(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type), short enough for a one-line error."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:160]
+
+
 def is_checkpoint(directory: str | Path) -> bool:
     """True when ``directory`` holds an rlfl checkpoint (possibly one mid-save)."""
     d = Path(directory)
@@ -198,10 +206,7 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     path = d / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path}: missing; {d} is not an rlfl checkpoint (expected config.json, model.safetensors)")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); the checkpoint is corrupt") from exc
+    return read_json(path, fix="the checkpoint is corrupt: rerun the stage that wrote it, or restore it from a copy")
 
 
 def load_checkpoint(
@@ -215,21 +220,40 @@ def load_checkpoint(
     tokenizer = _Tok.load(d)
     if tokenizer.fingerprint != config["tokenizer"]["fingerprint"]:
         raise ValueError(f"{d}: tokenizer files do not match config.json's fingerprint; the checkpoint is corrupt")
-    model = GPT(GPTConfig.from_dict(config["model"]))
+    try:
+        model = GPT(GPTConfig.from_dict(config["model"]))
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{d / CONFIG_FILE}: its 'model' field does not describe a model ({type(exc).__name__}: "
+                         f"{exc}); the checkpoint is corrupt") from None
     weights_path = d / WEIGHTS_FILE
     if not weights_path.is_file():
         raise FileNotFoundError(f"{weights_path}: missing; the checkpoint is incomplete")
-    state = load_file(str(weights_path))
+    try:
+        state = load_file(str(weights_path))
+    except Exception as exc:  # safetensors' own error types: a truncated or foreign file
+        raise ValueError(f"{weights_path}: not a readable safetensors file ({_reason(exc)}); the checkpoint is "
+                         "corrupt: rerun the stage that wrote it, or restore it from a copy") from None
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:
+        raise ValueError(f"{weights_path}: tensor {bad!r} holds NaN or inf values; the run that wrote it diverged: "
+                         "use an earlier checkpoint, or rerun with a lower --lr")
     heads = {k[len("heads."):]: state.pop(k) for k in list(state) if k.startswith("heads.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:
         raise ValueError(f"{weights_path}: weights do not fit the model config (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]}); the checkpoint is corrupt")
-    model.to(device).eval()
+    model.to(pick_device(device)).eval()
     trainer_state = None
     if with_state and (d / STATE_FILE).is_file():
-        trainer_state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)
+        try:  # weights_only: tensors and plain values, never code from the file
+            trainer_state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)
+        except Exception as exc:  # a pickle payload, a truncated or a foreign file
+            raise ValueError(f"{d / STATE_FILE}: not a readable trainer state ({_reason(exc)}); delete it to "
+                             "continue from the weights with a fresh optimizer, or restore it from a copy") from None
+        if not isinstance(trainer_state, dict):
+            raise ValueError(f"{d / STATE_FILE}: not a trainer state (a {type(trainer_state).__name__}); delete it "
+                             "to continue from the weights with a fresh optimizer")
         if int(trainer_state.get("step", -1)) != int(config.get("step", 0)):
             raise ValueError(f"{d / STATE_FILE}: step {trainer_state.get('step')} differs from config.json's "
                              f"step {config.get('step')}; delete trainer_state.pt to start fresh from the weights")

@@ -13,8 +13,11 @@ Example:
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -319,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rlfl`` console script."""
     parser = build_parser()
     ns = vars(parser.parse_args(argv))
-    _setup_logging(ns.pop("verbose"))
+    verbose = ns.pop("verbose")
+    _setup_logging(verbose)
     cls, fn, config_path = ns.pop("__cls__"), ns.pop("__fn__"), ns.pop("__config__")
     positional = ns.pop("config_file", None)
     if positional and config_path and positional != config_path:
@@ -331,11 +335,35 @@ def main(argv: list[str] | None = None) -> int:
         file_values = cfglib.load_config_file(config_path) if config_path else {}
         args = cfglib.build(cls, file_values, ns)
         fn(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
-        parser.exit(2, f"rlfl: error: {exc}\n")
+    except (ValueError, OSError, FloatingPointError) as exc:  # what a user's files, flags or machine cause
+        if verbose:  # -v: the traceback too, for telling a real bug from a bad input
+            traceback.print_exc()
+        parser.exit(2, f"rlfl: error: {_one_line(exc)}\n")
     except KeyboardInterrupt:
         parser.exit(130, "rlfl: interrupted\n")
     return 0
+
+
+# what to do about an operating-system error, by errno (the message names the file already)
+_OS_FIXES = {
+    errno.EEXIST: "a file is in the way where a folder is needed; pass another path or move the file",
+    errno.ENOTDIR: "a file is in the way where a folder is needed; pass another path or move the file",
+    errno.EISDIR: "a folder is where a file is needed; pass the file's path",
+    errno.EACCES: "no permission; pass a path you can write, or fix its permissions",
+    errno.EPERM: "no permission; pass a path you can write, or fix its permissions",
+    errno.ENOSPC: "the disk is full; free some space and rerun (finished steps are kept)",
+    errno.EROFS: "the file system is read-only; pass a path on a writable one",
+}
+
+
+def _one_line(exc: BaseException) -> str:
+    """A user-caused error as one line: its message, or for an OS error the file, the reason and the fix."""
+    if isinstance(exc, OSError) and exc.errno is not None and (exc.filename or exc.errno in _OS_FIXES):
+        where = f"{exc.filename}: " if exc.filename else ""
+        fix = _OS_FIXES.get(exc.errno)
+        return f"{where}{exc.strerror or os.strerror(exc.errno)}" + (f"; {fix}" if fix else "")
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -64,6 +64,7 @@ from rlfl.compare_eval import (
 )
 from rlfl.agents.schedules import SCHEDULES
 from rlfl.config import to_dict
+from rlfl.device import pick_device
 from rlfl.stage_cache import (
     atomic_write_text,
     check_settings,
@@ -210,16 +211,6 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in fh if line.strip()]
 
 
-def _device(want: str) -> str:
-    import torch
-
-    if want == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if want.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("CompareConfig.device=cuda but no CUDA GPU is visible; pass --device cpu")
-    return want
-
-
 class StageClock:
     """Times pipeline stages and skips finished ones: ``with clock.stage(name, what, done) as todo: ...``."""
 
@@ -257,7 +248,7 @@ class CompareRun(StageClock):
         super().__init__(progress=cfg.progress)
         self.cfg = cfg
         self.out = Path(cfg.out_dir)
-        self.device = _device(cfg.device)
+        self.device = str(pick_device(cfg.device))
         self.judges: dict[str, Any] = {}
         self.train_prompts: list[str] = []
         self.eval_prompts: list[str] = []

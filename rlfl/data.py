@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from rlfl.files import read_json
+
 if TYPE_CHECKING:
     from rlfl.tokenizer import Tokenizer
 
@@ -550,10 +552,7 @@ def load_shards(directory: str | os.PathLike) -> TokenShards:
     meta_path = directory / "meta.json"
     if not meta_path.exists():
         raise FileNotFoundError(f"{meta_path}: not found; run `rlfl data prepare --out {directory}` first")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{meta_path}: not valid JSON ({e.msg}); re-run `rlfl data prepare`") from None
+    meta = read_json(meta_path, fix="re-run `rlfl data prepare`")
     if meta.get("format") != SHARDS_FORMAT or meta.get("version") != SHARDS_VERSION:
         raise ValueError(f"{meta_path}: format {meta.get('format')!r} version {meta.get('version')!r}, "
                          f"expected {SHARDS_FORMAT!r} version {SHARDS_VERSION}; re-run `rlfl data prepare`")

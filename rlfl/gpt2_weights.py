@@ -16,7 +16,6 @@ Example (with a real download placed in ./gpt2):
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from rlfl.files import read_json
 from rlfl.model import GPT, GPTConfig
 
 log = logging.getLogger(__name__)
@@ -41,12 +41,7 @@ def gpt2_config(path: str | Path, *, dropout: float = 0.0) -> GPTConfig:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file; a GPT-2 directory needs config.json and model.safetensors")
-    try:
-        hf = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}); fix or re-download it") from None
-    if not isinstance(hf, dict):
-        raise ValueError(f"{path}: expected a JSON object of GPT-2 config fields")
+    hf = read_json(path, fix="fix or re-download it")
 
     model_type = hf.get("model_type", "gpt2")
     if model_type != "gpt2":

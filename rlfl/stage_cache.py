@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from rlfl import checkpoint as ckpt
+from rlfl.files import read_json
 
 
 def _umask() -> int:
@@ -69,7 +70,7 @@ def check_settings(path: str | os.PathLike, settings: dict[str, Any]) -> None:
     """Record ``settings`` in ``path`` (JSON), or raise if the folder was built with different ones."""
     path = Path(path)
     if path.is_file():
-        recorded = json.loads(path.read_text(encoding="utf-8"))
+        recorded = read_json(path, fix=f"delete {path.parent} (or pass a new output folder) to build it again")
         for key in sorted(set(settings) | set(recorded)):
             if settings.get(key) != recorded.get(key):
                 raise ValueError(f"{path}: {path.parent} was built with {key}={recorded.get(key)!r}, not "

@@ -48,6 +48,7 @@ from torch import nn
 
 from rlfl import checkpoint as ckpt
 from rlfl.config import to_dict
+from rlfl.device import pick_device
 from rlfl.stage_cache import atomic_write_text
 from rlfl.tokenizer import Tokenizer
 
@@ -126,17 +127,6 @@ class Runtime:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
-
-def pick_device(want: str) -> torch.device:
-    """``auto`` is a visible CUDA GPU, else the CPU; under torchrun ``cuda`` is this process's GPU (LOCAL_RANK)."""
-    if want == "auto":
-        want = "cuda" if torch.cuda.is_available() else "cpu"
-    if want.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device=cuda but no CUDA GPU is visible; pass --device cpu")
-    if want == "cuda" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        want = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
-    return torch.device(want)
 
 
 def join_process_group(device: torch.device) -> None:

@@ -43,7 +43,7 @@ def test_train_ppo_from_script(tmp_path):
     figures = {line.split(":")[0]: float(line.split("gold ")[1].split(" ")[0]) for line in r.stdout.splitlines()
                if line.startswith(("before:", "after:"))}
     assert figures["after"] > figures["before"]  # the lowercase-letter reward rises (seeded)
-    assert "sample @ " in r.stderr and (tmp_path / "ppo" / "ppo_state.zip").is_file()
+    assert "sample @ " in r.stderr and (tmp_path / "ppo" / "ppo_resume.pt").is_file()
     assert json.loads((tmp_path / "ppo" / "config.json").read_text())["stage"] == "ppo"
 
 

@@ -149,8 +149,8 @@ def test_rlfl_ppo_end_to_end_then_sample_the_output(policy_dir, tmp_path, capsys
     assert rows[0].startswith("timesteps,gold_mean,gold_positive_rate,kl,perplexity") and len(rows) == 4
     header = (out / "logs" / "progress.csv").read_text().splitlines()[0].split(",")
     assert {"rollout/kl", "rollout/score_mean", "train/value_loss", "eval/gold_mean"} <= set(header)
-    again = PPO.load(out / "ppo_state.zip")
-    assert again.num_timesteps == 256
+    again = PPO.from_resume_state(out / "ppo_resume.pt", None)
+    assert again.num_timesteps == 256 and (out / "ppo_sb3.zip").is_file()  # and SB3's zip as an export
     torch.testing.assert_close(again.policy.gpt.wte.weight, saved.model.wte.weight)
 
     assert main(["sample", str(out), "--prompt", "The food was", "--max-new-tokens", "5"]) == 0
@@ -260,14 +260,14 @@ def test_sigkill_then_the_same_command_resumes_and_finishes(policy_dir, tmp_path
     with open(tmp_path / "first.log", "w") as log:
         first = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 120
-        while not (out / "ppo_state.zip").exists() and first.poll() is None and time.monotonic() < deadline:
+        while not (out / "ppo_resume.pt").exists() and first.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         still_running = first.poll() is None
         first.send_signal(signal.SIGKILL)
         first.wait()
     assert still_running, (tmp_path / "first.log").read_text()[-2000:]
-    # what the kill left loads: the rlfl checkpoint and the zip (never newer than the checkpoint)
-    killed_at = PPO.load(out / "ppo_state.zip").num_timesteps
+    # what the kill left loads: the rlfl checkpoint and the resume state (never newer than the checkpoint)
+    killed_at = PPO.from_resume_state(out / "ppo_resume.pt", None).num_timesteps
     assert 0 < killed_at < 1024 and load_checkpoint(out).step >= killed_at
 
     second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
@@ -277,7 +277,7 @@ def test_sigkill_then_the_same_command_resumes_and_finishes(policy_dir, tmp_path
     report = json.loads((out / "ppo_report.json").read_text())
     assert report["resumed_from"] == killed_at and report["timesteps"] == 1024
     assert report["start"]["timesteps"] == 0 and report["end"]["timesteps"] == 1024  # history survived the kill
-    assert load_checkpoint(out).step == 1024 and PPO.load(out / "ppo_state.zip").num_timesteps == 1024
+    assert load_checkpoint(out).step == 1024 and PPO.from_resume_state(out / "ppo_resume.pt", None).num_timesteps == 1024
     assert (out / "logs" / f"progress-from-{killed_at}.csv").is_file()  # the first run's log is kept
     # the linear schedule runs over the whole 1,024 timesteps, across the kill: the n-th update (one per
     # 64-token rollout here: one epoch of one minibatch) trains at 1e-3 * (1 - 64 n / 1024), in the first

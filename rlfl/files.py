@@ -1,0 +1,41 @@
+"""Reading the JSON files rlfl writes, with one-line errors that name the file and say what to do.
+
+Example:
+    >>> import tempfile; from pathlib import Path
+    >>> p = Path(tempfile.mkdtemp()) / "meta.json"
+    >>> _ = p.write_bytes(b"\\x80\\x03garbage")
+    >>> read_json(p, fix="rerun rlfl data prepare")
+    Traceback (most recent call last):
+    ...
+    ValueError: .../meta.json: not a JSON file (invalid UTF-8 at byte 0); rerun rlfl data prepare
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def read_json(path: str | os.PathLike, *, fix: str, expect: type = dict) -> Any:
+    """The JSON value in ``path``, which must be an ``expect`` (a dict by default).
+
+    A missing file raises `FileNotFoundError`; a file that is not UTF-8 JSON of that type raises `ValueError`
+    naming the file, where it breaks (byte offset or line and column) and ``fix``, what the user should do.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found; {fix}") from None
+    try:
+        value = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a JSON file (invalid UTF-8 at byte {exc.start}); {fix}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); {fix}") from None
+    if not isinstance(value, expect):
+        raise ValueError(f"{path}: expected a JSON {'object' if expect is dict else expect.__name__}, got "
+                         f"{type(value).__name__}; {fix}")
+    return value
