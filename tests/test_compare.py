@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -178,6 +179,57 @@ def test_dataset_labels_are_shown_in_random_order_and_agree_with_the_judges(tmp_
     assert agree > 0.9
     prefs = [json.loads(line) for line in (tmp_path / "out" / "human_prefs.jsonl").read_text().splitlines()]
     assert all(lexicon_sentiment("", p["chosen"]) > lexicon_sentiment("", p["rejected"]) for p in prefs[:5])
+
+
+@pytest.mark.parametrize("human", ["simulated", "pairs"])
+def test_the_items_compare_writes_are_accepted_by_every_label_command(tmp_path, policy, human, monkeypatch):
+    """items.jsonl (with its item, store_id and source fields) imports into label serve, cli and simulate."""
+    from rlfl.cli import main
+    from rlfl.feedback.web import LabelServeConfig, start_label_server
+
+    spec = "simulated" if human == "simulated" else f"pairs:{_pairs_file(tmp_path / 'pairs.jsonl')}"
+    run = CompareRun(tiny(tmp_path / "out", policy, human=spec, n_pairs=12))
+    preflight(run)
+    stage_prompts(run)
+    stage_items_and_human(run)
+    items_path = tmp_path / "out" / "items.jsonl"
+    items = [json.loads(line) for line in items_path.read_text().splitlines()]
+    assert {"item", "store_id" if human == "simulated" else "source"} <= set(items[0])
+    assert main(["label", "simulate", "--store", str(tmp_path / "sim.db"), "--import-jsonl", str(items_path)]) == 0
+    with start_label_server(LabelServeConfig(store=str(tmp_path / "web.db"), import_jsonl=str(items_path), port=0)):
+        pass
+    monkeypatch.setattr("sys.stdin", io.StringIO("q\n"))  # the annotator quits at once
+    assert main(["label", "cli", "--store", str(tmp_path / "cli.db"), "--import-jsonl", str(items_path),
+                 "--annotator", "ann", "--limit", "0"]) == 0
+    for name in ("sim.db", "web.db", "cli.db"):
+        with LabelStore(tmp_path / name, create=False) as store:
+            got = store.items()
+            assert len(got) == len(items) and [it.response_a for it in got] == [it["response_a"] for it in items]
+            assert [it.meta["item"] for it in got] == [it["item"] for it in items]  # provenance kept in meta
+
+
+def test_a_failed_import_leaves_no_store_behind(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    from rlfl.cli import main
+
+    bad = tmp_path / "items.jsonl"
+    bad.write_text('{"prompt": "p", "response_a": "x", "response_b": "y"}\n{"prompt": "p", "respons_a": "x"}\n')
+    for argv in (["label", "simulate"], ["label", "cli", "--annotator", "ann", "--limit", "0"]):
+        with pytest.raises(SystemExit) as exc:
+            main([*argv, "--store", str(tmp_path / "new.db"), "--import-jsonl", str(bad)])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert exc.value.code == 2 and f"{bad} line 2" in err and "--on-bad-line skip" in err
+        assert not list(tmp_path.glob("new.db*"))  # no empty store (nor its -wal/-shm) left behind
+    from rlfl.feedback.web import LabelServeConfig, start_label_server
+
+    with pytest.raises(ValueError, match="line 2"):
+        start_label_server(LabelServeConfig(store=str(tmp_path / "new.db"), import_jsonl=str(bad), port=0))
+    assert not list(tmp_path.glob("new.db*"))
+    # the flag the message names exists on every command that imports
+    assert main(["label", "simulate", "--store", str(tmp_path / "new.db"), "--import-jsonl", str(bad),
+                 "--on-bad-line", "skip"]) == 0
+    with LabelStore(tmp_path / "new.db", create=False) as store:
+        assert len(store.items()) == 1
 
 
 # ------------------------------------------------------------------------------------------ end to end

@@ -40,7 +40,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from rlfl.envs.rewards import GoldSentiment, as_reward_source, check_scores, source_name
-from rlfl.feedback.store import ORDERS, LabelStore, check_annotator
+from rlfl.feedback.store import ORDERS, LabelStore, check_annotator, open_label_store
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +217,8 @@ class LabelSimulateConfig:
     store: str = field(default="runs/labels.db", metadata={"help": "the SQLite label store (created by --import-jsonl)"})
     import_jsonl: str | None = field(default=None, metadata={
         "help": "JSONL of items {prompt, response_a, response_b, ...} or pairs {prompt, chosen, rejected} to add first"})
+    on_bad_line: str = field(default="error", metadata={
+        "help": "a bad line of --import-jsonl: error (import nothing, name the line) or skip (log it, import the rest)"})
     gold: str = field(default="gold-sentiment", metadata={
         "help": "the gold scorer: gold-sentiment (the synthetic corpus's judge on prompt + response) or a "
                 "reward-model checkpoint directory"})
@@ -233,6 +235,8 @@ class LabelSimulateConfig:
     def __post_init__(self) -> None:
         if self.annotators < 1:
             raise ValueError(f"annotators={self.annotators} must be >= 1; fix --annotators")
+        if self.on_bad_line not in ("error", "skip"):
+            raise ValueError(f"on_bad_line={self.on_bad_line!r}; pass --on-bad-line error or skip")
         if not 1 <= self.per_item <= self.annotators:
             raise ValueError(f"per_item={self.per_item} must be between 1 and --annotators ({self.annotators})")
         check_annotator(f"{self.name_prefix}-0")
@@ -255,15 +259,14 @@ def _gold_source(spec: str) -> Any:
 def label_simulate(config: LabelSimulateConfig, *, stdout: TextIO | None = None) -> dict[str, int]:
     """Run `label_store` with a pool built from ``config``; returns the new labels per annotator."""
     stdout = sys.stdout if stdout is None else stdout
-    if config.import_jsonl is None and not Path(config.store).exists():
-        raise FileNotFoundError(f"{config.store}: no such label store; pass --import-jsonl ITEMS.jsonl to create it")
     gold = _gold_source(config.gold)
     pool = [SimulatedAnnotator(gold, name=f"{config.name_prefix}-{i}", noise=config.noise,
                                position_bias=config.position_bias, length_bias=config.length_bias,
                                tie_margin=config.tie_margin, seed=[config.seed, i]) for i in range(config.annotators)]
-    with LabelStore(config.store) as store:
+    store, new = open_label_store(config.store, import_jsonl=config.import_jsonl, on_bad_line=config.on_bad_line)
+    with store:
         if config.import_jsonl is not None:
-            stdout.write(f"imported {store.import_jsonl(config.import_jsonl)} new items from {config.import_jsonl}\n")
+            stdout.write(f"imported {new} new items from {config.import_jsonl}\n")
         added = label_store(store, pool, per_item=config.per_item, seed=config.seed)
         stdout.write(f"SIMULATED labels added: {sum(added.values())} ("
                      + ", ".join(f"{name}: {n}" for name, n in added.items()) + f") in {config.store}\n")

@@ -71,6 +71,8 @@ ORDERS = ("ab", "ba")  # shown order: "ab" = response_a on the left/first, "ba" 
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_S = 30.0  # how long a writer waits for another process's write lock before giving up
 ITEM_FIELDS = ("prompt", "response_a", "response_b", "source_a", "source_b", "meta")
+# fields of the items `rlfl compare` writes (items.jsonl): accepted on import and kept in the item's meta
+CARRIED_FIELDS = ("item", "store_id", "source")
 ITEM_SHAPE = '{"prompt", "response_a", "response_b", "source_a"?, "source_b"?, "meta"?} or {"prompt", "chosen", "rejected"}'
 
 _SCHEMA = """
@@ -179,14 +181,18 @@ def parse_item(value: Any) -> tuple[str, str, str, str, str, str]:
         extra = {k: v for k, v in value.items() if k not in ("prompt", "chosen", "rejected")}
         source_a, source_b, meta = "chosen", "rejected", _meta_json(extra, "the pair's other fields")
     else:
-        unknown = sorted(set(value) - set(ITEM_FIELDS))
+        unknown = sorted(set(value) - set(ITEM_FIELDS) - set(CARRIED_FIELDS))
         if unknown:
             raise _BadRecord(f"unknown field(s) {', '.join(map(repr, unknown))}; put extra fields under \"meta\"")
         prompt = _text(value, "prompt", nonempty=False)
         a, b = _text(value, "response_a"), _text(value, "response_b")
         source_a = _text(value, "source_a", required=False, nonempty=False)
         source_b = _text(value, "source_b", required=False, nonempty=False)
-        meta = _meta_json(value.get("meta", {}), "'meta'")
+        meta_value = value.get("meta", {})
+        carried = {k: value[k] for k in CARRIED_FIELDS if k in value}
+        if carried and isinstance(meta_value, dict):
+            meta_value = {**carried, **meta_value}
+        meta = _meta_json(meta_value, "'meta'")
     if a == b:
         raise _BadRecord("the two responses are the same text (a comparison needs two different ones)")
     return prompt, a, b, source_a, source_b, meta
@@ -228,6 +234,47 @@ def cohen_kappa(pairs: dict[tuple[str, str], int]) -> float | None:
 
 
 # ------------------------------------------------------------------------------------ the store
+def read_items(path: str | os.PathLike, *, on_bad_line: str = "error") -> list[tuple[str, str, str, str, str, str]]:
+    """The items of a JSONL(.gz) file as `parse_item` rows (see `LabelStore.import_jsonl`), read before any
+    store is touched: a bad file changes nothing."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: no such file; pass a JSONL file of items {ITEM_SHAPE}")
+    if on_bad_line not in ("error", "skip"):
+        raise ValueError(f"on_bad_line={on_bad_line!r} must be 'error' or 'skip'; pass --on-bad-line error|skip")
+    rows, skipped = collect_records(p, _iter_jsonl(p), parse_item, on_bad_line=on_bad_line, limit=None)
+    if not rows:
+        raise ValueError(f"{p}: no usable items ({skipped} bad lines); pass a JSONL file of {ITEM_SHAPE}")
+    return rows
+
+
+def open_label_store(path: str | os.PathLike, *, import_jsonl: str | os.PathLike | None = None,
+                     on_bad_line: str = "error") -> tuple[LabelStore, int]:
+    """Open the store at ``path`` for a command, first adding the items of ``import_jsonl`` if given.
+
+    Without ``import_jsonl`` the store must exist. With it, the file is read and checked before the store is
+    opened, and a store this call created is removed again if the import fails, so a bad items file leaves
+    no empty store behind. Returns the open store and the number of new items.
+    """
+    path = Path(path).expanduser()
+    if import_jsonl is None:
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such label store; pass --import-jsonl ITEMS.jsonl to create it, or "
+                                    "fix --store")
+        return LabelStore(path, create=False), 0
+    rows = read_items(import_jsonl, on_bad_line=on_bad_line)
+    existed = path.exists()
+    store = LabelStore(path)
+    try:
+        return store, store._import_rows(Path(import_jsonl), rows)
+    except BaseException:
+        store.close()
+        if not existed:
+            for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                leftover.unlink(missing_ok=True)
+        raise
+
+
 class LabelStore:
     """Comparison items and preference labels in one SQLite file (WAL, one transaction a write, thread-safe).
 
@@ -353,23 +400,18 @@ class LabelStore:
     def import_jsonl(self, path: str | os.PathLike, *, on_bad_line: str = "error") -> int:
         """Import items from a JSONL(.gz) file, one item a line; returns how many were new.
 
-        Lines are ``{"prompt", "response_a", "response_b", "source_a"?, "source_b"?, "meta"?}`` or preference
-        pairs ``{"prompt", "chosen", "rejected"}``. A bad line raises ValueError naming ``file line N``
+        Lines are ``{"prompt", "response_a", "response_b", "source_a"?, "source_b"?, "meta"?}``, preference
+        pairs ``{"prompt", "chosen", "rejected"}`` or the items ``rlfl compare`` writes (``items.jsonl``,
+        whose ``item`` and ``store_id`` go into meta). A bad line raises ValueError naming ``file line N``
         and nothing is imported (``on_bad_line="skip"`` logs and skips bad lines instead). Importing a
         file twice adds nothing the second time.
         """
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"{p}: no such file; pass a JSONL file of items {ITEM_SHAPE}")
-        if on_bad_line not in ("error", "skip"):
-            raise ValueError(f"on_bad_line={on_bad_line!r} must be 'error' or 'skip'; pass --on-bad-line error|skip")
-        rows, skipped = collect_records(p, _iter_jsonl(p), parse_item, on_bad_line=on_bad_line, limit=None)
-        if not rows:
-            raise ValueError(f"{p}: no usable items ({skipped} bad lines); pass a JSONL file of {ITEM_SHAPE}")
+        return self._import_rows(Path(path), read_items(path, on_bad_line=on_bad_line))
+
+    def _import_rows(self, source: Path, rows: list[tuple[str, str, str, str, str, str]]) -> int:
         with self._write() as cur:
             _, new = self._insert_items(cur, rows)
-        logger.info("%s: imported %d new items from %s (%d already there, %d bad lines skipped)",
-                    self.path, new, p, len(rows) - new, skipped)
+        logger.info("%s: imported %d new items from %s (%d already there)", self.path, new, source, len(rows) - new)
         return new
 
     def item(self, item_id: int) -> Item:

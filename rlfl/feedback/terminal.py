@@ -28,10 +28,9 @@ import re
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TextIO
 
-from rlfl.feedback.store import ORDERS, Item, LabelStore, check_annotator
+from rlfl.feedback.store import ORDERS, Item, LabelStore, check_annotator, open_label_store
 
 logger = logging.getLogger(__name__)
 
@@ -79,13 +78,6 @@ class LabelCliConfig:
             raise ValueError(f"limit={self.limit} must be >= 0; pass --limit N (0 = no limit)")
         if self.on_bad_line not in ("error", "skip"):
             raise ValueError(f"on_bad_line={self.on_bad_line!r}; pass --on-bad-line error or skip")
-
-
-def _open_store(path: str, *, create: bool) -> LabelStore:
-    if not create and not Path(path).exists():
-        raise FileNotFoundError(f"{path}: no such label store; pass --import-jsonl ITEMS.jsonl to create it, or fix "
-                                "--store")
-    return LabelStore(path, create=create)
 
 
 def _side(choice: str, order: str) -> str:
@@ -196,9 +188,9 @@ def label_cli(config: LabelCliConfig, *, stdin: TextIO | None = None, stdout: Te
     """
     stdin = sys.stdin if stdin is None else stdin
     stdout = sys.stdout if stdout is None else stdout
-    with _open_store(config.store, create=config.import_jsonl is not None) as store:
+    store, new = open_label_store(config.store, import_jsonl=config.import_jsonl, on_bad_line=config.on_bad_line)
+    with store:
         if config.import_jsonl is not None:
-            new = store.import_jsonl(config.import_jsonl, on_bad_line=config.on_bad_line)
             stdout.write(f"imported {new} new items from {config.import_jsonl}\n")
         session = _Session(store, config, stdin, stdout)
         session.run()
@@ -228,7 +220,7 @@ class LabelExportConfig:
 def label_export(config: LabelExportConfig, *, stdout: TextIO | None = None) -> int:
     """Export the labels of ``config.store`` to ``config.out``; returns the records written."""
     stdout = sys.stdout if stdout is None else stdout
-    with _open_store(config.store, create=False) as store:
+    with open_label_store(config.store)[0] as store:
         n = store.export_preferences(config.out, annotator=config.annotator, include_ties=config.include_ties)
     stdout.write(f"wrote {n} preference records to {config.out}\n")
     return n
@@ -244,7 +236,7 @@ class LabelStatsConfig:
 def label_stats(config: LabelStatsConfig, *, stdout: TextIO | None = None) -> None:
     """Print the store's counts per annotator (simulated ones marked) and the agreement of overlapping pairs."""
     stdout = sys.stdout if stdout is None else stdout
-    with _open_store(config.store, create=False) as store:
+    with open_label_store(config.store)[0] as store:
         counts, who, agreement, total = store.counts(), store.annotators(), store.agreement(), len(store)
     lines = [f"{config.store}: {total} items, {len(counts)} annotators",
              f"{'annotator':<24} {'kind':<9} {'a':>6} {'b':>6} {'tie':>6} {'skip':>6} {'total':>6}"]

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from rlfl.feedback.page import render_page
-from rlfl.feedback.store import ORDERS, Label, LabelStore, check_annotator
+from rlfl.feedback.store import ORDERS, Label, LabelStore, check_annotator, open_label_store
 
 # The HTTP server classes of `rlfl serve` (threaded, daemon threads, a deep listen backlog, IPv6 aware).
 from rlfl.serve import (
@@ -80,6 +80,8 @@ class LabelServeConfig:
     import_jsonl: str | None = field(default=None, metadata={
         "help": "JSONL of items {prompt, response_a, response_b, source_a?, source_b?, meta?} to add to the "
                 "store before serving (items it already holds are not added twice)"})
+    on_bad_line: str = field(default="error", metadata={
+        "help": "a bad line of --import-jsonl: error (import nothing, name the line) or skip (log it, import the rest)"})
     host: str = field(default="127.0.0.1", metadata={
         "help": "address to bind; anything but a loopback address needs --allow-remote"})
     port: int = field(default=8765, metadata={"help": "TCP port (0 = any free port)"})
@@ -96,6 +98,8 @@ class LabelServeConfig:
             raise ValueError("LabelServeConfig.store is empty; pass --store labels.db")
         if self.import_jsonl is not None and (not isinstance(self.import_jsonl, str) or not self.import_jsonl):
             raise ValueError("LabelServeConfig.import_jsonl is empty; pass --import-jsonl items.jsonl or leave it out")
+        if self.on_bad_line not in ("error", "skip"):
+            raise ValueError(f"on_bad_line={self.on_bad_line!r}; pass --on-bad-line error or skip")
         if not isinstance(self.port, int) or isinstance(self.port, bool) or not 0 <= self.port <= 65535:
             raise ValueError(f"LabelServeConfig.port={self.port!r} must be in [0, 65535]; pass --port 8765 (0 = any free port)")
         if not isinstance(self.read_timeout, (int, float)) or not self.read_timeout > 0:
@@ -361,12 +365,9 @@ class RunningLabelServer(BackgroundServer):
 
 def _open_store(config: LabelServeConfig) -> LabelStore:
     path = Path(config.store).expanduser()
-    if not path.exists() and config.import_jsonl is None:
-        raise FileNotFoundError(f"{path}: label store not found; pass --import-jsonl ITEMS.jsonl to create it")
-    store = LabelStore(path, create=config.import_jsonl is not None)
+    store, n = open_label_store(path, import_jsonl=config.import_jsonl, on_bad_line=config.on_bad_line)
     try:
         if config.import_jsonl is not None:
-            n = store.import_jsonl(config.import_jsonl)
             log.info("added %d items from %s to %s", n, config.import_jsonl, path)
         if len(store) == 0:
             raise ValueError(f"{path}: the label store holds no items; pass --import-jsonl ITEMS.jsonl")
