@@ -147,3 +147,31 @@ def test_label_five_pairs_with_the_keyboard_undo_and_export(driver, tmp_path):
         else:
             assert rec["chosen"] == shown[side] and rec["rejected"] == shown["right" if side == "left" else "left"]
             assert "tie" not in rec
+
+
+def test_a_private_link_opens_the_page_as_its_annotator(driver, tmp_path):
+    """On a remote server the page opens only through a private link, already signed in as its annotator."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def js(expr: str):
+        return driver.execute_script(f"return {expr};")
+
+    store = LabelStore(tmp_path / "labels.db")
+    store.add_items(ITEMS)
+    cfg = LabelServeConfig(store=str(store.path), host="0.0.0.0", allow_remote=True, port=0,
+                           annotators=["alice", "bob"])
+    with store, start_label_server(cfg, store=store) as srv:
+        local = f"127.0.0.1:{srv.port}"
+        driver.get(f"http://{local}/")
+        assert "private link" in driver.find_element(By.TAG_NAME, "body").text  # no page without a key
+        driver.get(srv.links["bob"].replace(f"0.0.0.0:{srv.port}", local))
+        WebDriverWait(driver, 20).until(lambda d: js("document.body.dataset.view") == "item"
+                                        and js("document.body.dataset.busy") == "0")
+        assert driver.find_element(By.ID, "progress").text == "0 / 5"
+        ActionChains(driver).send_keys("1").perform()
+        WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "progress").text == "1 / 5")
+        severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and "403" not in e["message"]]
+        assert severe == [], severe
+        assert [lab.annotator for lab in store.labels()] == ["bob"]

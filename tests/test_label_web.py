@@ -243,7 +243,7 @@ def test_non_loopback_bind_needs_the_flag():
         with pytest.raises(ValueError, match="--allow-remote") as info:
             LabelServeConfig(host=host)
         assert "\n" not in str(info.value)
-        assert LabelServeConfig(host=host, allow_remote=True).allow_remote
+        assert LabelServeConfig(host=host, allow_remote=True, annotators=["alice"]).allow_remote
     for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
         LabelServeConfig(host=host)
 
@@ -436,3 +436,38 @@ def test_stalled_browsers_are_dropped_after_the_read_timeout(store):
         assert status == 200
     with pytest.raises(ValueError, match=r"read_timeout=-1 must be > 0 seconds"):
         LabelServeConfig(read_timeout=-1)
+
+
+# ------------------------------------------------------------------------------------ remote use
+def test_a_remote_server_needs_named_annotators():
+    with pytest.raises(ValueError, match="pass --annotators alice,bob"):
+        LabelServeConfig(host="0.0.0.0", allow_remote=True, port=0)
+
+
+def test_a_remote_server_opens_only_through_private_links(store):
+    cfg = LabelServeConfig(store=str(store.path), host="0.0.0.0", allow_remote=True, port=0,
+                           annotators=["alice", "bob"])
+    with start_label_server(cfg, store=store) as srv:
+        assert set(srv.links) == {"alice", "bob"} and srv.links["alice"] != srv.links["bob"]
+        base = f"http://127.0.0.1:{srv.port}/"
+        keys = {name: link.split("?key=", 1)[1] for name, link in srv.links.items()}
+        # a stranger: no page (so no token), with or without a guessed key
+        for url in (base, base + "?key=guess", base + "?key="):
+            status, text, _, raw = request(url)
+            assert status == 403 and srv.token.encode() not in raw and b"reply" not in raw
+            assert keys["alice"].encode() not in raw
+        # alice's link: her page, locked to her name, whose token is her key
+        status, text, _, _ = request(srv.links["alice"].replace(f"0.0.0.0:{srv.port}", f"127.0.0.1:{srv.port}"))
+        assert status == 200 and f'content="{keys["alice"]}"' in text and '"annotator": "alice"' in text
+        # writes: only with a known key, and only as that key's annotator
+        assert api(srv, "/api/next", {"annotator": "alice"}, token=srv.token)[0] == 403  # the loopback token
+        assert api(srv, "/api/next", {"annotator": "alice"}, token=None)[0] == 403
+        status, body = api(srv, "/api/next", {"annotator": "bob"}, token=keys["alice"])
+        assert status == 403 and "labels as 'alice' only" in body["error"]
+        status, body = api(srv, "/api/next", {"annotator": "alice"}, token=keys["alice"])
+        assert status == 200 and body["state"]["annotator"] == "alice"
+        item = body["state"]["item"]
+        status, body = api(srv, "/api/label", {"annotator": "alice", "item_id": item["id"], "side": "left"},
+                           token=keys["alice"])
+        assert status == 200 and body["label"]["annotator"] == "alice"
+    assert [lab.annotator for lab in store.labels()] == ["alice"]

@@ -283,6 +283,11 @@ input[type=text] { font: inherit; padding: .4rem .6rem; border: 1px solid var(--
     }
   });
   document.title = "rlfl label \\u2014 " + (CONFIG.store || "");
+  if (CONFIG.annotator) {  // a private link: this page labels as its annotator only
+    $("name").value = CONFIG.annotator;
+    $("switch").hidden = true;
+    start(CONFIG.annotator);
+  }
 })();
 </script>
 </body>

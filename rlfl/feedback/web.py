@@ -23,7 +23,11 @@ Security, for a server that anyone's browser can reach on the same machine:
   header, when present, must name this server, and ``Sec-Fetch-Site: cross-site`` is refused;
 - on a loopback address, the ``Host`` header must be a loopback name with our port, which defeats DNS
   rebinding (a hostile site's name re-pointed at 127.0.0.1 would otherwise be "same origin");
-- a non-loopback bind needs ``allow_remote`` (the token still guards writes, but the traffic is plain HTTP);
+- a non-loopback bind needs ``allow_remote`` and named ``annotators``: each annotator gets a private link
+  (``/?key=KEY``, a random key per name and server start, logged at start and in ``links``); without a
+  known key even the page is refused (403), and a key labels only as its own annotator, so a stranger on
+  the network can neither read the items nor write labels, nor one annotator label as another. The
+  traffic is plain HTTP: use it on a network you trust, or behind a TLS proxy;
 - model text reaches the page only as JSON (``<``, ``>``, ``&`` escaped) and is inserted with
   ``textContent``; the page is sent with a Content-Security-Policy whose script and style need this
   response's nonce, plus ``X-Content-Type-Options: nosniff`` and ``frame-ancestors 'none'``.
@@ -48,6 +52,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from rlfl.feedback.page import render_page
 from rlfl.feedback.store import ORDERS, Label, LabelStore, check_annotator, open_label_store
@@ -86,7 +91,8 @@ class LabelServeConfig:
         "help": "address to bind; anything but a loopback address needs --allow-remote"})
     port: int = field(default=8765, metadata={"help": "TCP port (0 = any free port)"})
     allow_remote: bool = field(default=False, metadata={
-        "help": "allow binding a non-loopback address (the page is plain HTTP; the session token guards writes)"})
+        "help": "allow binding a non-loopback address; needs --annotators: each gets a private link, the only way "
+                "to open the page or label (plain HTTP: a network you trust)"})
     annotators: list[str] | None = field(default=None, metadata={
         "help": "names allowed to label (default: any name typed on the page)"})
     read_timeout: float = field(default=READ_TIMEOUT, metadata={
@@ -123,6 +129,10 @@ class LabelServeConfig:
                 raise ValueError("LabelServeConfig.annotators is an empty list; name at least one annotator "
                                  "or leave --annotators out to allow any name")
             self.annotators = list(dict.fromkeys(names))
+        if not is_loopback(self.host) and not self.annotators:
+            raise ValueError(f"LabelServeConfig.host={self.host!r} serves other machines, so the page needs named "
+                             "annotators: pass --annotators alice,bob (each gets a private link; only those links "
+                             "open the page and label)")
 
 
 class HTTPError(Exception):
@@ -145,6 +155,11 @@ class _LabelApp:
     def __init__(self, store: LabelStore, config: LabelServeConfig, token: str) -> None:
         self.store, self.config, self.token = store, config, token
         self.allowed = set(config.annotators) if config.annotators else None
+        # other machines can reach a non-loopback bind: then each annotator has a private key, and a request
+        # needs one (the page: ?key=; a write: the key as its token, labelling only as the key's annotator)
+        self.keys: dict[str, str] | None = None
+        if not is_loopback(config.host):
+            self.keys = {name: secrets.token_urlsafe(24) for name in config.annotators or []}
         self.hosts: set[str] | None = None  # accepted Host headers; set once the port is known
         self._rng = random.Random(secrets.randbits(64))
         # annotator -> (item id, shown order) of the item the page shows; one lock makes "is this the item on
@@ -153,8 +168,18 @@ class _LabelApp:
         self._started: set[str] = set()  # annotators who called /api/next on this server (registered as human)
         self._lock = threading.Lock()
 
-    def page_config(self) -> dict[str, Any]:
+    def page_config(self, owner: str | None = None) -> dict[str, Any]:
+        if owner is not None:  # a private link: the page is this annotator's alone
+            return {"annotators": [owner], "annotator": owner, "store": Path(self.config.store).name}
         return {"annotators": sorted(self.allowed) if self.allowed else [], "store": Path(self.config.store).name}
+
+    def key_owner(self, key: str) -> str | None:
+        """The annotator whose private key ``key`` is (compared in constant time), or None."""
+        owner = None
+        for name, known in (self.keys or {}).items():
+            if hmac.compare_digest(key.encode("utf-8", "replace"), known.encode("ascii")):
+                owner = name
+        return owner
 
     def annotator(self, body: dict[str, Any]) -> str:
         name = body.get("annotator")
@@ -247,6 +272,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "rlfl-label"
     app: _LabelApp  # set on the per-server subclass
+    owner: str | None = None  # on a remote server, the annotator whose key this request carries
 
     def _check_host(self) -> None:
         refusal = browser_refusal(self.headers, self.app.hosts, write=False)
@@ -259,6 +285,11 @@ class _Handler(BaseHTTPRequestHandler):
         if refusal is not None:
             raise HTTPError(*refusal)
         sent = self.headers.get(TOKEN_HEADER, "")
+        if self.app.keys is not None:  # a remote server: the token is an annotator's private key
+            self.owner = self.app.key_owner(sent) if sent else None
+            if self.owner is None:
+                raise HTTPError(403, f"missing or unknown {TOKEN_HEADER} key; open your private link")
+            return
         if not sent or not hmac.compare_digest(sent.encode("utf-8", "replace"), self.app.token.encode("ascii")):
             raise HTTPError(403, f"missing or wrong {TOKEN_HEADER} header; reload the page served by this server")
 
@@ -290,8 +321,16 @@ class _Handler(BaseHTTPRequestHandler):
             if path == "/favicon.ico":
                 self._send(204, b"", "image/x-icon")
             elif path in ("/", "/index.html"):
+                token, owner = self.app.token, None
+                if self.app.keys is not None:
+                    key = parse_qs(urlsplit(self.path).query).get("key", [""])[0]
+                    owner = self.app.key_owner(key) if key else None
+                    if owner is None:
+                        raise HTTPError(403, "this labelling page opens only through an annotator's private link "
+                                             "(/?key=...); ask whoever runs it for yours")
+                    token = key
                 nonce = secrets.token_urlsafe(16)
-                page = render_page(nonce=nonce, token=self.app.token, config=self.app.page_config())
+                page = render_page(nonce=nonce, token=token, config=self.app.page_config(owner))
                 self._send(200, page.encode("utf-8"), "text/html; charset=utf-8", nonce=nonce)
             else:
                 raise HTTPError(404, f"no such page: {path}; the labelling page is at /")
@@ -306,7 +345,10 @@ class _Handler(BaseHTTPRequestHandler):
             if route is None:
                 raise HTTPError(404, f"no such endpoint: {path}; see /api/next, /api/label, /api/undo")
             self._check_write()
-            self._send(200, _json_bytes(route(self._json())), "application/json")
+            body = self._json()
+            if self.app.keys is not None and body.get("annotator") != self.owner:
+                raise HTTPError(403, f"this link labels as {self.owner!r} only")
+            self._send(200, _json_bytes(route(body)), "application/json")
         except HTTPError as exc:
             self._send_error(exc)
         except ValueError as exc:  # the store refusing a write (e.g. an item it does not hold)
@@ -350,13 +392,18 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class RunningLabelServer(BackgroundServer):
-    """A started label server: ``url``, ``token``, ``store``, ``shutdown()`` (also a context manager)."""
+    """A started label server: ``url``, ``token``, ``store``, ``shutdown()`` (also a context manager).
+
+    ``links`` maps each annotator to a private link on a remote (non-loopback) server; it is empty on a
+    loopback one, where the page opens at ``url`` and any allowed name may label.
+    """
 
     def __init__(self, httpd: _Server, app: _LabelApp, host: str, owns_store: bool) -> None:
         self._app, self._owns_store = app, owns_store
         self.store: LabelStore = app.store
         self.token: str = app.token
         super().__init__(httpd, host, name="rlfl-label-http", description="the labelling page", path="/")
+        self.links: dict[str, str] = {name: f"{self.url}?key={key}" for name, key in (app.keys or {}).items()}
 
     def _close(self) -> None:
         if self._owns_store:  # a store the caller passed in stays open for the caller
@@ -402,6 +449,8 @@ def start_label_server(config: LabelServeConfig, *, store: LabelStore | None = N
     server = RunningLabelServer(httpd, app, config.host, owns)
     log.info("labelling page for %s (%d items) at %s", Path(config.store).name if owns else "the store",
              len(store), server.url)
+    for name, link in server.links.items():  # on the terminal of whoever started it, for them to hand out
+        log.info("private link for %s: %s", name, link)
     return server
 
 
