@@ -109,13 +109,19 @@ def _expand(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path
 def _decode(data: bytes, where: str) -> str:
     # A NUL byte never occurs in real text but almost always in binary files, some of which happen
     # to be valid UTF-8 (e.g. small .npy files), so check it before trying to decode.
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise ValueError(f"{where}: a NUL byte at byte {nul} (line {line}): a binary file, not text; remove it or "
+                         "pass only text files")
     try:
-        if b"\x00" in data:
-            raise UnicodeDecodeError("utf-8", data, 0, 1, "NUL byte")
         return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{where}: not UTF-8 text (binary file?); remove it or pass only text files") \
-            from None
+    except UnicodeDecodeError as exc:
+        # a whole file: its byte offset and line; one line of a JSONL file (``where`` names it): the column
+        line = data.count(b"\n", 0, exc.start) + 1
+        at = f"byte {exc.start} (line {line})" if b"\n" in data.rstrip(b"\r\n") else f"byte {exc.start + 1} of the line"
+        raise ValueError(f"{where}: {at} is 0x{data[exc.start]:02x}, not UTF-8; re-save the file as UTF-8 or remove "
+                         "that byte") from None
 
 
 def _read_bytes(path: Path) -> bytes:

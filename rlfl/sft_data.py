@@ -133,8 +133,9 @@ def _iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
         for lineno, raw in enumerate(f, start=1):
             try:
                 line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                yield lineno, _BadRecord("not UTF-8 text")
+            except UnicodeDecodeError as exc:
+                yield lineno, _BadRecord(f"byte {exc.start + 1} of the line is 0x{raw[exc.start]:02x}, not UTF-8 "
+                                         "(re-save the file as UTF-8)")
                 continue
             if lineno == 1:
                 line = line.lstrip("\ufeff")  # a byte-order mark some editors write

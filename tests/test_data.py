@@ -108,19 +108,23 @@ def test_unsupported_extension(tmp_path):
         list(iter_documents(path))
 
 
-@pytest.mark.parametrize("payload", [b"abc\x00def", b"caf\xe9 latin-1"])
-def test_binary_file(tmp_path, payload):
+@pytest.mark.parametrize("payload, where", [
+    (b"abc\x00def", "a NUL byte at byte 3 (line 1): a binary file, not text; remove it or pass only text files"),
+    (b"first line\ncaf\xe9 latin-1\n", "byte 14 (line 2) is 0xe9, not UTF-8; re-save the file as UTF-8 or remove "
+                                       "that byte"),
+])
+def test_binary_file_or_stray_byte_is_located(tmp_path, payload, where):
     path = tmp_path / "x.txt"
     path.write_bytes(payload)
     with pytest.raises(ValueError) as e:
         list(iter_documents(path))
-    assert str(e.value) == f"{path}: not UTF-8 text (binary file?); remove it or pass only text files"
+    assert str(e.value) == f"{path}: {where}"
 
 
 def test_binary_line_in_jsonl(tmp_path):
     path = tmp_path / "c.jsonl"
     path.write_bytes(b'{"text": "ok"}\n{"text": "\xff"}\n')
-    with pytest.raises(ValueError, match=r"c\.jsonl line 2: not UTF-8 text"):
+    with pytest.raises(ValueError, match=r"c\.jsonl line 2: byte 11 of the line is 0xff, not UTF-8"):
         list(iter_documents(path))
 
 

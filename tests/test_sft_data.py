@@ -162,7 +162,7 @@ def test_each_bad_line_is_named_with_its_line(tmp_path, bad, expected):
 def test_non_utf8_line_is_a_bad_line(tmp_path):
     path = tmp_path / "sft.jsonl"
     path.write_bytes(b'{"prompt": "p", "response": "r"}\n{"prompt": "\xff", "response": "r"}\n')
-    with pytest.raises(ValueError, match=r"sft\.jsonl line 2: not UTF-8 text"):
+    with pytest.raises(ValueError, match=r"sft\.jsonl line 2: byte 13 of the line is 0xff, not UTF-8"):
         read_sft(path)
     assert read_sft(path, on_bad_line="skip").skipped == 1
 
