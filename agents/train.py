@@ -38,6 +38,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -321,13 +322,20 @@ def train_ppo(cfg: PPOConfig) -> Path:
     out = Path(cfg.out_dir)
     _check_inputs(cfg, (out / RESUME_FILE).is_file())
     device = str(pick_device(cfg.device))
-    with _process_group(device) as (rank, size), contextlib.ExitStack() as stack:
-        if rank == 0:  # rank 0 writes out_dir (torchrun stops the other ranks if it fails here)
-            out.mkdir(parents=True, exist_ok=True)
-            stack.enter_context(_exclusive(out))
-        if size > 1:
-            dist.barrier()  # out_dir exists and is locked before any rank reads it
-        _run(cfg, out, device, rank, size)
+    created = not out.exists()
+    try:
+        with _process_group(device) as (rank, size), contextlib.ExitStack() as stack:
+            if rank == 0:  # rank 0 writes out_dir (torchrun stops the other ranks if it fails here)
+                out.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(_exclusive(out))
+            if size > 1:
+                dist.barrier()  # out_dir exists and is locked before any rank reads it
+            _run(cfg, out, device, rank, size)
+    except BaseException:
+        # a run that failed before writing anything (a bad policy, reward or env) leaves no folder behind
+        if created and out.is_dir() and {p.name for p in out.iterdir()} <= {".ppo.lock"}:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return out
 
 

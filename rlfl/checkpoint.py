@@ -217,8 +217,12 @@ def load_checkpoint(
     config = read_config(d)
     from rlfl.tokenizer import Tokenizer as _Tok
 
+    for key, kind in (("model", dict), ("tokenizer", dict)):
+        if not isinstance(config.get(key), kind):
+            raise ValueError(f"{d / CONFIG_FILE}: no {key!r} section; the checkpoint is corrupt: rerun the stage that "
+                             "wrote it, or restore it from a copy")
     tokenizer = _Tok.load(d)
-    if tokenizer.fingerprint != config["tokenizer"]["fingerprint"]:
+    if tokenizer.fingerprint != config["tokenizer"].get("fingerprint"):
         raise ValueError(f"{d}: tokenizer files do not match config.json's fingerprint; the checkpoint is corrupt")
     try:
         model = GPT(GPTConfig.from_dict(config["model"]))

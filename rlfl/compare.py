@@ -282,14 +282,17 @@ class CompareRun(StageClock):
 
 def preflight(run: CompareRun) -> None:
     """Every check that can fail before training: paths, judges (HTTP probed), prompts, sizes, the settings record."""
-    from rlfl.checkpoint import is_checkpoint, read_config
+    from rlfl.checkpoint import is_checkpoint, load_checkpoint
 
     cfg = run.cfg
     for key in ("policy", "rm_init"):
         path = getattr(cfg, key)
         if path is not None and not is_checkpoint(path):
             raise FileNotFoundError(f"{path}: not an rlfl checkpoint directory ({key}); fix --{key.replace('_', '-')}")
-    block = int(read_config(cfg.policy)["model"]["block_size"])
+        if path is not None:  # readable weights, tokenizer and config (each error names the file)
+            config = load_checkpoint(path).config
+            if key == "policy":
+                block = int(config["model"]["block_size"])
     if cfg.max_prompt_tokens + cfg.max_new_tokens > block:
         raise ValueError(f"max_prompt_tokens + max_new_tokens = {cfg.max_prompt_tokens + cfg.max_new_tokens} exceeds "
                          f"the policy's context ({block}); lower --max-prompt-tokens or --max-new-tokens")

@@ -124,7 +124,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"{p}: config file not found; pass an existing .yaml/.yml/.json file to --config")
-    text = p.read_text(encoding="utf-8")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{p}: byte {exc.start} is not UTF-8; a config file is YAML or JSON text, save it as "
+                         "UTF-8") from None
     try:
         if p.suffix.lower() in (".yaml", ".yml"):
             import yaml

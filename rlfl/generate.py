@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -75,9 +76,10 @@ class SamplingConfig:
     def __post_init__(self) -> None:
         if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise ValueError(f"SamplingConfig.max_new_tokens={self.max_new_tokens!r} must be an integer >= 1")
-        if not _is_number(self.temperature) or self.temperature <= 0:
+        if not _is_number(self.temperature) or not 0 < self.temperature < math.inf:
             raise ValueError(
-                f"SamplingConfig.temperature={self.temperature!r} must be > 0; for deterministic output set greedy=True"
+                f"SamplingConfig.temperature={self.temperature!r} must be a finite number > 0; for deterministic output "
+                "set greedy=True"
             )
         if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
             raise ValueError(f"SamplingConfig.top_k={self.top_k!r} must be an integer >= 1, or None to disable it")

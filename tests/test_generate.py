@@ -179,8 +179,10 @@ def test_eval_mode_during_generation_and_mode_restored():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(temperature=0.0), r"temperature=0.0 must be > 0; for deterministic output set greedy=True"),
-        (dict(temperature=-1), r"temperature=-1 must be > 0"),
+        (dict(temperature=0.0), r"temperature=0.0 must be a finite number > 0; for deterministic output set greedy=True"),
+        (dict(temperature=float("nan")), r"temperature=nan must be a finite number > 0"),
+        (dict(temperature=float("inf")), r"temperature=inf must be a finite number > 0"),
+        (dict(temperature=-1), r"temperature=-1 must be a finite number > 0"),
         (dict(top_k=0), r"top_k=0 must be an integer >= 1"),
         (dict(top_p=0.0), r"top_p=0.0 must be in \(0, 1\]"),
         (dict(top_p=1.5), r"top_p=1.5 must be in \(0, 1\]"),
