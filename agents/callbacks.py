@@ -268,7 +268,7 @@ class GoldEval(BaseCallback):
                              "fn(prompt, completion) -> float)")
         now = self.num_timesteps
         if self.csv_path is not None and self.csv_path.is_file():
-            self.history = _read_eval_csv(self.csv_path)
+            self.history = read_eval_csv(self.csv_path)
         kept = [row for row in self.history if row["timesteps"] <= now]
         if len(kept) != len(self.history):
             logger.info("GoldEval: dropped %d evaluation(s) after timestep %d (from a run that did not reach its "
@@ -325,7 +325,9 @@ class GoldEval(BaseCallback):
         atomic_write_bytes(self.csv_path, text.getvalue().encode())
 
 
-def _read_eval_csv(path: Path) -> list[dict[str, float]]:
+def read_eval_csv(path: str | Path) -> list[dict[str, float]]:
+    """The rows of a `GoldEval` CSV (``eval.csv`` of a PPO run) as dicts of `EVAL_FIELDS`; a column the file
+    predates (`LATER_FIELDS`) reads as NaN."""
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         missing = set(EVAL_FIELDS) - set(LATER_FIELDS) - set(reader.fieldnames or ())

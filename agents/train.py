@@ -53,7 +53,7 @@ from rlfl.agents.callbacks import (
     GoldEval,
     ProgressLine,
     SampleLogger,
-    _read_eval_csv,
+    read_eval_csv,
     save_sb3_zip,
 )
 from rlfl.agents.kl import KL_HORIZON
@@ -440,7 +440,7 @@ def _run(cfg: PPOConfig, out: Path, device: str, rank: int, size: int) -> None:
         return  # a finished run run again: its report stays as it was
     history = gold_eval.history if gold_eval is not None else []
     if remaining <= 0 and (out / "eval.csv").is_file():  # killed after its last save, before the report
-        history = _read_eval_csv(out / "eval.csv")
+        history = read_eval_csv(out / "eval.csv")
     report = {
         "env_id": cfg.env_id, "init_from": cfg.init_from, "reward": cfg.reward or "the env's default",
         "out_dir": str(out), "timesteps": int(model.num_timesteps), "total_timesteps": cfg.total_timesteps,

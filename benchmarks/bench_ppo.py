@@ -1,44 +1,19 @@
 """PPO speed: rlfl's batched KV-cache PPO against stable-baselines3's PPO with the same policy, env and model.
 
-Setup (issue 5): a 4-layer, 128-dim GPT with a 4,096-token BPE vocabulary (trained here on the built-in
-synthetic corpus), 16-token prompts, 32 new tokens, 32 parallel episodes, 32 tokens per row per rollout
-(1,024 tokens), 4 epochs. The reward is the synthetic corpus's gold sentiment (a cheap callable, so the
-figures are about the agent, not the reward model). Prints seconds per 1,024 generated tokens trained on
-(rollout + training) for both, the speed-up, and the peak resident memory of the rlfl run.
+A 4-layer, 128-dim GPT with a 4,096-token BPE vocabulary (trained here on the built-in synthetic corpus),
+16-token prompts, 32 new tokens, 32 parallel episodes, 32 tokens per row per rollout (1,024 tokens), 4
+epochs. The reward is the synthetic corpus's gold sentiment (a cheap callable, so the figures are about the
+agent, not the reward model).
 
     python benchmarks/bench_ppo.py [--rollouts 8] [--sb3-rollouts 1] [--threads 2] [--device cpu]
                                    [--precision float32,auto]
 
-Measured on the 2-core CPU machine (its speed drifts by ~30 % over an hour, so compare figures of one
-run): bfloat16 0.850 s and float32 0.866 s per 1,024 tokens (medians of 10), SB3 14.45 s, 17.0x; on a
-quieter stretch the same code ran at 0.55-0.70 s (bfloat16). Where the time goes (bfloat16): training
-~65 % (bf16 matmuls near this CPU's peak, then tanh-GELU, log-softmax over the vocabulary, casts), the
-KV-cached rollout ~25 % (about 3 ms per single-token step of 32 rows), old/reference log-probs ~10 %.
-Since the rollout's own log-probs serve as the old policy under bfloat16 on a CPU (no second forward),
-old/reference log-probs take 0.042 s instead of 0.073 s per 1,024 tokens. Runs of this script the same
-day: bfloat16 0.682 s, SB3 14.14 s, 20.7x (quiet, before that change); bfloat16 0.795 s, float32 1.049 s,
-SB3 17.49 s, 22.0x (after it, in a slow stretch of the machine). On an AMD EPYC (Zen 4, AVX-512 BF16, no
-AMX; bf16 GEMMs ~330 GFLOP/s, fp32 ~140): bfloat16 0.712 s, float32 0.967 s, SB3 15.59 s, 21.9x; peak RSS
-721 MB (814 MB after the float32 run). There training is ~0.60 s of it (8 minibatches of ~75 ms, of which
-the matmuls are ~16 ms), the rollout ~0.24 s. Session 7, an AMD EPYC Zen 3 (AVX2 only: no bf16 in
-hardware, so precision "auto" picks float32 there): float32 1.236 s (min 1.109), bfloat16 13.98 s (emulated:
-never ask for it on such a CPU), SB3 21.05 s, 17.0x; peak RSS 515 MB. An earlier run the same day: float32
-1.114 s, SB3 19.30 s, 17.3x. There fp32 GEMMs run at 100-160 GFLOP/s, and profiled, the matmuls alone take
-~0.5 s of a rollout's 0.9-1.1 s (about 49 GFLOP per 1,024 tokens at ~95 GFLOP/s achieved in these shapes),
-so 0.5 s per 1,024 tokens is out of reach on this CPU in float32 whatever the overhead. Session 8, the same
-kind of machine in a slower stretch: float32 1.415 s (min 1.233), auto (float32) 1.388 s, SB3 22.88 s,
-16.5x; peak RSS 561 MB. torch.compile of the training forward (a throwaway trial, not in the library) took
-train from 0.94 to 0.82 s per rollout here after 140 s of compiling: not worth it at this size.
-
-The last line of the output is that floor, measured: the float32 run's matrix products over one more rollout
-(their FLOPs and the time inside them, from torch.profiler) against a 2048^3 matmul on this CPU. Session 9,
-the same Zen 3 machine in a faster stretch, three runs of this script: float32 1.080 s (min 0.984), auto
-(float32) 1.050 s, SB3 17.64 s, 16.8x, peak RSS 515 MB; the products: 58.1 GFLOP per 1,024 tokens, 0.669 s
-inside them (87 GFLOP/s), against 112 GFLOP/s for a 2048^3 matmul, so >= 0.518 s per 1,024 tokens even with
-every other cost at zero. The two runs before: auto 0.971 s, SB3 21.57 s, 22.2x; float32 1.297 s, auto
-1.137 s, SB3 19.32 s, 17.0x (matmuls 0.655 s of 59.0 GFLOP; floor 0.491-0.512 s). The products are ~60 % of
-a rollout: 8 minibatches of ~800 positions (16-token prompts + 32 new) through the 4 layers forward and
-backward, and the 4,096-way LM head at the ~512 action positions of each.
+Prints, for each precision, seconds per 1,024 generated tokens trained on (rollout + training; median,
+min and max over the timed rollouts) and the peak resident memory; SB3's seconds and the speed-up of the
+fastest rlfl setting; and the floor the float32 run's matrix products set on this CPU (their GFLOP per
+1,024 tokens from torch.profiler, against a 2048^3 matmul's GFLOP/s). The figures go to the
+``bench_ppo`` section of benchmarks/RESULTS.md with the machine they ran on. The machine's speed drifts
+(by ~30 % over an hour on shared 2-core hosts), so compare figures of one run.
 """
 
 from __future__ import annotations
@@ -46,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -60,6 +36,7 @@ from rlfl.checkpoint import save_checkpoint
 from rlfl.model import GPT, GPTConfig
 from rlfl.synthetic import synthetic_documents
 from rlfl.tokenizer import train_bpe
+from results import record
 
 PROMPT_TOKENS, NEW_TOKENS, ENVS, EPOCHS = 16, 32, 32, 4
 TOKENS_PER_ROLLOUT = ENVS * NEW_TOKENS  # 1,024
@@ -168,7 +145,7 @@ def main() -> None:
               f"{args.layers} layers x {args.dims} dims, vocab {args.vocab}, {ENVS} envs, {PROMPT_TOKENS}-token prompts, "
               f"{NEW_TOKENS} new tokens, {EPOCHS} epochs, minibatches of 512 tokens; BPE vocab {policy_vocab(policy)}",
               flush=True)
-        best, float32_model = float("inf"), None
+        best, float32_model, rows = float("inf"), None, []
         for precision in args.precision.split(","):
             ours, model = time_rlfl(policy, args.rollouts, args.device, precision)
             peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -178,6 +155,8 @@ def main() -> None:
             print(f"rlfl PPO, precision={precision} ({'bfloat16' if dtype else 'float32'}): {med:.3f} s per 1,024 "
                   f"tokens (median of {len(ours)}; min {min(ours):.3f}, max {max(ours):.3f}); peak RSS so far "
                   f"{peak_mb:.0f} MB", flush=True)
+            rows.append([f"rlfl PPO, {precision} ({'bfloat16' if dtype else 'float32'})", f"{med:.3f}",
+                         f"{min(ours):.3f}-{max(ours):.3f}", f"{peak_mb:.0f}"])
             if args.device == "cpu" and dtype is None and float32_model is None:
                 float32_model = model  # profiled after every timing (the profiler's memory is not the run's)
             del model
@@ -187,11 +166,19 @@ def main() -> None:
             sb3 = float(np.median(theirs))
             print(f"stable_baselines3.PPO(TransformerPolicy): {sb3:.2f} s per 1,024 tokens (median of {len(theirs)})")
             print(f"speed-up of the fastest rlfl setting: {sb3 / med:.1f}x", flush=True)
+            rows.append(["stable_baselines3.PPO(TransformerPolicy)", f"{sb3:.2f}",
+                         f"{min(theirs):.2f}-{max(theirs):.2f}", ""])
+            rows.append(["speed-up of the fastest rlfl setting", f"{sb3 / med:.1f}x", "", ""])
         if float32_model is not None:
             gflop, seconds, peak = matmul_floor(float32_model)
             print(f"float32 rlfl PPO's matrix products (one more rollout, profiled): {gflop:.1f} GFLOP per 1,024 "
                   f"tokens, {seconds:.3f} s in them ({gflop / seconds:.0f} GFLOP/s); a 2048^3 float32 matmul runs at "
                   f"{peak:.0f} GFLOP/s here, so they alone need >= {gflop / peak:.3f} s per 1,024 tokens on this CPU")
+            rows.append([f"floor of the float32 matrix products ({gflop:.1f} GFLOP at {peak:.0f} GFLOP/s)",
+                         f"{gflop / peak:.3f}", "", ""])
+        cmd = "python benchmarks/bench_ppo.py " + " ".join(sys.argv[1:])
+        header = ["what", "s per 1,024 tokens", "range", "peak RSS MB"]
+        print(f"written to {record('bench_ppo', cmd.strip(), header, rows, threads=args.threads)}")
 
 
 if __name__ == "__main__":

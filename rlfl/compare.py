@@ -1,6 +1,6 @@
 """`rlfl compare`: RLHF against RLAIF, fairly: one SFT policy, one prompt set, two label sources, same everything else.
 
-The experiment (issue 7), in stages that each leave their output in ``out_dir`` and are skipped when it is
+The experiment, in stages that each leave their output in ``out_dir`` and are skipped when it is
 complete, so a second run (or one after a crash) goes straight to where the first one stopped:
 
 1. ``prompts.json``: the prompt set (``prompts``), deduplicated and split with ``seed`` into ``eval_prompts``

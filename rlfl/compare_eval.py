@@ -15,8 +15,8 @@ SFT, head-to-head) go through the gold judge's ``prefer``, asked in both orders 
 in ``eval/gold_prefs.json`` with the gold verdicts on the labelled items (how often each label source agrees
 with gold) and on pairs of SFT completions from two seeds (each reward model's held-out accuracy).
 
-`build_results` turns those files into the ``results.json`` dict of the contract in notes/COMMON.md, with
-bootstrap confidence intervals over seeds (`rlfl.compare_stats`).
+`build_results` turns those files into the ``results.json`` dict (its keys: `rlfl.compare_report.check_results`),
+with bootstrap confidence intervals over seeds (`rlfl.compare_stats`).
 
 **Prompt encoding** follows the env exactly (`rlfl.envs.text_env`): a chat user turn when ``chat_template``,
 else the plain tokens (``<|endoftext|>`` for an empty prompt), then the last ``max_prompt_tokens`` kept.
@@ -564,7 +564,8 @@ def rollout_scores(logs: Path, rollout: int) -> dict[int, float]:
 
 
 def build_results(run: CompareRun) -> dict[str, Any]:
-    """The results.json dict (contract in notes/COMMON.md) from the stages' files."""
+    """The results.json dict (config, seeds, labels, reward_models, policies, head_to_head, curves) from the stages'
+    files."""
     from rlfl.compare import RUNTIME_FIELDS
     from rlfl.config import to_dict
     from rlfl.envs.rewards import source_name

@@ -174,7 +174,7 @@ def iter_documents(paths: str | os.PathLike | Iterable[str | os.PathLike], *,
     raises a one-line ValueError / FileNotFoundError that names the file (and line) and the fix.
 
     Example:
-        >>> docs = list(iter_documents(["notes/", "corpus.jsonl.gz"]))   # doctest: +SKIP
+        >>> docs = list(iter_documents(["texts/", "corpus.jsonl.gz"]))   # doctest: +SKIP
     """
     for path in _expand(paths):
         if _suffix(path) in _ONE_DOC_PER_FILE:

@@ -60,8 +60,8 @@ class DatasetSpec:
 
 
 # sha256 values were cross-checked against several independent public sources (TFDS checksums,
-# scikit-learn-style loaders and other projects pinning the same files); see the report in the
-# project notes. None would mean "not verified": download() then logs the hash it computed.
+# scikit-learn-style loaders and other projects pinning the same files). None would mean "not
+# verified": download() then logs the hash it computed.
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec for spec in (
         DatasetSpec(

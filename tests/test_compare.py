@@ -30,7 +30,7 @@ from rlfl.feedback.store import LabelStore
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-# the keys of the Q/R contract in notes/COMMON.md that every results.json has
+# the keys every policy of a results.json has
 POLICY_KEYS = {"gold_mean", "gold_positive_rate", "win_rate_vs_sft", "gold_diff_vs_sft", "kl", "perplexity",
                "distinct_1", "distinct_2", "length", "per_seed"}
 

@@ -292,11 +292,11 @@ def test_sigkill_then_the_same_command_resumes_and_finishes(policy_dir, tmp_path
 
 
 def test_eval_csv_written_before_the_empty_column_still_resumes(tmp_path):
-    from rlfl.agents.callbacks import _read_eval_csv
+    from rlfl.agents.callbacks import read_eval_csv
 
     path = tmp_path / "eval.csv"
     path.write_text("timesteps,gold_mean,gold_positive_rate,kl,perplexity,length,stop_rate,n\n"
                     "0,0.5,0.75,0.0,12.5,8.0,1.0,16\n")
-    (row,) = _read_eval_csv(path)
+    (row,) = read_eval_csv(path)
     assert row["timesteps"] == 0 and row["n"] == 16 and row["gold_positive_rate"] == 0.75
     assert np.isnan(row["empty"])  # not measured then: never a made-up count
