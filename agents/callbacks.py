@@ -46,7 +46,7 @@ from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
 from rlfl.generate import SamplingConfig, generate
-from rlfl.stage_cache import atomic_write_bytes
+from rlfl.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -113,31 +113,3 @@ class AdaptiveKL:
             return
         self.beta *= math.exp(self.error(kl) * n_episodes / self.horizon)
 
-
-class RunningMoments:
-    """Running mean and standard deviation (Chan et al.'s parallel update) for reward normalisation.
-
-    Example:
-        >>> m = RunningMoments(); m.update(np.array([1.0, 3.0])); m.update(np.array([5.0]))
-        >>> m.mean, round(m.std, 4)
-        (3.0, 1.633)
-    """
-
-    def __init__(self) -> None:
-        self.count, self.mean, self.var = 0, 0.0, 1.0
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(self.var)
-
-    def update(self, x: np.ndarray) -> None:
-        x = np.asarray(x, dtype=np.float64)
-        if x.size == 0:
-            return
-        n, mean, var = x.size, float(x.mean()), float(x.var())
-        total = self.count + n
-        delta = mean - self.mean
-        m2 = self.var * self.count + var * n + delta**2 * self.count * n / total
-        self.mean += delta * n / total
-        self.var = m2 / total
-        self.count = total

@@ -78,17 +78,18 @@ from gymnasium import spaces
 from rlfl.agents.distributed import (
     all_gather, all_max, all_min, all_sum, average_gradients, broadcast_module, mean_count, mean_std, world,
 )
-from rlfl.agents.kl import ESTIMATORS, KL_HORIZON, AdaptiveKL, FixedKL, RunningMoments, kl_per_token
+from rlfl.agents.kl import ESTIMATORS, KL_HORIZON, AdaptiveKL, FixedKL, kl_per_token
 from rlfl.agents.policy import TransformerPolicy
 from rlfl.agents.rollout import CachedActor, RolloutStore
 from rlfl.agents.schedules import LRSchedule
 from rlfl.agents.vec_env import TextVecEnv, make_text_vec_env
+from rlfl.envs.rewards import RunningMoments
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.type_aliases import GymEnv, Schedule
 from stable_baselines3.common.utils import FloatSchedule, explained_variance
 
 from rlfl.checkpoint import is_checkpoint, save_checkpoint
-from rlfl.stage_cache import atomic_write_bytes
+from rlfl.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -361,8 +362,7 @@ class PPO(OnPolicyAlgorithm):
             "parent_checkpoint": None if self.parent_checkpoint is None else str(self.parent_checkpoint),
             "num_timesteps": int(self.num_timesteps), "n_updates": int(self._n_updates),
             "kl_beta": float(self.kl_ctl.beta),
-            "score_moments": [int(self.score_moments.count), float(self.score_moments.mean),
-                              float(self.score_moments.var)],
+            "score_moments": self.score_moments.state_dict(),
             "policy": self.policy.state_dict(),
             "optimizer": self.policy.optimizer.state_dict(),
         }
@@ -418,8 +418,7 @@ class PPO(OnPolicyAlgorithm):
         model.policy.optimizer.load_state_dict(state["optimizer"])
         model.num_timesteps, model._n_updates = int(state["num_timesteps"]), int(state["n_updates"])
         model.kl_ctl.beta = float(state["kl_beta"])
-        count, mean, var = state["score_moments"]
-        model.score_moments.count, model.score_moments.mean, model.score_moments.var = int(count), float(mean), float(var)
+        model.score_moments.load_state_dict(state["score_moments"])
         model.parent_checkpoint = state["parent_checkpoint"]
         return model
 

@@ -61,7 +61,7 @@ from rlfl.agents.ppo import PPO, RESUME_FILE
 from rlfl.agents.schedules import SCHEDULES, LRSchedule
 
 from rlfl.config import to_dict
-from rlfl.stage_cache import atomic_write_bytes
+from rlfl.files import atomic_write_bytes
 from rlfl.device import pick_device
 from rlfl.files import read_json
 from rlfl.trainer import join_process_group

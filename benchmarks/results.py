@@ -19,7 +19,7 @@ import platform
 import re
 from pathlib import Path
 
-from rlfl.stage_cache import atomic_write_text
+from rlfl.files import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")

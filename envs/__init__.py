@@ -21,12 +21,12 @@ from typing import Any
 from rlfl.envs.prompts import (PromptList, PromptSource, as_prompt_source, hh_prompts, imdb_prompts,
                                synthetic_review_prompts)
 from rlfl.envs.registry import BUILTIN_IDS, build_reward_env, register_builtin_envs, register_reward_env
-from rlfl.envs.rewards import (CallableReward, Clipped, GoldSentiment, RewardError, RewardSource, RunningNormalizer,
-                               WeightedSum, as_reward_source, check_scores, reward_model_source)
+from rlfl.envs.rewards import (CallableReward, Clipped, GoldSentiment, RewardError, RewardSource, RunningMoments,
+                               RunningNormalizer, WeightedSum, as_reward_source, check_scores, reward_model_source)
 
 __all__ = [
     "BUILTIN_IDS", "CallableReward", "Clipped", "GoldSentiment", "PromptList", "PromptSource", "RewardError",
-    "RewardSource", "RunningNormalizer", "TextGenerationEnv", "TextGenerationVectorEnv", "WeightedSum",
+    "RewardSource", "RunningMoments", "RunningNormalizer", "TextGenerationEnv", "TextGenerationVectorEnv", "WeightedSum",
     "as_prompt_source", "as_reward_source", "build_reward_env", "check_scores", "hh_prompts", "imdb_prompts",
     "register_reward_env", "reward_model_source", "synthetic_review_prompts",
 ]

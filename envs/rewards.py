@@ -182,14 +182,70 @@ class WeightedSum:
         return f"WeightedSum({self.name!r})"
 
 
+class RunningMoments:
+    """Count, mean and variance of every number seen so far, without keeping the numbers.
+
+    Batches are folded in with the parallel form of Welford's algorithm (Chan et al.), so the figures equal
+    ``np.mean``/``np.var`` over everything seen. `state_dict` / `load_state_dict` save and restore them as
+    plain numbers (JSON- and ``torch.load(weights_only=True)``-safe).
+
+    Example:
+        >>> m = RunningMoments(); m.update(np.array([1.0, 3.0])); m.update(np.array([5.0]))
+        >>> m.mean, round(m.std, 4)
+        (3.0, 1.633)
+    """
+
+    def __init__(self) -> None:
+        self.count, self.mean, self.m2 = 0, 0.0, 0.0  # m2: sum of squared deviations from the mean
+
+    @property
+    def var(self) -> float:
+        """Population variance of everything seen (0.0 before anything)."""
+        return self.m2 / self.count if self.count else 0.0
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation of everything seen."""
+        return math.sqrt(self.var)
+
+    def update(self, x: np.ndarray) -> None:
+        """Fold a batch of numbers into the statistics."""
+        x = np.asarray(x, dtype=np.float64)
+        n_b = int(x.size)
+        if n_b == 0:
+            return
+        mean_b = float(x.mean())
+        m2_b = float(((x - mean_b) ** 2).sum())
+        n = self.count + n_b
+        delta = mean_b - self.mean
+        self.mean += delta * n_b / n
+        self.m2 += m2_b + delta * delta * self.count * n_b / n
+        self.count = n
+
+    def state_dict(self) -> dict[str, float]:
+        """The statistics as plain numbers."""
+        return {"count": float(self.count), "mean": self.mean, "m2": self.m2}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Restore statistics saved by `state_dict`."""
+        missing = {"count", "mean", "m2"} - set(state)
+        if missing:
+            raise ValueError(f"running statistics state lacks {', '.join(sorted(missing))}; pass what state_dict() "
+                             "returned")
+        count, mean, m2 = float(state["count"]), float(state["mean"]), float(state["m2"])
+        if count < 0 or m2 < 0 or not (math.isfinite(mean) and math.isfinite(m2)) or count != int(count):
+            raise ValueError(f"running statistics state {state!r} is not valid (count a whole number >= 0, finite "
+                             "mean, m2 >= 0)")
+        self.count, self.mean, self.m2 = int(count), mean, m2
+
+
 class RunningNormalizer:
     """A reward source that standardises another one with a running mean and standard deviation.
 
-    The statistics (count, mean, sum of squared deviations) are updated with every batch before it is
-    normalised, by the parallel form of Welford's algorithm, so they equal ``np.mean``/``np.var`` over
-    every score seen so far without keeping the scores. Set ``training = False`` to freeze them (e.g.
-    for evaluation). ``clip`` bounds the normalised value to ``[-clip, clip]``. Save the statistics with
-    the policy checkpoint through `state_dict` / `load_state_dict` so that a resumed run scores alike.
+    The statistics (`RunningMoments`) are updated with every batch before it is normalised, so they equal
+    ``np.mean``/``np.var`` over every score seen so far. Set ``training = False`` to freeze them (e.g. for
+    evaluation). ``clip`` bounds the normalised value to ``[-clip, clip]``. Save the statistics with the
+    policy checkpoint through `state_dict` / `load_state_dict` so that a resumed run scores alike.
 
     Example:
         >>> norm = RunningNormalizer(lambda p, c: float(len(c)))
@@ -208,58 +264,30 @@ class RunningNormalizer:
         self.clip = None if clip is None else float(clip)
         self.name = name or f"normalized({source_name(self.source)})"
         self.training = True
-        self.count = 0
-        self.mean = 0.0
-        self.m2 = 0.0  # sum of squared deviations from the mean
+        self.moments = RunningMoments()
 
-    @property
-    def var(self) -> float:
-        """Population variance of every score seen (0.0 before any)."""
-        return self.m2 / self.count if self.count else 0.0
-
-    @property
-    def std(self) -> float:
-        """Population standard deviation of every score seen."""
-        return math.sqrt(self.var)
-
-    def update(self, scores: np.ndarray) -> None:
-        """Fold a batch of raw scores into the running statistics (Chan et al.'s parallel Welford)."""
-        n_b = int(scores.size)
-        if n_b == 0:
-            return
-        mean_b = float(scores.mean())
-        m2_b = float(((scores - mean_b) ** 2).sum())
-        n = self.count + n_b
-        delta = mean_b - self.mean
-        self.mean += delta * n_b / n
-        self.m2 += m2_b + delta * delta * self.count * n_b / n
-        self.count = n
+    count = property(lambda self: self.moments.count, doc="Scores seen.")
+    mean = property(lambda self: self.moments.mean, doc="Mean of every score seen.")
+    var = property(lambda self: self.moments.var, doc="Population variance of every score seen (0.0 before any).")
+    std = property(lambda self: self.moments.std, doc="Population standard deviation of every score seen.")
 
     def score(self, prompts: list[str], completions: list[str]) -> np.ndarray:
         """The inner source's scores, standardised by the statistics including this batch."""
         raw = check_scores(self.source.score(prompts, completions), prompts, completions, self.source)
         if self.training:
-            self.update(raw)
+            self.moments.update(raw)
         out = (raw - self.mean) / math.sqrt(self.var + self.epsilon)
         if self.clip is not None:
             np.clip(out, -self.clip, self.clip, out=out)
         return out
 
     def state_dict(self) -> dict[str, float]:
-        """The running statistics as plain numbers (JSON- and ``torch.load(weights_only=True)``-safe)."""
-        return {"count": float(self.count), "mean": self.mean, "m2": self.m2}
+        """The running statistics as plain numbers (see `RunningMoments.state_dict`)."""
+        return self.moments.state_dict()
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         """Restore statistics saved by `state_dict`."""
-        missing = {"count", "mean", "m2"} - set(state)
-        if missing:
-            raise ValueError(f"RunningNormalizer state lacks {', '.join(sorted(missing))}; pass what "
-                             "state_dict() returned")
-        count, mean, m2 = float(state["count"]), float(state["mean"]), float(state["m2"])
-        if count < 0 or m2 < 0 or not (math.isfinite(mean) and math.isfinite(m2)) or count != int(count):
-            raise ValueError(f"RunningNormalizer state {state!r} is not valid (count a whole number >= 0, "
-                             "finite mean, m2 >= 0)")
-        self.count, self.mean, self.m2 = int(count), mean, m2
+        self.moments.load_state_dict(state)
 
     def __repr__(self) -> str:
         return f"RunningNormalizer({self.name!r}, count={self.count}, mean={self.mean:.4g}, std={self.std:.4g})"

@@ -39,7 +39,8 @@ from rlfl.data import Document, prepare_corpus
 from rlfl.pretrain import PretrainConfig, pretrain
 from rlfl.quickstart import format_summary
 from rlfl.reward import RewardTrainConfig, train_reward_model
-from rlfl.stage_cache import atomic_write_text, check_settings, checkpoint_done
+from rlfl.files import atomic_write_text
+from rlfl.stage_cache import check_settings, checkpoint_done
 from rlfl.tokenizer import train_bpe
 from rlfl.trainer import TrainConfig
 

@@ -39,7 +39,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rlfl.device import pick_device
-from rlfl.files import read_json
+from rlfl.files import atomic_write_bytes, read_json
 from rlfl.model import GPT, GPTConfig
 from rlfl.tokenizer import Tokenizer
 
@@ -67,13 +67,6 @@ class Checkpoint:
     @property
     def step(self) -> int:
         return int(self.config.get("step", 0))
-
-
-def _fsync_write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _recover(directory: Path) -> None:
@@ -175,8 +168,8 @@ def save_checkpoint(
     tokenizer.save(staging)
     if trainer_state is not None:
         torch.save({**trainer_state, "step": int(step)}, staging / STATE_FILE)
-    _fsync_write(staging / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
-    _fsync_write(staging / COMMITTED, b"")
+    atomic_write_bytes(staging / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
+    atomic_write_bytes(staging / COMMITTED, b"")
     _move_into_place(staging, directory)
     if trainer_state is None and (directory / STATE_FILE).exists():
         # weights without a matching optimizer state: drop the stale state so resume can't mix them
@@ -270,7 +263,5 @@ def update_config(directory: str | Path, **fields: Any) -> dict[str, Any]:
     d = Path(directory)
     config = read_config(d)
     config.update(fields)
-    tmp = d / (CONFIG_FILE + ".tmp")
-    _fsync_write(tmp, (json.dumps(config, indent=2) + "\n").encode())
-    os.replace(tmp, d / CONFIG_FILE)
+    atomic_write_bytes(d / CONFIG_FILE, (json.dumps(config, indent=2) + "\n").encode())
     return config

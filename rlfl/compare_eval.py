@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from rlfl.stage_cache import atomic_write_text, write_jsonl
+from rlfl.files import atomic_write_text
+from rlfl.stage_cache import write_jsonl
 
 if TYPE_CHECKING:
     from rlfl.compare import CompareRun

@@ -27,6 +27,7 @@ Example:
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import os
@@ -36,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from rlfl.compare_stats import format_ci
-from rlfl.stage_cache import atomic_write_text
+from rlfl.files import atomic_write_bytes, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -432,13 +433,9 @@ def _color(name: str, i: int) -> str:
 
 def _save(fig: Any, path: Path) -> None:
     """Save a figure as PNG atomically, without the metadata entries that vary between matplotlib builds."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _plot_frontier(Figure: Any, results: dict, path: Path) -> None:

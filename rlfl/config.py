@@ -28,7 +28,17 @@ import typing
 from pathlib import Path
 from typing import Any, Union
 
-__all__ = ["add_arguments", "build", "load_config_file", "field_names", "to_dict"]
+__all__ = ["add_arguments", "build", "load_config_file", "field_names", "to_dict", "is_int", "is_number"]
+
+
+def is_int(x: object) -> bool:
+    """An int that is not a bool (bool is an int subclass, and True is no size or count)."""
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def is_number(x: object) -> bool:
+    """An int or float that is not a bool."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def _hints(cls: type) -> dict[str, Any]:

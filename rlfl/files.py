@@ -1,4 +1,4 @@
-"""Reading the JSON files rlfl writes, with one-line errors that name the file and say what to do.
+"""Files on disk: written atomically (never half a file), and JSON read back with one-line errors.
 
 Example:
     >>> import tempfile; from pathlib import Path
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,3 +40,35 @@ def read_json(path: str | os.PathLike, *, fix: str, expect: type = dict) -> Any:
         raise ValueError(f"{path}: expected a JSON {'object' if expect is dict else expect.__name__}, got "
                          f"{type(value).__name__}; {fix}")
     return value
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temp file in the same folder, fsync and a rename (never half a file).
+
+    The file gets the mode a plain ``open(path, "w")`` would give it (0666 less the umask), not mkstemp's 0600.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically: see `atomic_write_bytes`."""
+    return atomic_write_bytes(path, text.encode("utf-8"))

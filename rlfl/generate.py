@@ -37,17 +37,11 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from rlfl.config import is_int, is_number
 from rlfl.model import GPT, KVCache
 
 log = logging.getLogger(__name__)
 
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 @dataclass
@@ -74,24 +68,24 @@ class SamplingConfig:
     seed: int | None = field(default=None, metadata={"help": "Seed for sampling; the same seed gives the same output."})
 
     def __post_init__(self) -> None:
-        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
+        if not is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise ValueError(f"SamplingConfig.max_new_tokens={self.max_new_tokens!r} must be an integer >= 1")
-        if not _is_number(self.temperature) or not 0 < self.temperature < math.inf:
+        if not is_number(self.temperature) or not 0 < self.temperature < math.inf:
             raise ValueError(
                 f"SamplingConfig.temperature={self.temperature!r} must be a finite number > 0; for deterministic output "
                 "set greedy=True"
             )
-        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
+        if self.top_k is not None and (not is_int(self.top_k) or self.top_k < 1):
             raise ValueError(f"SamplingConfig.top_k={self.top_k!r} must be an integer >= 1, or None to disable it")
-        if self.top_p is not None and (not _is_number(self.top_p) or not 0.0 < self.top_p <= 1.0):
+        if self.top_p is not None and (not is_number(self.top_p) or not 0.0 < self.top_p <= 1.0):
             raise ValueError(f"SamplingConfig.top_p={self.top_p!r} must be in (0, 1], or None to disable it")
         self.stop_tokens = tuple(self.stop_tokens)
-        if not all(_is_int(t) and t >= 0 for t in self.stop_tokens):
+        if not all(is_int(t) and t >= 0 for t in self.stop_tokens):
             raise ValueError(f"SamplingConfig.stop_tokens={self.stop_tokens!r} must be non-negative token ids")
-        if not _is_int(self.min_new_tokens) or not 0 <= self.min_new_tokens <= self.max_new_tokens:
+        if not is_int(self.min_new_tokens) or not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise ValueError(f"SamplingConfig.min_new_tokens={self.min_new_tokens!r} must be an integer in [0, "
                              f"max_new_tokens={self.max_new_tokens}]")
-        if self.seed is not None and not _is_int(self.seed):
+        if self.seed is not None and not is_int(self.seed):
             raise ValueError(f"SamplingConfig.seed={self.seed!r} must be an integer, or None for unseeded sampling")
 
 
@@ -140,7 +134,7 @@ def _validate_prompts(prompts: list[list[int]], vocab_size: int, pad_id: int) ->
     for i, prompt in enumerate(prompts):
         if len(prompt) == 0:
             raise ValueError(f"generate: prompt {i} is empty; start it with a token such as the tokenizer's eot_id")
-        bad = [t for t in prompt if not _is_int(t) or not 0 <= t < vocab_size]
+        bad = [t for t in prompt if not is_int(t) or not 0 <= t < vocab_size]
         if bad:
             raise ValueError(f"generate: prompt {i} has token id {bad[0]!r} outside the vocabulary [0, {vocab_size})")
 

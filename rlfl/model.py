@@ -43,15 +43,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rlfl.config import is_int, is_number
 from rlfl.moe import MoE
 
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)  # bool is an int subclass; True is no size
-
-
-def _is_number(x: object) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 @dataclass
@@ -83,31 +77,31 @@ class GPTConfig:
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
-            if not _is_int(value) or value <= 0:
+            if not is_int(value) or value <= 0:
                 raise ValueError(f"GPTConfig.{name} must be a positive integer, got {value!r}; set {name} >= 1")
         if self.n_embd % self.n_head != 0:
             raise ValueError(
                 f"GPTConfig.n_embd={self.n_embd} is not divisible by n_head={self.n_head}; "
                 f"pick n_embd a multiple of n_head (e.g. {self.n_head * max(1, self.n_embd // self.n_head)})"
             )
-        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
+        if not is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout={self.dropout!r} must be in [0, 1); use 0.0 to disable dropout")
         if not isinstance(self.bias, bool):
             raise ValueError(f"GPTConfig.bias={self.bias!r} must be true or false")
-        if not _is_number(self.layer_norm_eps) or self.layer_norm_eps <= 0:
+        if not is_number(self.layer_norm_eps) or self.layer_norm_eps <= 0:
             raise ValueError(f"GPTConfig.layer_norm_eps={self.layer_norm_eps!r} must be > 0; GPT-2 uses 1e-5")
-        if not _is_int(self.n_experts) or self.n_experts < 0 or self.n_experts == 1:
+        if not is_int(self.n_experts) or self.n_experts < 0 or self.n_experts == 1:
             raise ValueError(
                 f"GPTConfig.n_experts={self.n_experts!r} must be 0 (dense MLP) or an integer >= 2 (mixture of experts)"
             )
-        if not _is_int(self.moe_top_k) or self.moe_top_k < 1:
+        if not is_int(self.moe_top_k) or self.moe_top_k < 1:
             raise ValueError(f"GPTConfig.moe_top_k={self.moe_top_k!r} must be an integer >= 1; 2 is the usual choice")
         if self.n_experts and self.moe_top_k > self.n_experts:
             raise ValueError(
                 f"GPTConfig.moe_top_k={self.moe_top_k} exceeds n_experts={self.n_experts}; "
                 f"set moe_top_k <= {self.n_experts} (or add experts)"
             )
-        if not _is_number(self.aux_loss_weight) or not 0.0 <= self.aux_loss_weight < math.inf:
+        if not is_number(self.aux_loss_weight) or not 0.0 <= self.aux_loss_weight < math.inf:
             raise ValueError(
                 f"GPTConfig.aux_loss_weight={self.aux_loss_weight!r} must be a finite number >= 0; 0.01 is typical"
             )
@@ -186,21 +180,6 @@ class KVCache:
     def reset(self) -> None:
         """Forget all cached positions (the buffers are reused, not reallocated)."""
         self.length = 0
-
-    def select(self, indices: torch.Tensor | list[int]) -> KVCache:
-        """Keep (and reorder to) the given batch rows, e.g. to drop finished episodes; returns self.
-
-        This copies the kept rows into new, smaller buffers: it is meant for occasional use between
-        decode steps, not per token.
-        """
-        index = torch.as_tensor(indices, dtype=torch.long, device=self.k.device)
-        if index.dim() != 1 or (index.numel() and (index.min() < 0 or index.max() >= self.batch_size)):
-            raise ValueError(f"KVCache.select: indices must be a 1-D list of rows in [0, {self.batch_size})")
-        self.k = self.k.index_select(1, index)
-        self.v = self.v.index_select(1, index)
-        return self
-
-    reorder = select
 
 
 def _masked_attention_cpu(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -44,7 +44,7 @@ import logging
 import math
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,7 +55,7 @@ import numpy as np
 # SFT reader, so both report bad lines the same way.
 from rlfl.data import clean_text
 from rlfl.sft_data import MAX_WARNINGS as MAX_WARNINGS  # re-exported: one warning cap for every reader
-from rlfl.sft_data import _BadRecord, _iter_jsonl, _json_type, collect_records
+from rlfl.sft_data import _BadRecord, _iter_jsonl, _json_type, _text, collect_records
 
 logger = logging.getLogger(__name__)
 
@@ -128,19 +128,6 @@ class LabelData:
 # Field checks
 # ----------------------------------------------------------------------------------------------
 
-def _string(obj: dict[str, Any], name: str, *, required: bool = True, nonempty: bool = True) -> str:
-    if name not in obj:
-        if required:
-            raise _BadRecord(f"no field '{name}'")
-        return ""
-    value = obj[name]
-    if not isinstance(value, str):
-        raise _BadRecord(f"'{name}' is {_json_type(value)}, not a string")
-    if nonempty and not value.strip():
-        raise _BadRecord(f"empty '{name}'")
-    return value
-
-
 def _number(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _BadRecord(f"'{name}' is {_json_type(value)}, not a number")
@@ -162,8 +149,8 @@ def parse_pair(value: Any) -> PreferencePair:
     obj = _object(value)
     if "prompt" not in obj and ("chosen" in obj or "rejected" in obj):
         raise _BadRecord('no field \'prompt\' (use "prompt": "" for pairs without one)')
-    prompt = _string(obj, "prompt", nonempty=False)
-    chosen, rejected = _string(obj, "chosen"), _string(obj, "rejected")
+    prompt = _text(obj, "prompt", nonempty=False)
+    chosen, rejected = _text(obj, "chosen"), _text(obj, "rejected")
     if chosen == rejected:
         raise _BadRecord("'chosen' and 'rejected' are the same text (the pair says nothing)")
     label = obj.get("label")
@@ -176,15 +163,15 @@ def parse_pair(value: Any) -> PreferencePair:
     margin = _number(obj["margin"], "margin") if obj.get("margin") is not None else 0.0
     if tie and margin != 0.0:
         raise _BadRecord("a tie cannot have a 'margin'; drop one of them")
-    source = _string(obj, "source", required=False, nonempty=False)
+    source = _text(obj, "source", required=False, nonempty=False)
     return PreferencePair(prompt, chosen, rejected, margin, tie, source)
 
 
 def parse_label(value: Any) -> LabeledText:
     """One parsed JSON record -> a LabeledText; raises ``_BadRecord`` saying what is wrong."""
     obj = _object(value)
-    prompt = _string(obj, "prompt", required=False, nonempty=False)
-    text = _string(obj, "text")
+    prompt = _text(obj, "prompt", required=False, nonempty=False)
+    text = _text(obj, "text")
     if "label" not in obj:
         raise _BadRecord("no field 'label'")
     raw = obj["label"]
@@ -307,7 +294,7 @@ def split_hh_dialogue(chosen: str, rejected: str) -> tuple[str, str, str]:
 def _hh_pair(source: str) -> Callable[[Any], PreferencePair | _Skip]:
     def parse(value: Any) -> PreferencePair | _Skip:
         obj = _object(value)
-        chosen, rejected = _string(obj, "chosen"), _string(obj, "rejected")
+        chosen, rejected = _text(obj, "chosen"), _text(obj, "rejected")
         try:
             return PreferencePair(*split_hh_dialogue(chosen, rejected), source=source)
         except _Skip as quirk:
@@ -446,14 +433,3 @@ def load_reward_data(spec: str, *, format: str = "auto", on_bad_line: str = "err
     if fmt == "pairs":
         return read_pairs(spec, on_bad_line=on_bad_line, max_pairs=max_examples)
     return read_labels(spec, on_bad_line=on_bad_line, max_examples=max_examples)
-
-
-def iter_texts(data: PreferenceData | LabelData) -> Iterator[tuple[str, str]]:
-    """Every (prompt, completion) of the data: both sides of each pair, or each labelled text."""
-    if isinstance(data, PreferenceData):
-        for p in data.pairs:
-            yield p.prompt, p.chosen
-            yield p.prompt, p.rejected
-    else:
-        for e in data.examples:
-            yield e.prompt, e.text

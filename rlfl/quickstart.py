@@ -44,7 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from rlfl.config import to_dict
-from rlfl.stage_cache import atomic_write_text, check_settings, checkpoint_done, write_jsonl
+from rlfl.files import atomic_write_text
+from rlfl.stage_cache import check_settings, checkpoint_done, write_jsonl
 
 log = logging.getLogger(__name__)
 

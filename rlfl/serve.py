@@ -75,6 +75,7 @@ from rlfl.batching import (
 )
 from rlfl.chat_template import chat_prompt
 from rlfl.checkpoint import Checkpoint, load_checkpoint
+from rlfl.config import is_int, is_number
 from rlfl.generate import SamplingConfig
 from rlfl.model import GPT
 from rlfl.tokenizer import Tokenizer
@@ -205,13 +206,9 @@ class RequestError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}}
 
 
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x: object) -> bool:
+def _is_finite(x: object) -> bool:
     """A finite JSON number (Python's json reads NaN and Infinity, which no sampling setting can be)."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    return is_number(x) and math.isfinite(x)
 
 
 SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "n")
@@ -255,23 +252,23 @@ def _sampling(body: dict[str, Any], tokenizer: Tokenizer, default_max: int, limi
         return default if value is None else value
 
     max_tokens = get("max_tokens", default_max)
-    if not _is_int(max_tokens) or max_tokens < 1:
+    if not is_int(max_tokens) or max_tokens < 1:
         raise RequestError(f"'max_tokens' must be an integer >= 1, got {json.dumps(max_tokens)}", "max_tokens")
     temperature = get("temperature", 1.0)
-    if not _is_number(temperature) or temperature < 0:
+    if not _is_finite(temperature) or temperature < 0:
         raise RequestError(f"'temperature' must be a finite number >= 0 (0 = greedy), got {json.dumps(temperature)}",
                            "temperature")
     top_p = get("top_p", 1.0)
-    if not _is_number(top_p) or not 0 < top_p <= 1:
+    if not _is_finite(top_p) or not 0 < top_p <= 1:
         raise RequestError(f"'top_p' must be a finite number in (0, 1], got {json.dumps(top_p)}", "top_p")
     top_k = body.get("top_k")
-    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+    if top_k is not None and (not is_int(top_k) or top_k < 1):
         raise RequestError(f"'top_k' must be an integer >= 1 (or null to disable it), got {json.dumps(top_k)}", "top_k")
     seed = body.get("seed")
-    if seed is not None and (not _is_int(seed) or not 0 <= seed < 2**62):
+    if seed is not None and (not is_int(seed) or not 0 <= seed < 2**62):
         raise RequestError(f"'seed' must be an integer in [0, 2^62), got {json.dumps(seed)}", "seed")
     n = get("n", 1)
-    if not _is_int(n) or not 1 <= n <= MAX_ROWS_PER_REQUEST:
+    if not is_int(n) or not 1 <= n <= MAX_ROWS_PER_REQUEST:
         raise RequestError(f"'n' must be an integer in [1, {MAX_ROWS_PER_REQUEST}], got {json.dumps(n)}", "n")
     stop = get("stop", [])
     stops = [stop] if isinstance(stop, str) else stop
@@ -366,7 +363,7 @@ def _logprobs_arg(body: dict[str, Any], limit: int) -> int | None:
     k = body.get("logprobs")
     if k is None or k is False:
         return None
-    if not _is_int(k) or not 0 <= k <= limit:
+    if not is_int(k) or not 0 <= k <= limit:
         raise RequestError(f"'logprobs' must be an integer in [0, {limit}] (top tokens listed per position), "
                            f"got {json.dumps(k)}", "logprobs")
     return k

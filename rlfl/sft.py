@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from torch import nn
 from rlfl import checkpoint as ckpt
 from rlfl.chat_template import chat_prompt, end_token
 from rlfl.config import to_dict
+from rlfl.files import atomic_write_text
 from rlfl.generate import SamplingConfig, generate
 from rlfl.sft_data import SFTBatcher, read_sft, split_examples, tokenize_conversations
 from rlfl.tokenizer import Tokenizer
@@ -101,9 +101,7 @@ def sample_answers(model: nn.Module, tokenizer: Tokenizer, conversations: list[l
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def sft(cfg: SFTConfig) -> Path:

@@ -35,13 +35,13 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import tiktoken
 
 from rlfl.bpe import MAX_VOCAB_SIZE, learn_bpe_ranks
+from rlfl.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class Tokenizer:
                 base64.b64encode(tok) + b" %d" % rank
                 for tok, rank in sorted(self._ranks.items(), key=lambda kv: kv[1])
             ]
-            _atomic_write(directory / RANKS_FILE, b"\n".join(lines) + b"\n")
+            atomic_write_bytes(directory / RANKS_FILE, b"\n".join(lines) + b"\n")
         # tokenizer.json goes last: its presence means the ranks file next to it is complete.
         meta = {
             "format_version": _FORMAT_VERSION,
@@ -196,7 +196,7 @@ class Tokenizer:
             "fingerprint": self.fingerprint,
             "ranks_file": ranks_file,
         }
-        _atomic_write(directory / TOKENIZER_JSON, (json.dumps(meta, indent=2) + "\n").encode())
+        atomic_write_bytes(directory / TOKENIZER_JSON, (json.dumps(meta, indent=2) + "\n").encode())
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "Tokenizer":
@@ -533,18 +533,3 @@ def _as_int_list(ids: Any) -> list[int]:
         out = ids.tolist()
         return out if isinstance(out, list) else [out]
     return [int(i) for i in ids]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write via a temp file in the same directory + os.replace, so readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise

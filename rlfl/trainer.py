@@ -49,7 +49,7 @@ from torch import nn
 from rlfl import checkpoint as ckpt
 from rlfl.config import to_dict
 from rlfl.device import pick_device
-from rlfl.stage_cache import atomic_write_text
+from rlfl.files import atomic_write_text
 from rlfl.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)

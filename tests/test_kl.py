@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import rlfl.agents.kl as kl_module
-from rlfl.agents.kl import KL_HORIZON, AdaptiveKL, RunningMoments, kl_per_token
+from rlfl.agents.kl import KL_HORIZON, AdaptiveKL, kl_per_token
+from rlfl.envs.rewards import RunningMoments
 
 
 def test_doctests():

@@ -173,18 +173,6 @@ def test_cache_prefill_then_steps_and_chunks_match_full_forward():
     torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-5)
 
 
-def test_cache_select_keeps_and_reorders_rows():
-    model = tiny_model()
-    idx = torch.randint(0, 300, (3, 8))
-    full = model(idx)
-    cache = KVCache(model.config, 3, 8)
-    model(idx[:, :6], cache=cache)
-    cache.select([2, 0])
-    assert cache.batch_size == 2 and cache.length == 6
-    step = model(idx[[2, 0], 6:8], cache=cache)
-    torch.testing.assert_close(step, full[[2, 0], 6:8], atol=1e-5, rtol=1e-5)
-
-
 def test_cache_limits_are_clear_errors():
     model = tiny_model()
     with pytest.raises(ValueError, match=r"max_len=65 must be in \[1, block_size=64\]"):
