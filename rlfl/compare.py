@@ -52,25 +52,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gymnasium
 import numpy as np
+import torch
+import yaml
 
+from rlfl import config as cfglib
+from rlfl.agents.schedules import SCHEDULES
+from rlfl.agents.train import PPOConfig, train_ppo
+from rlfl.checkpoint import is_checkpoint, load_checkpoint
 from rlfl.compare_eval import (
     JUDGE_SPECS,
     PROMPT_SPECS,
+    build_results,
     load_prompts,
     make_compare_judge,
     parse_judge_spec,
+    sample_completions,
     split_prompts,
+    stage_evaluate,
 )
-from rlfl.agents.schedules import SCHEDULES
+from rlfl.compare_report import write_report
+from rlfl.compare_stats import round_floats
 from rlfl.config import to_dict
 from rlfl.device import pick_device
-from rlfl.stage_cache import (
-    atomic_write_text,
-    check_settings,
-    checkpoint_done,
-    write_jsonl,
-)
+from rlfl.envs.registry import register_reward_env
+from rlfl.envs.rewards import source_name
+from rlfl.feedback.annotators import SimulatedAnnotator, label_store
+from rlfl.feedback.store import LabelStore
+from rlfl.files import atomic_write_text
+from rlfl.judges import choices_from_probs
+from rlfl.preference_data import read_hh, read_pairs
+from rlfl.reward import RewardTrainConfig, train_reward_model
+from rlfl.stage_cache import check_settings, checkpoint_done, write_jsonl
+from rlfl.trainer import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +214,6 @@ def load_compare_config(path: str | os.PathLike | None = None, **overrides: Any)
         >>> load_compare_config(None, policy="runs/sft", seeds=[0, 1, 2]).seeds
         [0, 1, 2]
     """
-    from rlfl import config as cfglib
 
     values = cfglib.load_config_file(path) if path is not None else {}
     return cfglib.build(CompareConfig, values, overrides)
@@ -262,6 +276,11 @@ class CompareRun(StageClock):
         """A path inside ``out_dir``."""
         return self.out.joinpath(*parts)
 
+    def settings(self, *, keep: tuple[str, ...] = ()) -> dict[str, Any]:
+        """The config as a portable dict without the fields that do not change results (`RUNTIME_FIELDS`) except
+        ``keep``: what the folder's settings record and results.json hold."""
+        return self.portable({k: v for k, v in to_dict(self.cfg).items() if k not in RUNTIME_FIELDS or k in keep})
+
     def portable(self, value: Any) -> Any:
         """``value`` with paths inside ``out_dir`` made relative to it (results.json must not depend on where it is)."""
         if isinstance(value, str) and value:
@@ -282,7 +301,6 @@ class CompareRun(StageClock):
 
 def preflight(run: CompareRun) -> None:
     """Every check that can fail before training: paths, judges (HTTP probed), prompts, sizes, the settings record."""
-    from rlfl.checkpoint import is_checkpoint, load_checkpoint
 
     cfg = run.cfg
     for key in ("policy", "rm_init"):
@@ -311,7 +329,7 @@ def preflight(run: CompareRun) -> None:
         run.judges[key] = make_compare_judge(getattr(cfg, key), key, **judge_args)
     run.out.mkdir(parents=True, exist_ok=True)
     check_settings(run.path("compare_settings.json"),
-                   run.portable({k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_FIELDS}))
+                   run.settings())
 
 
 # ------------------------------------------------------------------------------------------ stages
@@ -328,8 +346,6 @@ def stage_prompts(run: CompareRun) -> None:
 
 
 def _sampled_items(run: CompareRun) -> list[dict[str, Any]]:
-    from rlfl.checkpoint import load_checkpoint
-    from rlfl.compare_eval import sample_completions
 
     cfg = run.cfg
     picked = [run.train_prompts[i % len(run.train_prompts)] for i in range(cfg.n_pairs)]
@@ -349,7 +365,6 @@ def _sampled_items(run: CompareRun) -> list[dict[str, Any]]:
 def _dataset_items(run: CompareRun) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Items from a preference dataset in a seeded random a/b order, and the dataset's labels of them (pairs
     whose prompt is a held-out evaluation prompt are left out)."""
-    from rlfl.preference_data import read_hh, read_pairs
 
     kind, _, arg = run.cfg.human.partition(":")
     files = [p for p in arg.split(",") if p]
@@ -380,8 +395,6 @@ def _store_labels(store: Any, items: list[dict[str, Any]]) -> list[dict[str, Any
 
 def stage_items_and_human(run: CompareRun) -> None:
     """items.jsonl and the human side (human_labels.jsonl, human_prefs.jsonl); see the module docstring."""
-    from rlfl.feedback.annotators import SimulatedAnnotator, label_store
-    from rlfl.feedback.store import LabelStore
 
     cfg = run.cfg
     items_path, labels_path = run.path("items.jsonl"), run.path("human_labels.jsonl")
@@ -460,8 +473,6 @@ def write_prefs(path: Path, items: list[dict[str, Any]], labels: list[dict[str, 
 
 def stage_ai_labels(run: CompareRun) -> None:
     """ai_labels.jsonl + ai_prefs.jsonl: the AI judge's preference on every item."""
-    from rlfl.envs.rewards import source_name
-    from rlfl.judges import choices_from_probs
 
     cfg = run.cfg
     items = _read_jsonl(run.path("items.jsonl"))
@@ -486,8 +497,6 @@ def stage_ai_labels(run: CompareRun) -> None:
 
 def stage_reward_models(run: CompareRun) -> None:
     """rm_rlhf/ and rm_rlaif/: the same RewardTrainConfig, only the data differ."""
-    from rlfl.reward import RewardTrainConfig, train_reward_model
-    from rlfl.trainer import TrainConfig
 
     cfg = run.cfg
     for arm, data in (("rlhf", "human_prefs.jsonl"), ("rlaif", "ai_prefs.jsonl")):
@@ -518,10 +527,7 @@ def ppo_done(out: Path, total: int) -> bool:
 
 def stage_ppo(run: CompareRun) -> None:
     """ppo/<arm>/seed<k>/: every arm, every seed, from the same policy with the same PPO settings."""
-    import gymnasium
 
-    from rlfl.agents.train import PPOConfig, train_ppo
-    from rlfl.envs.registry import register_reward_env
 
     cfg = run.cfg
     # the env: the training prompts, the judge as its own reward (direct RLAIF; the RM arms replace it) and
@@ -555,10 +561,6 @@ def write_config(out: Path, cfg: CompareConfig) -> None:
     """config.json and config.yaml: the config used (``rlfl compare out/config.yaml`` runs it again)."""
     data = to_dict(cfg)
     atomic_write_text(out / "config.json", json.dumps(data, indent=2) + "\n")
-    try:
-        import yaml
-    except ImportError:  # pyyaml is a core dependency; a JSON copy is enough without it
-        return
     atomic_write_text(out / "config.yaml", yaml.safe_dump(data, sort_keys=False))
 
 
@@ -570,13 +572,9 @@ def compare(config: CompareConfig, *, timing: dict[str, float] | None = None,
     ``report.md`` (+ PNG plots) in ``config.out_dir``; see the module docstring for the stages. ``timing`` and
     ``skipped`` are stages a caller ran before (`rlfl.quickstart` builds the policy): they head timing.json.
     """
-    from rlfl.compare_eval import build_results, stage_evaluate
-    from rlfl.compare_report import write_report
-    from rlfl.compare_stats import round_floats
 
     cfg = config
     if cfg.num_threads:
-        import torch
 
         torch.set_num_threads(cfg.num_threads)
     t0 = time.perf_counter()

@@ -37,8 +37,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from rlfl.chat_template import chat_prompt
+from rlfl.checkpoint import is_checkpoint, load_checkpoint, read_config
+from rlfl.compare_stats import agreement, bootstrap_ci, distinct_n, paired_diff_ci
+from rlfl.envs.prompts import hh_prompts, imdb_prompts, synthetic_review_prompts
+from rlfl.envs.rewards import GoldSentiment, source_name
+from rlfl.envs.text_env import default_stop_tokens
 from rlfl.files import atomic_write_text
+from rlfl.generate import SamplingConfig, generate
+from rlfl.judges import CallableJudge, JudgeEndpointError, _parse_spec, make_judge
+from rlfl.reward import load_reward_model
 from rlfl.stage_cache import write_jsonl
+from rlfl.synthetic import TERMS, grammar_words, words_of
 
 if TYPE_CHECKING:
     from rlfl.compare import CompareRun
@@ -65,7 +75,6 @@ def lexicon_sentiment(prompt: str, completion: str) -> float:
         >>> lexicon_sentiment("The soup was", " great."), lexicon_sentiment("The soup was", " not bad at all.")
         (0.75, -0.5)
     """
-    from rlfl.synthetic import TERMS
 
     values = [TERMS[w] for w in _WORD.findall((prompt + completion).lower()) if w in TERMS]
     return float(sum(values) / len(values)) if values else 0.0
@@ -80,7 +89,6 @@ def parse_judge_spec(spec: str) -> tuple[str, str]:
         if not arg:
             raise ValueError(f"judge {spec!r}: nothing after 'rm:'; use {JUDGE_SPECS}")
         return kind, arg
-    from rlfl.judges import _parse_spec
 
     try:
         return _parse_spec(spec)
@@ -96,9 +104,6 @@ def make_compare_judge(spec: str, key: str, *, constitution: str | None = None, 
     synthetic task's gold judge) and ``rm:DIR`` (a reward model read as raw scores, e.g. a classifier whose
     logit > 0 means positive). With ``probe``, an ``http:`` judge must answer a one-pair request now.
     """
-    from rlfl.checkpoint import is_checkpoint
-    from rlfl.envs.rewards import GoldSentiment
-    from rlfl.judges import CallableJudge, JudgeEndpointError, make_judge
 
     kind, arg = parse_judge_spec(spec)
     flag = "--" + key.replace("_", "-")
@@ -112,7 +117,6 @@ def make_compare_judge(spec: str, key: str, *, constitution: str | None = None, 
         raise FileNotFoundError(f"{constitution}: no such constitution file (constitution); fix --constitution")
     try:
         if kind == "rm":
-            from rlfl.reward import load_reward_model
 
             return CallableJudge(load_reward_model(arg, device=device, normalize=False), name=f"rm:{arg}")
         judge = make_judge(spec, constitution, device=device, batch_size=batch_size)
@@ -128,7 +132,6 @@ def make_compare_judge(spec: str, key: str, *, constitution: str | None = None, 
 # ------------------------------------------------------------------------------------------ prompts
 def load_prompts(spec: str, *, n: int | None, seed: int) -> list[str]:
     """The prompt strings ``spec`` names (see ``PROMPT_SPECS``), a seeded subset of ``n`` when given."""
-    from rlfl.envs.prompts import hh_prompts, imdb_prompts, synthetic_review_prompts
 
     kind, _, arg = spec.partition(":")
     if kind == "synthetic":
@@ -199,7 +202,6 @@ class Sample:
 
 def encode_prompt(tokenizer: Any, text: str, *, chat: bool, max_prompt_tokens: int) -> list[int]:
     """A prompt's ids as the env encodes them: chat turn or plain text, left-truncated to ``max_prompt_tokens``."""
-    from rlfl.chat_template import chat_prompt
 
     ids = chat_prompt(tokenizer, [{"role": "user", "content": text}]) if chat else (tokenizer.encode(text)
                                                                                     or [tokenizer.eot_id])
@@ -214,8 +216,6 @@ def sample_completions(model: Any, tokenizer: Any, prompts: Sequence[str], *, ch
     Stops at the env's stop tokens (``<|endoftext|>``, ``<|end|>``). The same seed and batch size give the
     same completions.
     """
-    from rlfl.envs.text_env import default_stop_tokens
-    from rlfl.generate import SamplingConfig, generate
 
     stops = tuple(default_stop_tokens(tokenizer))
     encoded = [encode_prompt(tokenizer, p, chat=chat, max_prompt_tokens=max_prompt_tokens) for p in prompts]
@@ -288,8 +288,6 @@ def _eval_file(run: CompareRun, name: str, seed: int) -> Path:
 
 def stage_evaluate(run: CompareRun) -> None:
     """eval/<policy>/seed<k>.jsonl for every policy and seed, then eval/gold_prefs.json."""
-    from rlfl.checkpoint import load_checkpoint
-    from rlfl.reward import load_reward_model
 
     cfg = run.cfg
     todo = [(name, seed, d) for name, dirs in policy_dirs(run).items() for seed, d in dirs.items()
@@ -381,14 +379,12 @@ def choices(probs: Sequence[float]) -> list[str]:
 
 
 def _ci(values_by_seed: list[np.ndarray], run: CompareRun, **kw: Any) -> list[float]:
-    from rlfl.compare_stats import bootstrap_ci
 
     return list(bootstrap_ci(values_by_seed, n_boot=run.cfg.n_boot, seed=run.cfg.seed, **kw))
 
 
 def _policy_figures(run: CompareRun, name: str, evals: dict[str, dict[int, list[dict]]],
                     prefs: dict[str, list[float]]) -> dict[str, Any]:
-    from rlfl.compare_stats import distinct_n, paired_diff_ci
 
     seeds = run.cfg.seeds
     rec = evals[name]
@@ -436,7 +432,6 @@ def _in_vocab_rate(run: CompareRun, texts: Sequence[str]) -> float | None:
     write (`rlfl.synthetic.in_vocabulary_rate`, pooled over words); None for other prompt sets."""
     if run.cfg.prompts != "synthetic":
         return None
-    from rlfl.synthetic import grammar_words, words_of
 
     vocab = grammar_words()
     words = [w for t in texts for w in words_of(t)]
@@ -444,8 +439,6 @@ def _in_vocab_rate(run: CompareRun, texts: Sequence[str]) -> float | None:
 
 
 def _label_section(run: CompareRun, gold_items: list[float]) -> dict[str, Any]:
-    from rlfl.compare_stats import agreement
-    from rlfl.envs.rewards import source_name
 
     cfg = run.cfg
     items = _read(run.path("items.jsonl"))
@@ -488,7 +481,6 @@ def _label_section(run: CompareRun, gold_items: list[float]) -> dict[str, Any]:
 def _reward_models(run: CompareRun, evals: dict[str, dict[int, list[dict]]], prefs: dict[str, list[float]]
                    ) -> dict[str, Any]:
     """Each RM's own validation accuracy and its accuracy against GOLD on held-out pairs of SFT samples."""
-    from rlfl.checkpoint import read_config
 
     seeds = run.cfg.seeds
     out = {}
@@ -567,9 +559,6 @@ def rollout_scores(logs: Path, rollout: int) -> dict[int, float]:
 def build_results(run: CompareRun) -> dict[str, Any]:
     """The results.json dict (config, seeds, labels, reward_models, policies, head_to_head, curves) from the stages'
     files."""
-    from rlfl.compare import RUNTIME_FIELDS
-    from rlfl.config import to_dict
-    from rlfl.envs.rewards import source_name
 
     cfg = run.cfg
     prefs = json.loads(run.path("eval", "gold_prefs.json").read_text(encoding="utf-8"))
@@ -583,8 +572,7 @@ def build_results(run: CompareRun) -> dict[str, Any]:
             h2h[pair] = {"win_rate": _ci([wins(prefs[f"{pair}/seed{s}"]) for s in cfg.seeds], run), "judge": gold,
                          "position_swapped": True, "n": len(prefs[key]) * len(cfg.seeds)}
     return {
-        "config": run.portable({k: v for k, v in to_dict(cfg).items() if k not in RUNTIME_FIELDS or k == "task"}
-                               | {"task": cfg.task or cfg.prompts}),
+        "config": run.settings(keep=("task",)) | {"task": run.portable(cfg.task or cfg.prompts)},
         "config_file": "config.yaml",
         "seeds": list(cfg.seeds),
         "prompts": {"spec": run.portable(cfg.prompts), "train": len(run.train_prompts), "eval": len(run.eval_prompts),

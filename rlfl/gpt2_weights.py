@@ -10,8 +10,7 @@ safetensors file directly (no `transformers` dependency, no pickle). Differences
 Only `pytorch_model.bin` (a pickle) is not read: loading pickles from untrusted files can run code.
 
 Example (with a real download placed in ./gpt2):
-    >>> from rlfl.model import GPT
-    >>> model = GPT.from_gpt2("gpt2")  # doctest: +SKIP
+    >>> model = load_gpt2("gpt2")  # doctest: +SKIP
 """
 
 from __future__ import annotations

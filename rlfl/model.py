@@ -2,7 +2,7 @@
 
 The layout follows GPT-2 closely (learned token + position embeddings, pre-LayerNorm blocks, tanh-GELU
 MLP, final LayerNorm, LM head tied to the token embedding) so that GPT-2 weights load from local files
-(see rlfl/gpt2_weights.py). Parameter names mirror Hugging Face's GPT-2 names (`wte`, `h.0.attn.c_attn`,
+(`rlfl.gpt2_weights.load_gpt2`). Parameter names mirror Hugging Face's GPT-2 names (`wte`, `h.0.attn.c_attn`,
 ...) which keeps the weight mapping a plain rename plus a transpose.
 
 Attention goes through `torch.nn.functional.scaled_dot_product_attention`. Four cases:
@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -582,17 +581,3 @@ class GPT(nn.Module):
         T = self.config.block_size if seq_len is None else seq_len
         cfg = self.config
         return 6.0 * self.num_params(non_embedding=True, active=True) + 12.0 * cfg.n_layer * cfg.n_embd * T
-
-    # ---- loading --------------------------------------------------------------------------------------
-
-    @classmethod
-    def from_gpt2(cls, directory: str | Path, *, dropout: float = 0.0) -> GPT:
-        """Load GPT-2 weights from a Hugging Face style directory (config.json + model.safetensors).
-
-        See rlfl.gpt2_weights.load_gpt2 for the accepted layouts and the checks made.
-        """
-        from rlfl.gpt2_weights import (
-            load_gpt2,  # local import: gpt2_weights imports this module
-        )
-
-        return load_gpt2(directory, dropout=dropout)

@@ -29,6 +29,7 @@ from rlfl import checkpoint as ckpt
 from rlfl.config import to_dict
 from rlfl.data import BatchSampler, load_shards
 from rlfl.generate import SamplingConfig, generate
+from rlfl.gpt2_weights import load_gpt2
 from rlfl.model import GPT, GPTConfig
 from rlfl.tokenizer import Tokenizer
 from rlfl.trainer import TrainConfig, Trainer, setup_runtime
@@ -91,7 +92,7 @@ def build_model(cfg: PretrainConfig, tokenizer: Tokenizer) -> tuple[GPT, str | N
         if tokenizer.kind != "gpt2":
             raise ValueError(f"--init-from {init}: GPT-2 weights need shards tokenized with the GPT-2 BPE, but "
                              f"{cfg.data} uses '{tokenizer.name}'; re-run `rlfl data prepare --tokenizer gpt2:FILE`")
-        model = GPT.from_gpt2(init[len("gpt2:"):])
+        model = load_gpt2(init[len("gpt2:"):])
         _grow_vocab(model, tokenizer.n_vocab)
         parent = init
     else:

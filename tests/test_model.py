@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from rlfl.gpt2_weights import load_gpt2
 from rlfl.model import GPT, GPTConfig, KVCache
 
 TINY = dict(vocab_size=300, block_size=64, n_layer=2, n_head=2, n_embd=64)
@@ -319,7 +320,7 @@ def test_from_gpt2_matches_independent_reference(tmp_path, prefix):
             "transformer.h.1.attn.masked_bias": torch.tensor(-1e4),
             "lm_head.weight": tensors["wte.weight"].clone(),
         }
-    model = GPT.from_gpt2(write_checkpoint(tmp_path / "gpt2", tensors, prefix=prefix, extra=extra))
+    model = load_gpt2(write_checkpoint(tmp_path / "gpt2", tensors, prefix=prefix, extra=extra))
     assert model.config == GPTConfig(vocab_size=300, block_size=32, n_layer=2, n_head=4, n_embd=64)
     ids = torch.randint(0, 300, (2, 20), generator=torch.Generator().manual_seed(1))
     expected = reference_logits(tensors, ids)
@@ -335,40 +336,40 @@ def test_from_gpt2_matches_independent_reference(tmp_path, prefix):
 
 def test_from_gpt2_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such directory"):
-        GPT.from_gpt2(tmp_path / "nope")
+        load_gpt2(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"config\.json: no such file"):
-        GPT.from_gpt2(tmp_path / "empty")
+        load_gpt2(tmp_path / "empty")
     d = write_checkpoint(tmp_path / "ckpt", hf_tensors())
     (d / "model.safetensors").rename(d / "pytorch_model.bin")
     with pytest.raises(FileNotFoundError, match=r"model\.safetensors: no such file \(found pytorch_model\.bin"):
-        GPT.from_gpt2(d)
+        load_gpt2(d)
 
 
 def test_from_gpt2_missing_key(tmp_path):
     tensors = hf_tensors()
     del tensors["h.1.mlp.c_fc.bias"]
     with pytest.raises(ValueError, match=r"missing tensor 'h\.1\.mlp\.c_fc\.bias'"):
-        GPT.from_gpt2(write_checkpoint(tmp_path, tensors))
+        load_gpt2(write_checkpoint(tmp_path, tensors))
 
 
 def test_from_gpt2_shape_mismatch_names_key_and_shapes(tmp_path):
     tensors = hf_tensors()
     tensors["h.0.attn.c_proj.weight"] = torch.zeros(64, 32)
     with pytest.raises(ValueError, match=r"'h\.0\.attn\.c_proj\.weight' has shape \(32, 64\) .*expected \(64, 64\)"):
-        GPT.from_gpt2(write_checkpoint(tmp_path, tensors))
+        load_gpt2(write_checkpoint(tmp_path, tensors))
 
 
 def test_from_gpt2_rejects_extra_layers_untied_head_and_other_activations(tmp_path):
     tensors = hf_tensors()
     extra = {"h.2.ln_1.weight": torch.ones(64)}
     with pytest.raises(ValueError, match=r"unexpected tensor 'h\.2\.ln_1\.weight'.*n_layer=2"):
-        GPT.from_gpt2(write_checkpoint(tmp_path / "a", tensors, extra=extra))
+        load_gpt2(write_checkpoint(tmp_path / "a", tensors, extra=extra))
     extra = {"lm_head.weight": tensors["wte.weight"] + 1}
     with pytest.raises(ValueError, match="lm_head.weight differs from wte.weight"):
-        GPT.from_gpt2(write_checkpoint(tmp_path / "b", tensors, extra=extra))
+        load_gpt2(write_checkpoint(tmp_path / "b", tensors, extra=extra))
     cfg = {**HF, "activation_function": "relu"}
     with pytest.raises(ValueError, match=r"activation_function 'relu' is not supported"):
-        GPT.from_gpt2(write_checkpoint(tmp_path / "c", tensors, config=cfg))
+        load_gpt2(write_checkpoint(tmp_path / "c", tensors, config=cfg))
     cfg = {k: v for k, v in HF.items() if k != "n_positions"} | {"n_ctx": 32}  # older configs: n_ctx only
-    assert GPT.from_gpt2(write_checkpoint(tmp_path / "d", tensors, config=cfg)).config.block_size == 32
+    assert load_gpt2(write_checkpoint(tmp_path / "d", tensors, config=cfg)).config.block_size == 32
