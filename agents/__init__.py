@@ -19,7 +19,8 @@ from rlfl.agents.kl import AdaptiveKL, FixedKL, kl_per_token
 from rlfl.agents.policy import TransformerPolicy
 from rlfl.agents.ppo import PPO
 from rlfl.agents.schedules import LRSchedule
+from rlfl.agents.settings import PPOSettings
 from rlfl.agents.vec_env import TextVecEnv, make_text_vec_env
 
-__all__ = ["PPO", "AdaptiveKL", "FixedKL", "LRSchedule", "TextVecEnv", "TransformerPolicy", "kl_per_token",
+__all__ = ["PPO", "PPOSettings", "AdaptiveKL", "FixedKL", "LRSchedule", "TextVecEnv", "TransformerPolicy", "kl_per_token",
            "make_text_vec_env"]

@@ -66,6 +66,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import math
@@ -78,14 +79,15 @@ from gymnasium import spaces
 from rlfl.agents.distributed import (
     all_gather, all_max, all_min, all_sum, average_gradients, broadcast_module, mean_count, mean_std, world,
 )
-from rlfl.agents.kl import ESTIMATORS, KL_HORIZON, AdaptiveKL, FixedKL, kl_per_token
+from rlfl.agents.kl import AdaptiveKL, FixedKL, kl_per_token
 from rlfl.agents.policy import TransformerPolicy
 from rlfl.agents.rollout import CachedActor, RolloutStore
 from rlfl.agents.schedules import LRSchedule
+from rlfl.agents.settings import PPOSettings
 from rlfl.agents.vec_env import TextVecEnv, make_text_vec_env
 from rlfl.envs.rewards import RunningMoments
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
-from stable_baselines3.common.type_aliases import GymEnv, Schedule
+from stable_baselines3.common.type_aliases import GymEnv
 from stable_baselines3.common.utils import FloatSchedule, explained_variance
 
 from rlfl.checkpoint import is_checkpoint, save_checkpoint
@@ -94,15 +96,9 @@ from rlfl.files import atomic_write_bytes
 logger = logging.getLogger(__name__)
 
 
-PRECISIONS = ("float32", "bfloat16", "auto")
 # the file a PPO run's resume state is saved to (`PPO.save_resume_state`), and its format tag
 RESUME_FILE = "ppo_resume.pt"
-RESUME_FORMAT = "rlfl-ppo-resume/1"
-# PPO arguments a resume state records and rebuilds the algorithm with (clip ranges and the learning rate too)
-RESUME_SETTINGS = ("n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "normalize_advantage", "ent_coef",
-                   "vf_coef", "value_lr_scale", "max_grad_norm", "target_kl", "kl_coef", "adaptive_kl", "kl_target",
-                   "kl_horizon", "kl_estimator", "ratio_threshold", "no_stop_penalty", "short_penalty", "short_tokens",
-                   "reward_clip", "normalize_reward", "logsigmoid_reward", "precision")
+RESUME_FORMAT = "rlfl-ppo-resume/2"
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -152,33 +148,7 @@ class PPO(OnPolicyAlgorithm):
         self,
         policy: str | Path | type[TransformerPolicy],
         env: GymEnv | str | None,
-        learning_rate: float | Schedule = 1e-5,
-        n_steps: int = 32,
-        batch_size: int = 512,
-        n_epochs: int = 4,
-        gamma: float = 1.0,
-        gae_lambda: float = 0.95,
-        clip_range: float | Schedule = 0.2,
-        clip_range_vf: float | None = 0.2,
-        normalize_advantage: bool = True,
-        ent_coef: float = 0.0,
-        vf_coef: float = 0.1,
-        value_lr_scale: float = 1.0,
-        max_grad_norm: float = 1.0,
-        target_kl: float | None = None,
-        kl_coef: float = 0.05,
-        adaptive_kl: bool = False,
-        kl_target: float = 6.0,
-        kl_horizon: int = KL_HORIZON,
-        kl_estimator: str = "k1",
-        ratio_threshold: float = 10.0,
-        no_stop_penalty: float = 0.0,
-        short_penalty: float = 0.0,
-        short_tokens: int = 0,
-        reward_clip: float | None = None,
-        normalize_reward: bool = False,
-        logsigmoid_reward: float | None = None,
-        precision: str = "float32",
+        *,
         n_envs: int = 32,
         env_kwargs: dict[str, Any] | None = None,
         stats_window_size: int = 100,
@@ -188,7 +158,21 @@ class PPO(OnPolicyAlgorithm):
         seed: int | None = None,
         device: torch.device | str = "auto",
         _init_setup_model: bool = True,
+        **settings: Any,
     ) -> None:
+        # every hyperparameter is a PPOSettings field (its default, help and check live there); the learning
+        # rate may also be an SB3 schedule (a callable of the progress remaining), used as is
+        schedule = settings.get("learning_rate")
+        if isinstance(schedule, LRSchedule) and schedule.final == 0.0:  # the same as a rate and lr_schedule
+            settings.update(learning_rate=schedule.lr, lr_schedule=schedule.kind)
+            schedule = schedule.lr
+        if callable(schedule):
+            if settings.get("lr_schedule", "constant") != "constant":
+                raise ValueError("pass learning_rate as a number with lr_schedule, or as a schedule (a callable) alone")
+            settings["learning_rate"] = float(schedule(1.0))
+        self.settings = PPOSettings.from_kwargs(settings)
+        s = self.settings
+        learning_rate = schedule if callable(schedule) else LRSchedule(s.lr_schedule, s.learning_rate)
         policy_kwargs = dict(policy_kwargs or {})
         if isinstance(policy, (str, Path)) and str(policy) not in self.policy_aliases:
             if not is_checkpoint(policy):
@@ -198,43 +182,17 @@ class PPO(OnPolicyAlgorithm):
             policy = TransformerPolicy
         if env is not None:
             env = _as_text_vec_env(env, n_envs, env_kwargs)
-        checks = {"n_steps": n_steps >= 1, "batch_size": batch_size >= 1, "n_epochs": n_epochs >= 1,
-                  "gamma": 0.0 <= gamma <= 1.0, "gae_lambda": 0.0 <= gae_lambda <= 1.0, "kl_coef": kl_coef >= 0,
-                  "ratio_threshold": ratio_threshold > 1.0, "max_grad_norm": max_grad_norm > 0,
-                  "value_lr_scale": value_lr_scale > 0 and math.isfinite(value_lr_scale),
-                  "reward_clip": reward_clip is None or reward_clip > 0,
-                  "logsigmoid_reward": logsigmoid_reward is None or math.isfinite(logsigmoid_reward),
-                  "no_stop_penalty": math.isfinite(no_stop_penalty), "short_penalty": math.isfinite(short_penalty),
-                  "short_tokens": short_tokens >= 0,
-                  "target_kl": target_kl is None or target_kl > 0}
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"PPO {name}={locals()[name]!r} is out of range; see the PPO docstring for valid values")
-        if short_penalty != 0 and short_tokens == 0:
-            raise ValueError(f"short_penalty={short_penalty} penalises completions shorter than short_tokens=0 tokens, "
-                             "which is none of them; set short_tokens (e.g. 8)")
-        if kl_estimator not in ESTIMATORS:
-            raise ValueError(f"kl_estimator={kl_estimator!r}; use one of {', '.join(ESTIMATORS)}")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision={precision!r}; use one of {', '.join(PRECISIONS)}")
         super().__init__(
-            policy, env, learning_rate=learning_rate, n_steps=n_steps, gamma=gamma, gae_lambda=gae_lambda,
-            ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=max_grad_norm, use_sde=False, sde_sample_freq=-1,
+            policy, env, learning_rate=learning_rate, n_steps=s.n_steps, gamma=s.gamma, gae_lambda=s.gae_lambda,
+            ent_coef=s.ent_coef, vf_coef=s.vf_coef, max_grad_norm=s.max_grad_norm, use_sde=False, sde_sample_freq=-1,
             stats_window_size=stats_window_size, tensorboard_log=tensorboard_log, policy_kwargs=policy_kwargs,
             verbose=verbose, seed=seed, device=device, _init_setup_model=False, supported_action_spaces=(spaces.Discrete,),
         )
-        self.batch_size, self.n_epochs = int(batch_size), int(n_epochs)
-        self.clip_range, self.clip_range_vf = clip_range, clip_range_vf
-        self.normalize_advantage, self.target_kl = normalize_advantage, target_kl
-        self.kl_coef, self.adaptive_kl, self.kl_target, self.kl_horizon = kl_coef, adaptive_kl, kl_target, kl_horizon
-        self.kl_estimator, self.ratio_threshold = kl_estimator, float(ratio_threshold)
-        self.no_stop_penalty, self.reward_clip, self.normalize_reward = no_stop_penalty, reward_clip, normalize_reward
-        self.short_penalty, self.short_tokens = float(short_penalty), int(short_tokens)
-        self.logsigmoid_reward = None if logsigmoid_reward is None else float(logsigmoid_reward)
-        self.precision = precision
-        self.value_lr_scale = float(value_lr_scale)
-        self.kl_ctl: FixedKL | AdaptiveKL = (AdaptiveKL(kl_coef, kl_target, kl_horizon) if adaptive_kl
-                                             else FixedKL(kl_coef))
+        for name in PPOSettings.names():  # the attributes PPO's code (and SB3's) reads
+            if name not in ("learning_rate", "lr_schedule"):
+                setattr(self, name, getattr(s, name))
+        self.kl_ctl: FixedKL | AdaptiveKL = (AdaptiveKL(s.kl_coef, s.kl_target, s.kl_horizon) if s.adaptive_kl
+                                             else FixedKL(s.kl_coef))
         self.score_moments = RunningMoments()
         self.parent_checkpoint = policy_kwargs.get("checkpoint")
         self._actor: CachedActor | None = None
@@ -344,15 +302,8 @@ class PPO(OnPolicyAlgorithm):
         ``torch.save`` it loads with ``torch.load(weights_only=True)``, which never runs code from the file
         (unlike SB3's zip, whose ``data`` entry is unpickled by ``PPO.load``).
         """
-        settings: dict[str, Any] = {k: getattr(self, k) for k in RESUME_SETTINGS}
-        settings["clip_range"] = float(self.clip_range(1.0))
-        settings["clip_range_vf"] = None if self.clip_range_vf is None else float(self.clip_range_vf(1.0))
-        lr = self.learning_rate
-        if isinstance(lr, LRSchedule):
-            settings["learning_rate"] = {"kind": lr.kind, "lr": lr.lr, "final": lr.final}
-        elif isinstance(lr, (int, float)):
-            settings["learning_rate"] = float(lr)
-        else:  # any other callable is code; the resumed run takes it as an argument
+        settings = dataclasses.asdict(self.settings)
+        if not isinstance(self.learning_rate, LRSchedule):  # a custom schedule is code: the resumed run is given it
             settings["learning_rate"] = None
         return {
             "format": RESUME_FORMAT,
@@ -381,8 +332,8 @@ class PPO(OnPolicyAlgorithm):
 
         The file is read with ``torch.load(weights_only=True)``: tensors, numbers, strings, lists and dicts
         only, so a crafted file cannot run code (a pickle payload is refused with a one-line error).
-        ``overrides`` replace saved settings (``learning_rate`` is required when the run's rate was a schedule
-        other than `LRSchedule`). A run resumed this way continues with ``learn(remaining,
+        ``overrides`` replace saved settings (``learning_rate`` is required when the run's rate was a custom
+        schedule). A run resumed this way continues with ``learn(remaining,
         reset_num_timesteps=False)``.
         """
         path = Path(path)
@@ -399,14 +350,11 @@ class PPO(OnPolicyAlgorithm):
                              f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r}, expected "
                              f"{RESUME_FORMAT!r}); delete it to start the run over")
         settings = {**state["settings"], **overrides}
-        lr = settings.pop("learning_rate")
-        if isinstance(lr, dict):
-            lr = LRSchedule(lr["kind"], lr["lr"], final=lr["final"])
-        elif lr is None:
+        if settings["learning_rate"] is None:
             raise ValueError(f"{path}: the run's learning rate was a custom schedule, which a resume file does not "
                              "hold; pass learning_rate= to from_resume_state")
-        model = cls("TransformerPolicy", env, learning_rate=lr, device=device,
-                    policy_kwargs={"gpt_config": state["gpt_config"]}, _init_setup_model=False, **settings)
+        model = cls("TransformerPolicy", env, device=device, policy_kwargs={"gpt_config": state["gpt_config"]},
+                    _init_setup_model=False, **settings)
         if env is None:  # the spaces of the env it was trained in
             vocab, length = int(state["gpt_config"]["vocab_size"]), int(state["obs_length"])
             box = spaces.Box(0, vocab - 1, shape=(length,), dtype=np.int64)
@@ -424,12 +372,8 @@ class PPO(OnPolicyAlgorithm):
 
     def save_checkpoint(self, directory: str | Path, *, extra: dict[str, Any] | None = None) -> Path:
         """Write the policy (GPT + value head) as an rlfl checkpoint: ``rlfl sample``/``serve`` open it."""
-        hyper = {k: getattr(self, k) for k in ("n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "ent_coef",
-                                              "vf_coef", "value_lr_scale", "max_grad_norm", "target_kl", "kl_coef",
-                                              "adaptive_kl", "kl_target", "kl_horizon", "kl_estimator",
-                                              "no_stop_penalty", "short_penalty", "short_tokens", "reward_clip",
-                                              "normalize_reward", "logsigmoid_reward")}
-        hyper["learning_rate"] = self.lr_schedule(self._current_progress_remaining)
+        hyper = dataclasses.asdict(self.settings)
+        hyper["learning_rate_now"] = self.lr_schedule(self._current_progress_remaining)
         hyper["kl_beta"] = self.kl_ctl.beta
         save_checkpoint(directory, self.policy.net, self.tokenizer, stage="ppo", step=self.num_timesteps,
                         train_config=hyper, parent=self.parent_checkpoint, extra=extra)

@@ -26,8 +26,8 @@ class LRSchedule:
     def __init__(self, kind: str, lr: float, *, final: float = 0.0) -> None:
         if kind not in SCHEDULES:
             raise ValueError(f"learning-rate schedule {kind!r}; use one of {', '.join(SCHEDULES)}")
-        if not (lr > 0 and math.isfinite(lr)):
-            raise ValueError(f"learning rate {lr!r} must be a finite number > 0")
+        if not (lr >= 0 and math.isfinite(lr)):
+            raise ValueError(f"learning rate {lr!r} must be a finite number >= 0 (0: the weights stay as they are)")
         if not 0.0 <= final <= 1.0:
             raise ValueError(f"final={final!r}: the end rate as a fraction of the start must be in [0, 1]")
         self.kind, self.lr, self.final = kind, float(lr), float(final)

@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import logging
@@ -56,14 +57,12 @@ from rlfl.agents.callbacks import (
     read_eval_csv,
     save_sb3_zip,
 )
-from rlfl.agents.kl import KL_HORIZON
 from rlfl.agents.ppo import PPO, RESUME_FILE
-from rlfl.agents.schedules import SCHEDULES, LRSchedule
+from rlfl.agents.settings import PPOSettings
 
 from rlfl.config import to_dict
-from rlfl.files import atomic_write_bytes
 from rlfl.device import pick_device
-from rlfl.files import read_json
+from rlfl.files import atomic_write_bytes, read_json
 from rlfl.trainer import join_process_group
 
 log = logging.getLogger(__name__)
@@ -71,15 +70,12 @@ log = logging.getLogger(__name__)
 EXPORT_ZIP = "ppo_sb3.zip"
 LOG_FORMATS = ("stdout", "csv", "tensorboard", "json", "log")
 # settings a resumed run takes from its resume state, whatever the command line says now
-_FROM_STATE = ("init_from", "reference", "n_steps", "batch_size", "n_epochs", "learning_rate", "lr_schedule", "kl_coef",
-             "adaptive_kl", "kl_target", "kl_horizon", "kl_estimator", "target_kl", "gamma", "gae_lambda", "clip_range",
-             "clip_range_vf", "ent_coef", "vf_coef", "value_lr_scale", "max_grad_norm", "no_stop_penalty",
-             "short_penalty", "short_tokens", "reward_clip", "normalize_reward", "logsigmoid_reward", "precision")
+_FROM_STATE = ("init_from", "reference", *PPOSettings.names())
 
 
 @dataclass
-class PPOConfig:
-    """`rlfl ppo`: which policy to fine-tune, in which env, against which reward, and how."""
+class PPOConfig(PPOSettings):
+    """`rlfl ppo`: which policy to fine-tune, in which env, against which reward, and how (the `PPOSettings`)."""
 
     init_from: str = field(default="runs/sft", metadata={"help": "policy checkpoint directory to start from (any stage)"})
     env_id: str = field(default="rlfl/SyntheticReviews-v0", metadata={"help": "registered text env id"})
@@ -106,47 +102,6 @@ class PPOConfig:
         "help": "parallel episodes (rows of the vector env), per process under torchrun"})
     total_timesteps: int = field(default=65536, metadata={
         "help": "generated tokens to train on (runs to the end of the rollout that reaches it)"})
-    # ---- PPO
-    n_steps: int = field(default=32, metadata={"help": "tokens per row per rollout (rollout = n_steps * n_envs)"})
-    batch_size: int = field(default=512, metadata={"help": "tokens per minibatch (about)"})
-    n_epochs: int = field(default=4, metadata={"help": "passes over each rollout"})
-    learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate"})
-    lr_schedule: str = field(default="constant", metadata={
-        "help": "constant | linear | cosine: the learning rate decays to 0 at --total-timesteps"})
-    kl_coef: float = field(default=0.05, metadata={"help": "beta: weight of the per-token KL penalty (initial, if adaptive)"})
-    adaptive_kl: bool = field(default=False, metadata={"help": "adapt beta to keep the KL per completion near --kl-target"})
-    kl_target: float = field(default=6.0, metadata={"help": "target KL per completion (nats) of the adaptive controller"})
-    kl_horizon: int = field(default=KL_HORIZON, metadata={
-        "help": "adaptive KL: each completion moves log(beta) by clip(log(KL / target), -0.5, 0.5) / kl_horizon "
-                "(smaller = faster; 32 completions per rollout at the clip: x4.5 in 48 rollouts)"})
-    kl_estimator: str = field(default="k1", metadata={"help": "per-token KL estimator: k1 (log ratio) | k3 (always >= 0)"})
-    target_kl: float | None = field(default=None, metadata={
-        "help": "stop an update's epochs when the approximate KL of the update exceeds 1.5x this"})
-    gamma: float = field(default=1.0, metadata={"help": "discount over tokens"})
-    gae_lambda: float = field(default=0.95, metadata={"help": "GAE lambda"})
-    clip_range: float = field(default=0.2, metadata={"help": "PPO ratio clip"})
-    clip_range_vf: float | None = field(default=0.2, metadata={
-        "help": "value clip (null in a config file: unclipped value loss)"})
-    ent_coef: float = field(default=0.0, metadata={"help": "entropy bonus weight"})
-    vf_coef: float = field(default=0.1, metadata={"help": "value loss weight"})
-    value_lr_scale: float = field(default=1.0, metadata={
-        "help": "the value head's learning rate as a multiple of --learning-rate (a linear head on the trunk's "
-                "features learns little at a policy's rate)"})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient norm clip"})
-    no_stop_penalty: float = field(default=0.0, metadata={
-        "help": "added to the reward of completions that never emit a stop token (e.g. -1.0)"})
-    short_penalty: float = field(default=0.0, metadata={
-        "help": "added to the reward of completions shorter than --short-tokens tokens, empty ones included "
-                "(e.g. -1.0)"})
-    short_tokens: int = field(default=0, metadata={
-        "help": "completions with fewer tokens than this (a final stop token not counted) get --short-penalty"})
-    reward_clip: float | None = field(default=None, metadata={"help": "clip scores to [-x, x]"})
-    normalize_reward: bool = field(default=False, metadata={"help": "normalise scores by their running mean/std"})
-    logsigmoid_reward: float | None = field(default=None, metadata={
-        "help": "centre c: a score s becomes log(sigmoid(s - c)), bounded above, so already-good completions "
-                "earn little more; c near the score of a good completion (no gain measured on SyntheticReviews)"})
-    precision: str = field(default="float32", metadata={
-        "help": "float32 | bfloat16 | auto (bfloat16 where the hardware has it natively: recent CPUs and GPUs)"})
     # ---- output, evaluation, logging
     out_dir: str = field(default="runs/ppo", metadata={
         "help": "output directory: final checkpoint, ppo_resume.pt (resume), ppo_sb3.zip (SB3 export), eval.csv, logs/, "
@@ -164,6 +119,8 @@ class PPOConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar (off: one metrics line per update)"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+
         def need(ok: bool, name: str, what: str) -> None:
             if not ok:
                 flag = "--" + name.replace("_", "-")
@@ -171,30 +128,13 @@ class PPOConfig:
 
         need(bool(self.init_from), "init_from", "pass the policy checkpoint directory")
         need(bool(self.env_id), "env_id", "pass a registered env id such as rlfl/SyntheticReviews-v0")
-        for name in ("n_envs", "total_timesteps", "n_steps", "batch_size", "n_epochs", "eval_samples"):
+        for name in ("n_envs", "total_timesteps", "eval_samples"):
             need(getattr(self, name) >= 1, name, "must be an integer >= 1")
-        for name in ("checkpoint_every", "eval_every", "eval_prompts", "sample_every", "num_threads", "ent_coef",
-                     "vf_coef", "kl_coef", "short_tokens"):
+        for name in ("checkpoint_every", "eval_every", "eval_prompts", "sample_every", "num_threads"):
             need(getattr(self, name) >= 0, name, "must be >= 0")
         for name in ("max_new_tokens", "max_prompt_tokens", "n_prompts"):
             need(getattr(self, name) is None or getattr(self, name) >= 1, name, "must be >= 1 (or unset)")
         need(self.min_new_tokens is None or self.min_new_tokens >= 0, "min_new_tokens", "must be >= 0 (or unset)")
-        need(self.short_penalty == 0 or self.short_tokens >= 1, "short_penalty",
-             "penalises completions shorter than --short-tokens, which is 0; set --short-tokens too")
-        for name in ("learning_rate", "kl_target", "clip_range", "max_grad_norm", "value_lr_scale"):
-            need(getattr(self, name) > 0, name, "must be > 0")
-        for name in ("target_kl", "clip_range_vf", "reward_clip"):
-            need(getattr(self, name) is None or getattr(self, name) > 0, name, "must be > 0 (or unset)")
-        for name in ("gamma", "gae_lambda"):
-            need(0.0 <= getattr(self, name) <= 1.0, name, "must be in [0, 1]")
-        need(self.logsigmoid_reward is None or math.isfinite(self.logsigmoid_reward), "logsigmoid_reward",
-             "must be a finite number (or unset)")
-        need(self.kl_estimator in ("k1", "k3"), "kl_estimator", "use k1 or k3")
-        need(self.lr_schedule in SCHEDULES, "lr_schedule", f"use one of {', '.join(SCHEDULES)}")
-        need(self.kl_horizon >= 1, "kl_horizon", "must be >= 1")
-        need(not self.adaptive_kl or self.kl_coef > 0, "kl_coef", "--adaptive-kl moves beta by factors from this "
-             "starting value; set it > 0, e.g. 0.05")
-        need(self.precision in ("float32", "bfloat16", "auto"), "precision", "use float32, bfloat16 or auto")
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
              "use auto, cpu, cuda or cuda:N")
         bad = [f for f in self.log_formats if f not in LOG_FORMATS]
@@ -378,13 +318,10 @@ def _run(cfg: PPOConfig, out: Path, device: str, rank: int, size: int) -> None:
         if main:
             log.info("resumed PPO from %s at timestep %d of %d", state, resumed_at, cfg.total_timesteps)
     else:
-        # every setting a resume takes from the zip is a PPO argument of the same name, except these four
-        same = {k: getattr(cfg, k) for k in _FROM_STATE if k not in ("init_from", "reference", "learning_rate",
-                                                                    "lr_schedule")}
         # each rank its own prompts and samples (rank 0's are a single process's)
-        model = PPO(cfg.init_from, env, learning_rate=LRSchedule(cfg.lr_schedule, cfg.learning_rate),
-                    seed=cfg.seed + rank, device=device,
-                    policy_kwargs={"reference_checkpoint": cfg.reference} if cfg.reference else None, **same)
+        model = PPO(cfg.init_from, env, seed=cfg.seed + rank, device=device,
+                    policy_kwargs={"reference_checkpoint": cfg.reference} if cfg.reference else None,
+                    **dataclasses.asdict(PPOSettings.of(cfg)))
         if main:
             _write_json(out / "ppo_config.json", to_dict(cfg))
     if not main:  # rank 0 alone logs, evaluates and writes out_dir

@@ -1,0 +1,139 @@
+"""`PPOSettings`: every hyperparameter of rlfl's PPO, defined once, with its default, help and check.
+
+`rlfl.agents.PPO` takes them as keyword arguments (SB3 style: ``PPO("runs/sft", env, kl_coef=0.1)``);
+`rlfl.agents.train.PPOConfig` (what ``rlfl ppo`` and config files read) inherits them, so each one is a
+command-line flag (``--kl-coef``); a PPO run's resume state and its checkpoint's ``train_config`` record all of
+them. Adding a setting means adding a field here (and reading it where PPO uses it).
+
+Example:
+    >>> s = PPOSettings(kl_coef=0.1, adaptive_kl=True, kl_target=5.0)
+    >>> s.kl_coef, s.n_steps
+    (0.1, 32)
+    >>> PPOSettings(gamma=2.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: PPOSettings.gamma=2.0: must be in [0, 1]; fix --gamma
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlfl.agents.kl import ESTIMATORS, KL_HORIZON
+from rlfl.agents.schedules import SCHEDULES
+
+PRECISIONS = ("float32", "bfloat16", "auto")
+
+
+@dataclass
+class PPOSettings:
+    """How PPO learns: rollout and update sizes, the learning rate, the KL penalty, the losses, reward shaping."""
+
+    n_steps: int = field(default=32, metadata={"help": "tokens per row per rollout (rollout = n_steps * n_envs)"})
+    batch_size: int = field(default=512, metadata={"help": "tokens per minibatch (about)"})
+    n_epochs: int = field(default=4, metadata={"help": "passes over each rollout"})
+    learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate (the start of the schedule)"})
+    lr_schedule: str = field(default="constant", metadata={
+        "help": "constant | linear | cosine: the learning rate decays to 0 at --total-timesteps"})
+    kl_coef: float = field(default=0.05, metadata={
+        "help": "beta: weight of the per-token KL penalty (initial, if adaptive)"})
+    adaptive_kl: bool = field(default=False, metadata={
+        "help": "adapt beta to keep the KL per completion near --kl-target"})
+    kl_target: float = field(default=6.0, metadata={"help": "target KL per completion (nats) of the adaptive controller"})
+    kl_horizon: int = field(default=KL_HORIZON, metadata={
+        "help": "adaptive KL: each completion moves log(beta) by clip(log(KL / target), -0.5, 0.5) / kl_horizon "
+                "(smaller = faster; 32 completions per rollout at the clip: x4.5 in 48 rollouts)"})
+    kl_estimator: str = field(default="k1", metadata={
+        "help": "per-token KL estimator: k1 (log ratio) | k3 (always >= 0)"})
+    target_kl: float | None = field(default=None, metadata={
+        "help": "stop an update's epochs when the approximate KL of the update exceeds 1.5x this"})
+    gamma: float = field(default=1.0, metadata={"help": "discount over tokens"})
+    gae_lambda: float = field(default=0.95, metadata={"help": "GAE lambda"})
+    clip_range: float = field(default=0.2, metadata={"help": "PPO ratio clip"})
+    clip_range_vf: float | None = field(default=0.2, metadata={
+        "help": "value clip (null in a config file: unclipped value loss)"})
+    normalize_advantage: bool = field(default=True, metadata={"help": "whiten the advantages of each minibatch"})
+    ent_coef: float = field(default=0.0, metadata={"help": "entropy bonus weight"})
+    vf_coef: float = field(default=0.1, metadata={"help": "value loss weight"})
+    value_lr_scale: float = field(default=1.0, metadata={
+        "help": "the value head's learning rate as a multiple of --learning-rate (a linear head on the trunk's "
+                "features learns little at a policy's rate)"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient norm clip"})
+    ratio_threshold: float = field(default=10.0, metadata={
+        "help": "skip a minibatch whose probability ratios leave [1/x, x] (counted in train/skipped_batches)"})
+    no_stop_penalty: float = field(default=0.0, metadata={
+        "help": "added to the reward of completions that never emit a stop token (e.g. -1.0)"})
+    short_penalty: float = field(default=0.0, metadata={
+        "help": "added to the reward of completions shorter than --short-tokens tokens, empty ones included "
+                "(e.g. -1.0)"})
+    short_tokens: int = field(default=0, metadata={
+        "help": "completions with fewer tokens than this (a final stop token not counted) get --short-penalty"})
+    reward_clip: float | None = field(default=None, metadata={"help": "clip scores to [-x, x]"})
+    normalize_reward: bool = field(default=False, metadata={"help": "normalise scores by their running mean/std"})
+    logsigmoid_reward: float | None = field(default=None, metadata={
+        "help": "centre c: a score s becomes log(sigmoid(s - c)), bounded above, so already-good completions "
+                "earn little more; c near the score of a good completion"})
+    precision: str = field(default="float32", metadata={
+        "help": "float32 | bfloat16 | auto (bfloat16 where the hardware has it natively: recent CPUs and GPUs)"})
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                raise ValueError(f"{type(self).__name__}.{name}={getattr(self, name)!r}: {what}; fix "
+                                 f"--{name.replace('_', '-')}")
+
+        def number(name: str) -> float:
+            value = getattr(self, name)
+            need(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), name,
+                 "must be a finite number")
+            return value
+
+        for name in ("n_steps", "batch_size", "n_epochs", "kl_horizon"):
+            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "must be an integer >= 1")
+        need(number("learning_rate") >= 0, "learning_rate", "must be >= 0 (0: the weights stay as they are)")
+        for name in ("kl_target", "clip_range", "max_grad_norm", "value_lr_scale"):
+            need(number(name) > 0, name, "must be > 0")
+        for name in ("kl_coef", "ent_coef", "vf_coef"):
+            need(number(name) >= 0, name, "must be >= 0")
+        for name in ("gamma", "gae_lambda"):
+            need(0.0 <= number(name) <= 1.0, name, "must be in [0, 1]")
+        for name in ("target_kl", "clip_range_vf", "reward_clip"):
+            need(getattr(self, name) is None or number(name) > 0, name, "must be > 0 (or unset)")
+        for name in ("no_stop_penalty", "short_penalty"):
+            number(name)
+        need(self.logsigmoid_reward is None or math.isfinite(number("logsigmoid_reward")), "logsigmoid_reward",
+             "must be a finite number (or unset)")
+        need(number("ratio_threshold") > 1.0, "ratio_threshold", "must be > 1")
+        need(isinstance(self.short_tokens, int) and self.short_tokens >= 0, "short_tokens", "must be an integer >= 0")
+        need(self.short_penalty == 0 or self.short_tokens >= 1, "short_penalty",
+             "penalises completions shorter than --short-tokens, which is 0; set --short-tokens too (e.g. 8)")
+        need(self.kl_estimator in ESTIMATORS, "kl_estimator", f"use {' or '.join(ESTIMATORS)}")
+        need(self.lr_schedule in SCHEDULES, "lr_schedule", f"use one of {', '.join(SCHEDULES)}")
+        need(not self.adaptive_kl or self.kl_coef > 0, "kl_coef", "--adaptive-kl moves beta by factors from this "
+             "starting value; set it > 0, e.g. 0.05")
+        need(self.precision in PRECISIONS, "precision", f"use one of {', '.join(PRECISIONS)}")
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        """The settings' names, in order."""
+        return tuple(f.name for f in dataclasses.fields(PPOSettings))
+
+    @classmethod
+    def of(cls, obj: Any) -> PPOSettings:
+        """The settings an object carries as attributes of the same names (a `PPOConfig`, a dict)."""
+        get = obj.get if isinstance(obj, dict) else (lambda k: getattr(obj, k))
+        return PPOSettings(**{k: get(k) for k in cls.names()})
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> PPOSettings:
+        """Settings from keyword arguments, refusing unknown names with the closest known one."""
+        unknown = sorted(set(kwargs) - set(cls.names()))
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], cls.names(), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else "; see rlfl.agents.settings.PPOSettings"
+            raise ValueError(f"PPO got an unknown setting {unknown[0]!r}{hint}")
+        return PPOSettings(**kwargs)
