@@ -45,8 +45,9 @@ import torch
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
-from rlfl.generate import SamplingConfig, generate
+from rlfl.envs.text_env import EpisodeFacts
 from rlfl.files import atomic_write_bytes
+from rlfl.generate import SamplingConfig, generate
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ LATER_FIELDS = ("empty",)
 def _text_env(env: Any) -> Any:
     """The rlfl text env (single or vector) under a `TextVecEnv` or Gymnasium wrappers."""
     inner = getattr(env, "inner", None) or getattr(env, "unwrapped", env)
-    if not hasattr(inner, "_batch"):
+    if not isinstance(inner, EpisodeFacts):
         raise ValueError(f"{type(env).__name__} is not an rlfl text env; pass the env the policy was trained in "
                          "(a TextVecEnv, or a gymnasium env built from an rlfl env id)")
     return inner
@@ -130,16 +131,12 @@ def evaluate_policy(
         raise ValueError("evaluate_policy: prompts must be a non-empty list of strings")
     if n_samples < 1 or batch_size < 1:
         raise ValueError(f"evaluate_policy: n_samples={n_samples} and batch_size={batch_size} must be >= 1")
-    episodes = inner._batch
-    tok = episodes.tokenizer
-    # the env's own encoding (chat template, truncation), cut out of its left-padded rows
-    _, ids, lengths = episodes.pool.encode_many(prompts)
-    width = ids.shape[1]
-    encoded = [ids[i, width - int(n):].tolist() for i, n in enumerate(lengths)]
+    tok = inner.tokenizer
+    encoded = inner.encode_prompts(prompts)  # the env's own encoding (chat template, truncation)
     rows = [i for i in range(len(prompts)) for _ in range(n_samples)]
-    n_new = int(max_new_tokens or episodes.max_new_tokens)
-    sampling = {"max_new_tokens": n_new, "stop_tokens": tuple(episodes.stop_tokens),
-                "min_new_tokens": min(episodes.min_new_tokens, n_new)}
+    n_new = int(max_new_tokens or inner.max_new_tokens)
+    sampling = {"max_new_tokens": n_new, "stop_tokens": tuple(inner.stop_tokens),
+                "min_new_tokens": min(inner.min_new_tokens, n_new)}
 
     texts: list[str] = []
     kls, nll_sum, n_tokens, lengths_out, stopped = [], 0.0, 0, [], []
@@ -149,7 +146,7 @@ def evaluate_policy(
         out = generate(policy.gpt, chunk_prompts, SamplingConfig(seed=None if seed is None else seed + c, **sampling),
                        pad_id=tok.pad_id, return_logprobs=True)
         ref = _reference_logprobs(policy, chunk_prompts, out.tokens, tok.pad_id, sampling["min_new_tokens"],
-                                  episodes.stop_tokens)
+                                  inner.stop_tokens)
         for tokens, logp, ref_logp, done in zip(out.tokens, out.logprobs, ref, out.finished):
             kls.append(float(np.sum(np.asarray(logp, dtype=np.float64) - ref_logp)))
             nll_sum -= float(ref_logp.sum())

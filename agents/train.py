@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import importlib.util
 import json
 import logging
@@ -46,7 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gymnasium
 import numpy as np
+import rlfl.envs
 import torch
 import torch.distributed as dist
 from rlfl.agents.callbacks import (
@@ -59,9 +62,14 @@ from rlfl.agents.callbacks import (
 )
 from rlfl.agents.ppo import PPO, RESUME_FILE
 from rlfl.agents.settings import PPOSettings
+from rlfl.agents.vec_env import TextVecEnv, make_text_vec_env
+from stable_baselines3.common.callbacks import CallbackList
+from stable_baselines3.common.logger import Logger, make_output_format
 
+from rlfl.checkpoint import is_checkpoint
 from rlfl.config import to_dict
 from rlfl.device import pick_device
+from rlfl.envs.rewards import as_reward_source
 from rlfl.files import atomic_write_bytes, read_json
 from rlfl.trainer import join_process_group
 
@@ -162,11 +170,6 @@ def _process_group(device: str) -> Iterator[tuple[int, int]]:
 
 def _check_inputs(cfg: PPOConfig, resuming: bool) -> None:
     """Fail on bad paths and names before anything is built or written."""
-    import gymnasium
-    import rlfl.envs
-
-    from rlfl.checkpoint import is_checkpoint
-
     for name, path in (("init_from", None if resuming else cfg.init_from), ("reference", cfg.reference)):
         if path is not None and not is_checkpoint(path):
             raise FileNotFoundError(f"{path}: not an rlfl checkpoint directory (--{name.replace('_', '-')}); pass a "
@@ -176,8 +179,6 @@ def _check_inputs(cfg: PPOConfig, resuming: bool) -> None:
             raise FileNotFoundError(f"{path}: no such reward-model checkpoint directory (--{name}); pass a directory "
                                     "written by `rlfl reward train`")
     if cfg.env_id not in gymnasium.registry:
-        import difflib
-
         close = difflib.get_close_matches(cfg.env_id, list(gymnasium.registry), n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"--env-id {cfg.env_id!r} is not a registered env{hint} (built in: "
@@ -213,8 +214,6 @@ def split_prompts(texts: list[str] | None, sampler: Any, n_eval: int, seed: int)
 
 
 def _sb3_logger(out_dir: Path, formats: list[str], resumed_at: int | None) -> Any:
-    from stable_baselines3.common.logger import Logger, make_output_format
-
     folder = out_dir / "logs"
     # SB3's CSV writer truncates its file: a resumed run writes progress-from-<step>.csv beside the first one
     suffix = "" if resumed_at is None else f"-from-{resumed_at}"
@@ -281,10 +280,6 @@ def train_ppo(cfg: PPOConfig) -> Path:
 
 
 def _run(cfg: PPOConfig, out: Path, device: str, rank: int, size: int) -> None:
-    from rlfl.agents.vec_env import make_text_vec_env
-    from rlfl.envs.rewards import as_reward_source
-    from stable_baselines3.common.callbacks import CallbackList
-
     state = out / RESUME_FILE
     resuming = state.is_file()
     if not resuming and (out / "ppo_state.zip").is_file():
@@ -293,40 +288,9 @@ def _run(cfg: PPOConfig, out: Path, device: str, rank: int, size: int) -> None:
     if cfg.num_threads or size > 1:
         torch.set_num_threads(cfg.num_threads or max(1, (os.cpu_count() or 1) // size))
     main = rank == 0
-
-    # ---- the env: the policy's tokenizer, the reward loaded once, eval prompts held out
-    # (a resumed run reads the tokenizer from out_dir: the checkpoint there is written before the zip)
-    env_kwargs: dict[str, Any] = {"tokenizer": str(out if resuming else cfg.init_from), **cfg.env_kwargs()}
-    if cfg.reward is not None:
-        env_kwargs["reward"] = as_reward_source(cfg.reward, device=device)
-    eval_prompts: list[str] = []
-    if cfg.eval_prompts:
-        probe = make_text_vec_env(cfg.env_id, 1, **env_kwargs).inner._batch.pool
-        train_prompts, eval_prompts = split_prompts(probe.texts, probe._sampler, cfg.eval_prompts, cfg.seed)
-        if train_prompts is not None:
-            env_kwargs["prompts"] = train_prompts
-    env = make_text_vec_env(cfg.env_id, cfg.n_envs, **env_kwargs)
-
-    # ---- the model: resume from the zip, or start from the policy checkpoint
-    resumed_at = None
-    if resuming:
-        if main:
-            _warn_changed_settings(out, cfg)
-        model = PPO.from_resume_state(state, env, device=device)
-        resumed_at = model.num_timesteps
-        model.set_random_seed(cfg.seed + resumed_at + rank)  # don't replay the first run's prompts and samples
-        if main:
-            log.info("resumed PPO from %s at timestep %d of %d", state, resumed_at, cfg.total_timesteps)
-    else:
-        # each rank its own prompts and samples (rank 0's are a single process's)
-        model = PPO(cfg.init_from, env, seed=cfg.seed + rank, device=device,
-                    policy_kwargs={"reference_checkpoint": cfg.reference} if cfg.reference else None,
-                    **dataclasses.asdict(PPOSettings.of(cfg)))
-        if main:
-            _write_json(out / "ppo_config.json", to_dict(cfg))
+    env, eval_prompts = _build_env(cfg, out, device, resuming)
+    model, resumed_at = _build_model(cfg, out, env, device, rank, main, resuming)
     if not main:  # rank 0 alone logs, evaluates and writes out_dir
-        from stable_baselines3.common.logger import Logger
-
         model.set_logger(Logger(None, []))
         if cfg.total_timesteps > model.num_timesteps:
             model.learn(cfg.total_timesteps - model.num_timesteps, reset_num_timesteps=not resuming)
@@ -336,28 +300,7 @@ def _run(cfg: PPOConfig, out: Path, device: str, rank: int, size: int) -> None:
     if cfg.total_timesteps % rollout:
         log.info("total_timesteps %d is not a multiple of the rollout (%d tokens): training stops at %d",
                  cfg.total_timesteps, rollout, math.ceil(cfg.total_timesteps / rollout) * rollout)
-
-    # ---- train
-    gold_eval = None
-    callbacks: list[Any] = []
-    if cfg.sample_every:
-        callbacks.append(SampleLogger(every_rollouts=cfg.sample_every))
-    if eval_prompts:
-        # raw scores: a gold classifier's logit is > 0 exactly when it reads the text as positive, which is
-        # what eval/gold_positive_rate counts (normalising by the training mean would move that threshold)
-        judge = as_reward_source(cfg.gold, device=device, normalize=False) if cfg.gold else None
-        if judge is None and env.gold_judge is None:
-            log.warning("%s has no gold judge and --gold is unset: eval/gold_* measure the training reward",
-                        cfg.env_id)
-            judge = env.inner.reward
-        gold_eval = GoldEval(eval_prompts, judge, every_steps=cfg.eval_every, n_samples=cfg.eval_samples,
-                             seed=cfg.seed, csv_path=out / "eval.csv")
-        callbacks.append(gold_eval)
-    # evaluate before saving at the same step: a kill in between leaves an eval row newer than the zip,
-    # which GoldEval drops on resume (and redoes), never a zip whose evaluation is missing from eval.csv
-    callbacks.append(CheckpointEvery(out, cfg.checkpoint_every, resume_name=RESUME_FILE,
-                                     extra={"ppo": {"env_id": cfg.env_id, "reward": cfg.reward, "config": to_dict(cfg)}}))
-    callbacks.append(ProgressLine(progress=cfg.progress))
+    callbacks, gold_eval = _callbacks(cfg, out, env, eval_prompts, device)
     start = model.num_timesteps
     remaining = cfg.total_timesteps - start
     t0 = time.perf_counter()
@@ -372,17 +315,87 @@ def _run(cfg: PPOConfig, out: Path, device: str, rank: int, size: int) -> None:
     model.logger.close()
     if remaining > 0 or not (out / EXPORT_ZIP).is_file():
         save_sb3_zip(model, out / EXPORT_ZIP)  # for SB3's PPO.load; never read back by rlfl
-
     if remaining <= 0 and (out / "ppo_report.json").is_file():
         return  # a finished run run again: its report stays as it was
     history = gold_eval.history if gold_eval is not None else []
     if remaining <= 0 and (out / "eval.csv").is_file():  # killed after its last save, before the report
         history = read_eval_csv(out / "eval.csv")
+    _report(cfg, out, model, history, resumed_at=resumed_at,
+            tokens_per_s=round((model.num_timesteps - start) / wall, 1) if remaining > 0 else None, wall=wall)
+
+
+def _build_env(cfg: PPOConfig, out: Path, device: str, resuming: bool) -> tuple[TextVecEnv, list[str]]:
+    """The vector env (the policy's tokenizer, the reward loaded once) and the prompts held out of it for
+    evaluation. A resumed run reads the tokenizer from out_dir: the checkpoint there is written before the
+    resume state."""
+    env_kwargs: dict[str, Any] = {"tokenizer": str(out if resuming else cfg.init_from), **cfg.env_kwargs()}
+    if cfg.reward is not None:
+        env_kwargs["reward"] = as_reward_source(cfg.reward, device=device)
+    eval_prompts: list[str] = []
+    if cfg.eval_prompts:
+        probe = make_text_vec_env(cfg.env_id, 1, **env_kwargs).inner
+        train_prompts, eval_prompts = split_prompts(probe.prompt_texts, probe.prompt_source, cfg.eval_prompts,
+                                                    cfg.seed)
+        if train_prompts is not None:
+            env_kwargs["prompts"] = train_prompts
+    return make_text_vec_env(cfg.env_id, cfg.n_envs, **env_kwargs), eval_prompts
+
+
+def _build_model(cfg: PPOConfig, out: Path, env: TextVecEnv, device: str, rank: int, main: bool,
+                 resuming: bool) -> tuple[PPO, int | None]:
+    """PPO resumed from out_dir's resume state, or started from the policy checkpoint; and the step it
+    resumed at (None for a fresh run)."""
+    if resuming:
+        state = out / RESUME_FILE
+        if main:
+            _warn_changed_settings(out, cfg)
+        model = PPO.from_resume_state(state, env, device=device)
+        model.set_random_seed(cfg.seed + model.num_timesteps + rank)  # don't replay the first run's samples
+        if main:
+            log.info("resumed PPO from %s at timestep %d of %d", state, model.num_timesteps, cfg.total_timesteps)
+        return model, model.num_timesteps
+    # each rank its own prompts and samples (rank 0's are a single process's)
+    model = PPO(cfg.init_from, env, seed=cfg.seed + rank, device=device,
+                policy_kwargs={"reference_checkpoint": cfg.reference} if cfg.reference else None,
+                **dataclasses.asdict(PPOSettings.of(cfg)))
+    if main:
+        _write_json(out / "ppo_config.json", to_dict(cfg))
+    return model, None
+
+
+def _callbacks(cfg: PPOConfig, out: Path, env: TextVecEnv, eval_prompts: list[str],
+               device: str) -> tuple[list[Any], GoldEval | None]:
+    """Samples, gold evaluation, checkpoints and the metrics line, in the order they must run."""
+    callbacks: list[Any] = []
+    gold_eval = None
+    if cfg.sample_every:
+        callbacks.append(SampleLogger(every_rollouts=cfg.sample_every))
+    if eval_prompts:
+        # raw scores: a gold classifier's logit is > 0 exactly when it reads the text as positive, which is
+        # what eval/gold_positive_rate counts (normalising by the training mean would move that threshold)
+        judge = as_reward_source(cfg.gold, device=device, normalize=False) if cfg.gold else None
+        if judge is None and env.gold_judge is None:
+            log.warning("%s has no gold judge and --gold is unset: eval/gold_* measure the training reward",
+                        cfg.env_id)
+            judge = env.inner.reward
+        gold_eval = GoldEval(eval_prompts, judge, every_steps=cfg.eval_every, n_samples=cfg.eval_samples,
+                             seed=cfg.seed, csv_path=out / "eval.csv")
+        callbacks.append(gold_eval)
+    # evaluate before saving at the same step: a kill in between leaves an eval row newer than the resume
+    # state, which GoldEval drops on resume (and redoes), never a state whose evaluation is missing from eval.csv
+    callbacks.append(CheckpointEvery(out, cfg.checkpoint_every, resume_name=RESUME_FILE,
+                                     extra={"ppo": {"env_id": cfg.env_id, "reward": cfg.reward, "config": to_dict(cfg)}}))
+    callbacks.append(ProgressLine(progress=cfg.progress))
+    return callbacks, gold_eval
+
+
+def _report(cfg: PPOConfig, out: Path, model: PPO, history: list[dict[str, Any]], *, resumed_at: int | None,
+            tokens_per_s: float | None, wall: float) -> None:
+    """ppo_report.json (gold figures at the start and the end, timesteps, wall time) and its log line."""
     report = {
         "env_id": cfg.env_id, "init_from": cfg.init_from, "reward": cfg.reward or "the env's default",
         "out_dir": str(out), "timesteps": int(model.num_timesteps), "total_timesteps": cfg.total_timesteps,
-        "resumed_from": resumed_at, "wall_time_s": round(wall, 3),
-        "tokens_per_s": round((model.num_timesteps - start) / wall, 1) if remaining > 0 else None,
+        "resumed_from": resumed_at, "wall_time_s": round(wall, 3), "tokens_per_s": tokens_per_s,
         "kl_coef": model.kl_ctl.beta, "start": history[0] if history else None,
         "end": history[-1] if history else None, "evaluations": len(history),
     }

@@ -80,7 +80,7 @@ class TextVecEnv(VecEnv):
     @property
     def max_new_tokens(self) -> int:
         """Tokens a completion may have at most."""
-        return int(self.inner._batch.max_new_tokens)
+        return self.inner.max_new_tokens
 
     @property
     def min_new_tokens(self) -> int:
@@ -90,7 +90,7 @@ class TextVecEnv(VecEnv):
     @property
     def max_prompt_tokens(self) -> int:
         """Prompt tokens an observation holds at most (longer prompts are left-truncated)."""
-        return int(self.inner._batch.max_prompt_tokens)
+        return self.inner.max_prompt_tokens
 
     def completion_lengths(self) -> np.ndarray:
         """Tokens generated so far in every row's episode in progress."""

@@ -108,12 +108,12 @@ class PromptPool:
         self.chat_template = chat_template
         self._cache: dict[str, tuple[np.ndarray, int]] = {}
         self._warned: set[str] = set()
-        self._sampler = None
+        self.sampler = None  # a prompt source with sample(np_random) -> str, when there is no list
         self.texts: list[str] | None = None
         if type(prompts) is PromptList:
             prompts = prompts.texts
         elif callable(getattr(prompts, "sample", None)):
-            self._sampler = prompts
+            self.sampler = prompts
             return
         if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__len__") or not hasattr(prompts, "__getitem__"):
             raise ValueError(
@@ -183,11 +183,11 @@ class PromptPool:
         if self.texts is not None:
             idx = rng.integers(len(self.texts), size=n)
             return [self.texts[i] for i in idx], self.ids[idx], self.lengths[idx]
-        texts = [self._sampler.sample(rng) for _ in range(n)]
+        texts = [self.sampler.sample(rng) for _ in range(n)]
         for t in texts:
             if not isinstance(t, str):
                 raise ValueError(
-                    f"prompt source {type(self._sampler).__name__}.sample() returned {type(t).__name__}; it must return str"
+                    f"prompt source {type(self.sampler).__name__}.sample() returned {type(t).__name__}; it must return str"
                 )
         return self.encode_many(texts)
 
@@ -370,7 +370,49 @@ def check_render_mode(render_mode: str | None) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------ the env
-class TextGenerationEnv(gymnasium.Env):
+class EpisodeFacts:
+    """What agents and evaluations read of a text env (single or vector): sizes, stop tokens, prompts, encoding."""
+
+    _batch: EpisodeBatch
+
+    @property
+    def stop_tokens(self) -> list[int]:
+        """The token ids that end an episode."""
+        return list(self._batch.stop_tokens)
+
+    @property
+    def min_new_tokens(self) -> int:
+        """Tokens a completion has before a stop token may end it (0: a stop token may come first)."""
+        return self._batch.min_new_tokens
+
+    @property
+    def max_new_tokens(self) -> int:
+        """Tokens a completion may have at most."""
+        return int(self._batch.max_new_tokens)
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        """Prompt tokens an observation holds at most (longer prompts are left-truncated)."""
+        return int(self._batch.max_prompt_tokens)
+
+    @property
+    def prompt_texts(self) -> list[str] | None:
+        """The env's prompt list, or None when its prompts come from a source's ``sample(np_random)``."""
+        return self._batch.pool.texts
+
+    @property
+    def prompt_source(self) -> Any:
+        """The object whose ``sample(np_random)`` draws prompts (None when the env has a prompt list)."""
+        return self._batch.pool.sampler
+
+    def encode_prompts(self, texts: Sequence[str]) -> list[list[int]]:
+        """Prompt texts as the env encodes them (chat template, left truncation to max_prompt_tokens), unpadded."""
+        _, ids, lengths = self._batch.pool.encode_many(list(texts))
+        width = ids.shape[1]
+        return [ids[i, width - int(n):].tolist() for i, n in enumerate(lengths)]
+
+
+class TextGenerationEnv(EpisodeFacts, gymnasium.Env):
     """A Gymnasium env where each step emits one token and each episode is one scored completion.
 
     Args:
@@ -426,16 +468,6 @@ class TextGenerationEnv(gymnasium.Env):
         self.render_mode = check_render_mode(render_mode)
         self._row = np.zeros(1, dtype=np.int64)
         self._running = False
-
-    @property
-    def stop_tokens(self) -> list[int]:
-        """The token ids that end an episode."""
-        return list(self._batch.stop_tokens)
-
-    @property
-    def min_new_tokens(self) -> int:
-        """Tokens a completion has before a stop token may end it (0: a stop token may come first)."""
-        return self._batch.min_new_tokens
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None

@@ -56,11 +56,11 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from rlfl.envs.text_env import EpisodeBatch, RewardShaping, check_render_mode, write_human
+from rlfl.envs.text_env import EpisodeBatch, EpisodeFacts, RewardShaping, check_render_mode, write_human
 from rlfl.tokenizer import Tokenizer
 
 
-class TextGenerationVectorEnv(VectorEnv):
+class TextGenerationVectorEnv(EpisodeFacts, VectorEnv):
     """``num_envs`` text-generation episodes in one numpy batch, SAME_STEP autoreset, batched reward calls.
 
     Same arguments as `rlfl.envs.text_env.TextGenerationEnv` plus ``num_envs``; the observation of each
@@ -102,16 +102,6 @@ class TextGenerationVectorEnv(VectorEnv):
         self._running = False
 
     # ------------------------------------------------------------------------------ state for agents
-    @property
-    def stop_tokens(self) -> list[int]:
-        """The token ids that end an episode."""
-        return list(self._batch.stop_tokens)
-
-    @property
-    def min_new_tokens(self) -> int:
-        """Tokens a completion has before a stop token may end it (0: a stop token may come first)."""
-        return self._batch.min_new_tokens
-
     @property
     def current_prompts(self) -> list[str]:
         """The prompt text of every row's episode in progress."""
