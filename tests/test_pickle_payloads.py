@@ -56,12 +56,22 @@ def run(argv: list[str], capsys) -> tuple[int, str]:
     return code, capsys.readouterr().err
 
 
-def check_refused_or_ignored(code: int, err: str, name: str, marker: Path) -> None:
-    assert not marker.exists(), f"unpickling {name} ran code"
-    assert "Traceback" not in err
-    if code:
-        last = err.strip().splitlines()[-1]
-        assert code == 2 and last.startswith("rlfl: error:") and name in last, (name, err[-600:])
+def rerun_with_each_file_poisoned(out: Path, tmp_path: Path, argv, capsys) -> None:
+    """For every file of ``out``, a copy of ``out`` with that file made a payload (both kinds), and the command
+    ``argv(run_dir)`` rerun on it: it refuses the file (exit 2, one line naming it) or rebuilds it, and no
+    payload runs."""
+    marker = tmp_path / "PWNED"
+    for name in sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith(".")):
+        for kind, data in payloads(marker).items():
+            run_dir = tmp_path / f"{name}-{kind}"
+            shutil.copytree(out, run_dir)
+            (run_dir / name).write_bytes(data)
+            code, err = run(argv(run_dir), capsys)
+            assert not marker.exists(), f"unpickling {name} ran code"
+            assert "Traceback" not in err
+            if code:
+                last = err.strip().splitlines()[-1]
+                assert code == 2 and last.startswith("rlfl: error:") and name in last, (name, err[-600:])
 
 
 def test_pretrain_resume_reads_no_pickle(synthetic_shards, tmp_path, capsys):
@@ -69,17 +79,11 @@ def test_pretrain_resume_reads_no_pickle(synthetic_shards, tmp_path, capsys):
     code, err = run(["pretrain", "--data", str(synthetic_shards), "--out-dir", str(out), "--max-steps", "4",
                      "--checkpoint-interval", "2", *TINY_PRETRAIN], capsys)
     assert code == 0, err[-2000:]
-    files = sorted(p.name for p in out.iterdir() if p.is_file())
-    assert {"config.json", "model.safetensors", "tokenizer.json", "trainer_state.pt", "metrics.csv"} <= set(files)
-    marker = tmp_path / "PWNED"
-    for name in files:
-        for kind, data in payloads(marker).items():
-            run_dir = tmp_path / f"{name}-{kind}"
-            shutil.copytree(out, run_dir)
-            (run_dir / name).write_bytes(data)
-            code, err = run(["pretrain", "--data", str(synthetic_shards), "--out-dir", str(run_dir), "--max-steps",
-                             "6", "--checkpoint-interval", "2", *TINY_PRETRAIN], capsys)
-            check_refused_or_ignored(code, err, name, marker)
+    files = {p.name for p in out.iterdir() if p.is_file()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "trainer_state.pt", "metrics.csv"} <= files
+    rerun_with_each_file_poisoned(out, tmp_path, lambda d: [
+        "pretrain", "--data", str(synthetic_shards), "--out-dir", str(d), "--max-steps", "6", "--checkpoint-interval",
+        "2", *TINY_PRETRAIN], capsys)
 
 
 @pytest.fixture(scope="module")
@@ -97,19 +101,14 @@ def ppo_run(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_ppo_resume_reads_no_pickle(ppo_run, tmp_path, capsys):
     policy, out = ppo_run
-    files = sorted(p.name for p in out.iterdir() if p.is_file() and not p.name.startswith("."))
-    assert {"ppo_resume.pt", "model.safetensors", "config.json", "ppo_config.json", "ppo_sb3.zip"} <= set(files)
-    marker = tmp_path / "PWNED"
-    for name in files:
-        for kind, data in payloads(marker).items():
-            run_dir = tmp_path / f"{name}-{kind}"
-            shutil.copytree(out, run_dir)
-            (run_dir / name).write_bytes(data)
-            code, err = run(["ppo", "--init-from", str(policy), "--out-dir", str(run_dir), "--total-timesteps", "64",
-                             *TINY_PPO], capsys)
-            check_refused_or_ignored(code, err, name, marker)
+    files = {p.name for p in out.iterdir() if p.is_file()}
+    assert {"ppo_resume.pt", "model.safetensors", "config.json", "ppo_config.json", "ppo_sb3.zip"} <= files
+    rerun_with_each_file_poisoned(out, tmp_path, lambda d: [
+        "ppo", "--init-from", str(policy), "--out-dir", str(d), "--total-timesteps", "64", *TINY_PPO], capsys)
     # the Python entry point refuses it the same way
     from rlfl.agents import PPO
+
+    marker = tmp_path / "PWNED"
 
     (tmp_path / "state.pt").write_bytes(payloads(marker)["torch"])
     with pytest.raises(ValueError, match=r"state\.pt: not a readable PPO resume state"):
