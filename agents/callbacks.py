@@ -47,14 +47,15 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from rlfl.envs.text_env import EpisodeFacts
 from rlfl.files import atomic_write_bytes
-from rlfl.generate import SamplingConfig, generate
+from rlfl.envs.rewards import as_reward_source, check_scores
+from rlfl.evaluate import completion_logprobs, completion_records, sample_completions, summarize
 
 logger = logging.getLogger(__name__)
 
 EVAL_FIELDS = ("timesteps", "gold_mean", "gold_positive_rate", "kl", "perplexity", "length", "stop_rate", "empty",
-               "n")
+               "distinct_1", "distinct_2", "n")
 # columns a GoldEval CSV written before they existed lacks; read back as NaN ("not measured")
-LATER_FIELDS = ("empty",)
+LATER_FIELDS = ("empty", "distinct_1", "distinct_2")
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -104,14 +105,13 @@ def evaluate_policy(
     ``seed`` two calls on the same weights draw the same completions, so figures before and after training are
     comparable.
 
-    Returns floats: ``gold_mean``, ``gold_positive_rate`` (share of scores > 0), ``kl`` (mean over completions
-    of the summed ``log p_policy - log p_reference`` of the sampled tokens, nats), ``perplexity`` (exp of the
-    mean per-token NLL of the sampled tokens under the REFERENCE: how fluent the text is by the starting
-    model's standards), ``length`` (mean tokens generated, a final stop token included), ``stop_rate``,
-    ``empty`` (completions with no text but white space) and ``n`` (completions); plus ``samples``: the first
-    ``n_show`` as dicts of prompt, completion and score.
+    Returns the figures of `rlfl.evaluate.summarize`: ``gold_mean``, ``gold_positive_rate`` (share of scores
+    > 0), ``kl`` (mean over completions of the summed ``log p_policy - log p_reference`` of the sampled tokens,
+    nats), ``perplexity`` (exp of the mean per-token NLL of the sampled tokens under the REFERENCE: how fluent
+    the text is by the starting model's standards), ``length`` (mean tokens generated, a final stop token
+    included), ``stop_rate``, ``empty`` (completions with no text but white space), ``distinct_1``/``_2`` and
+    ``n`` (completions); plus ``samples``: the first ``n_show`` as dicts of prompt, completion and score.
     """
-    from rlfl.envs.rewards import as_reward_source, check_scores
 
     policy = model_or_policy.policy if isinstance(model_or_policy, BaseAlgorithm) else model_or_policy
     if env is None:
@@ -135,66 +135,17 @@ def evaluate_policy(
     encoded = inner.encode_prompts(prompts)  # the env's own encoding (chat template, truncation)
     rows = [i for i in range(len(prompts)) for _ in range(n_samples)]
     n_new = int(max_new_tokens or inner.max_new_tokens)
-    sampling = {"max_new_tokens": n_new, "stop_tokens": tuple(inner.stop_tokens),
-                "min_new_tokens": min(inner.min_new_tokens, n_new)}
-
-    texts: list[str] = []
-    kls, nll_sum, n_tokens, lengths_out, stopped = [], 0.0, 0, [], []
-    for c, start in enumerate(range(0, len(rows), batch_size)):
-        chunk = rows[start:start + batch_size]
-        chunk_prompts = [encoded[i] for i in chunk]
-        out = generate(policy.gpt, chunk_prompts, SamplingConfig(seed=None if seed is None else seed + c, **sampling),
-                       pad_id=tok.pad_id, return_logprobs=True)
-        ref = _reference_logprobs(policy, chunk_prompts, out.tokens, tok.pad_id, sampling["min_new_tokens"],
-                                  inner.stop_tokens)
-        for tokens, logp, ref_logp, done in zip(out.tokens, out.logprobs, ref, out.finished):
-            kls.append(float(np.sum(np.asarray(logp, dtype=np.float64) - ref_logp)))
-            nll_sum -= float(ref_logp.sum())
-            n_tokens += len(tokens)
-            lengths_out.append(len(tokens))
-            stopped.append(bool(done))
-            texts.append(tok.decode(tokens[:-1] if done else tokens))
+    early = {"stop_tokens": inner.stop_tokens, "min_new_tokens": min(inner.min_new_tokens, n_new)}
+    samples = sample_completions(policy.gpt, tok, [encoded[i] for i in rows], max_new_tokens=n_new, seed=seed,
+                                 batch_size=batch_size, **early)
+    ref = completion_logprobs(policy.reference, samples, pad_id=tok.pad_id, batch_size=batch_size, **early)
     prompt_texts = [prompts[i] for i in rows]
+    texts = [s.text for s in samples]
     scores = check_scores(judge.score(prompt_texts, texts), prompt_texts, texts, judge)
-    return {
-        "gold_mean": float(np.mean(scores)),
-        "gold_positive_rate": float(np.mean(scores > 0)),
-        "kl": float(np.mean(kls)),
-        "perplexity": float(math.exp(nll_sum / max(n_tokens, 1))),
-        "length": float(np.mean(lengths_out)),
-        "stop_rate": float(np.mean(stopped)),
-        "empty": int(sum(not t.strip() for t in texts)),
-        "n": len(rows),
-        "samples": [{"prompt": p, "completion": t, "score": float(s)}
-                    for p, t, s in list(zip(prompt_texts, texts, scores))[:n_show]],
-    }
-
-
-def _reference_logprobs(policy: Any, prompts: list[list[int]], completions: list[list[int]], pad_id: int,
-                        min_new_tokens: int = 0, stop_tokens: Sequence[int] = ()) -> list[np.ndarray]:
-    """Log-probs of each completion's tokens under the policy's frozen reference (one forward for the batch).
-
-    Rows are ``prompt + completion``, right-padded: with causal attention the padding after a row's last token
-    changes nothing before it, and the positions count from each row's first token as in generation. The
-    stop tokens are banned before ``min_new_tokens`` as they were in sampling.
-    """
-    device = next(policy.reference.parameters()).device
-    width = max(len(p) + len(c) for p, c in zip(prompts, completions))
-    tokens = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.bool)
-    positions, actions = [], []
-    for r, (p, c) in enumerate(zip(prompts, completions)):
-        tokens[r, : len(p) + len(c)] = torch.tensor(p + c)
-        mask[r, : len(p) + len(c)] = True
-        positions += [(r, len(p) - 1 + j) for j in range(len(c))]  # the state before token j chose it
-        actions += c
-    early = torch.tensor([j < min_new_tokens for c in completions for j in range(len(c))], dtype=torch.bool,
-                         device=device)
-    stop_ids = torch.tensor(sorted(stop_tokens), dtype=torch.long, device=device) if min_new_tokens else None
-    logp = policy.reference_logprobs(tokens.to(device), mask.to(device), torch.tensor(positions, device=device),
-                                     torch.tensor(actions, device=device), early=early,
-                                     stop_ids=stop_ids).double().cpu().numpy()
-    return np.split(logp, np.cumsum([len(c) for c in completions])[:-1])
+    figures = summarize(completion_records(samples, ref, scores))
+    figures["samples"] = [{"prompt": p, "completion": t, "score": float(s)}
+                          for p, t, s in list(zip(prompt_texts, texts, scores))[:n_show]]
+    return figures
 
 
 # ---------------------------------------------------------------------------------------------- callbacks

@@ -30,21 +30,19 @@ import json
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from rlfl.chat_template import chat_prompt
 from rlfl.checkpoint import is_checkpoint, load_checkpoint, read_config
 from rlfl.compare_stats import agreement, bootstrap_ci, distinct_n, paired_diff_ci
 from rlfl.envs.prompts import hh_prompts, imdb_prompts, synthetic_review_prompts
 from rlfl.envs.rewards import GoldSentiment, source_name
 from rlfl.envs.text_env import default_stop_tokens
 from rlfl.files import atomic_write_text
-from rlfl.generate import SamplingConfig, generate
+from rlfl import evaluate
+from rlfl.evaluate import Sample, completion_logprobs, completion_records, encode_prompt
 from rlfl.judges import CallableJudge, JudgeEndpointError, _parse_spec, make_judge
 from rlfl.reward import load_reward_model
 from rlfl.stage_cache import write_jsonl
@@ -189,75 +187,15 @@ def split_prompts(texts: Sequence[str], n_eval: int, seed: int) -> tuple[list[st
 
 
 # ------------------------------------------------------------------------------------------ sampling
-@dataclass
-class Sample:
-    """One sampled completion: its text (no stop token), token ids (stop token included), log-probs."""
-
-    prompt_ids: list[int]
-    tokens: list[int]
-    text: str
-    finished: bool
-    logprobs: list[float] | None
-
-
-def encode_prompt(tokenizer: Any, text: str, *, chat: bool, max_prompt_tokens: int) -> list[int]:
-    """A prompt's ids as the env encodes them: chat turn or plain text, left-truncated to ``max_prompt_tokens``."""
-
-    ids = chat_prompt(tokenizer, [{"role": "user", "content": text}]) if chat else (tokenizer.encode(text)
-                                                                                    or [tokenizer.eot_id])
-    return ids[-max_prompt_tokens:]
-
-
 def sample_completions(model: Any, tokenizer: Any, prompts: Sequence[str], *, chat: bool, max_prompt_tokens: int,
-                       max_new_tokens: int, seed: int, batch_size: int = 256, return_logprobs: bool = False,
-                       on_batch: Callable[[int], Any] | None = None) -> list[Sample]:
-    """One plain-softmax completion per prompt (temperature 1: what PPO optimises), batched, seeded per batch.
-
-    Stops at the env's stop tokens (``<|endoftext|>``, ``<|end|>``). The same seed and batch size give the
-    same completions.
-    """
-
-    stops = tuple(default_stop_tokens(tokenizer))
+                       max_new_tokens: int, seed: int, on_batch: Callable[[int], Any] | None = None) -> list[Sample]:
+    """One plain-softmax completion per prompt text (temperature 1: what PPO optimises), encoded as the env
+    encodes it, stopping at the env's stop tokens (``<|endoftext|>``, ``<|end|>``); batches of 256 seeded from
+    ``seed``, so the same seed gives the same completions (`rlfl.evaluate.sample_completions`)."""
     encoded = [encode_prompt(tokenizer, p, chat=chat, max_prompt_tokens=max_prompt_tokens) for p in prompts]
-    out: list[Sample] = []
-    for k, start in enumerate(range(0, len(encoded), batch_size)):
-        chunk = encoded[start:start + batch_size]
-        gen = generate(model, chunk, SamplingConfig(max_new_tokens=max_new_tokens, stop_tokens=stops,
-                                                    seed=seed * 100_003 + k),
-                       pad_id=tokenizer.pad_id, return_logprobs=return_logprobs)
-        for i, (ids, done) in enumerate(zip(gen.tokens, gen.finished)):
-            out.append(Sample(chunk[i], ids, tokenizer.decode(ids[:-1] if done else ids), bool(done),
-                              None if gen.logprobs is None else gen.logprobs[i]))
-        if on_batch is not None:
-            on_batch(len(chunk))
-    return out
-
-
-@torch.no_grad()
-def reference_logprobs(model: Any, samples: Sequence[Sample], pad_id: int, batch_size: int = 64) -> list[np.ndarray]:
-    """Log-probs of each sample's completion tokens under ``model`` (one forward per batch, right-padded).
-
-    With causal attention, padding after a row's last token changes nothing before it, and positions count
-    from each row's first token, as in generation. The LM head runs only where a completion token is
-    predicted, so a large vocabulary never costs a (batch, length, vocab) tensor.
-    """
-    device = next(model.parameters()).device
-    out: list[np.ndarray] = []
-    for start in range(0, len(samples), batch_size):
-        chunk = samples[start:start + batch_size]
-        width = max(len(s.prompt_ids) + len(s.tokens) for s in chunk)
-        ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        rows, cols, targets = [], [], []
-        for r, s in enumerate(chunk):
-            ids[r, :len(s.prompt_ids) + len(s.tokens)] = torch.tensor(s.prompt_ids + s.tokens)
-            rows += [r] * len(s.tokens)
-            cols += range(len(s.prompt_ids) - 1, len(s.prompt_ids) - 1 + len(s.tokens))  # the state before token j
-            targets += s.tokens
-        hidden = model.hidden_states(ids.to(device))[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
-        logp = torch.log_softmax(model.lm_head(hidden).float(), dim=-1)
-        picked = logp.gather(1, torch.tensor(targets, device=device)[:, None])[:, 0].double().cpu().numpy()
-        out += np.split(picked, np.cumsum([len(s.tokens) for s in chunk])[:-1])
-    return out
+    return evaluate.sample_completions(model, tokenizer, encoded, max_new_tokens=max_new_tokens,
+                                       stop_tokens=default_stop_tokens(tokenizer), seed=seed, seed_stride=100_003,
+                                       batch_size=256, on_batch=on_batch)
 
 
 def prefer_swapped(judge: Any, prompts: Sequence[str], a: Sequence[str], b: Sequence[str]) -> np.ndarray:
@@ -304,17 +242,15 @@ def stage_evaluate(run: CompareRun) -> None:
                     model = ref.model if name == "sft" else load_checkpoint(directory, device=run.device).model
                     samples = sample_completions(model, ref.tokenizer, prompts, chat=cfg.chat_template,
                                                  max_prompt_tokens=cfg.max_prompt_tokens,
-                                                 max_new_tokens=cfg.max_new_tokens, seed=EVAL_SEED + seed,
-                                                 return_logprobs=True)
-                    ref_lp = reference_logprobs(ref.model, samples, ref.tokenizer.pad_id)
+                                                 max_new_tokens=cfg.max_new_tokens, seed=EVAL_SEED + seed)
+                    ref_lp = completion_logprobs(ref.model, samples, pad_id=ref.tokenizer.pad_id)
                     texts = [s.text for s in samples]
                     scores = np.asarray(gold.score(prompts, texts), dtype=np.float64)
                     proxy = {f"rm_{arm}": rm.score(prompts, texts) for arm, rm in rms.items()}
-                    records = [{"prompt": p, "completion": s.text, "gold": float(g),
-                                "kl": float(np.sum(np.asarray(s.logprobs, dtype=np.float64) - lp)),
-                                "nll": float(-lp.sum()), "tokens": len(s.tokens), "stopped": s.finished,
+                    records = [{"prompt": p, "completion": r["completion"], "gold": r["score"], "kl": r["kl"],
+                                "nll": r["nll"], "tokens": r["tokens"], "stopped": r["stopped"],
                                 **{k: float(v[i]) for k, v in proxy.items()}}
-                               for i, (p, s, g, lp) in enumerate(zip(prompts, samples, scores, ref_lp))]
+                               for i, (p, r) in enumerate(zip(prompts, completion_records(samples, ref_lp, scores)))]
                     write_jsonl(_eval_file(run, name, seed), records)
                     bar.update(1)
     _gold_prefs(run)

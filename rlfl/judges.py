@@ -50,6 +50,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from rlfl.envs.rewards import CallableReward, check_scores, source_name
+from rlfl.evaluate import position_logprobs
 from rlfl.judge_prompts import (
     DEFAULT_CONSTITUTION,
     AnswerTokens,
@@ -166,8 +167,6 @@ class LMJudge(_ChoiceJudge):
         self.n_params = sum(p.numel() for p in self.model.parameters())
 
     def _choice_logprobs(self, texts: list[str], answer: AnswerTokens) -> np.ndarray:
-        from rlfl.serve import position_logprobs
-
         seqs = [self.tokenizer.encode(t) for t in texts]
         out = np.empty((len(seqs), 2))
         for i, lp in position_logprobs(self.model, seqs, [len(s) - 1 for s in seqs], pad_id=self.tokenizer.pad_id,

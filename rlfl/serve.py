@@ -29,7 +29,7 @@ with the k most likely tokens at each generated position, and ``"echo": true`` p
 the text (and its tokens in front of the logprobs; the first prompt token has ``null`` log-probs). They are
 log-probabilities of the PLAIN softmax at temperature 1, before top-k/top-p and whatever the request's
 temperature, so a judge reads the model's own distribution. They come from one teacher-forced forward over
-prompt + generated tokens (`position_logprobs`, the code LMJudge uses in-process), run on the HTTP thread
+prompt + generated tokens (`rlfl.evaluate.position_logprobs`, the code LMJudge uses in-process), run on the HTTP thread
 after generation: the batching engine returns tokens only, and a forward of the finished sequence computes
 exactly the distributions the sampler drew from (up to float rounding between batch shapes). A row that
 ended on a stop token lists that token last in ``tokens`` although it is not in the text; the engine
@@ -57,14 +57,13 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from rlfl.batching import (
     BatchingEngine,
@@ -76,8 +75,8 @@ from rlfl.batching import (
 from rlfl.chat_template import chat_prompt
 from rlfl.checkpoint import Checkpoint, load_checkpoint
 from rlfl.config import is_int, is_number
+from rlfl.evaluate import position_logprobs
 from rlfl.generate import SamplingConfig
-from rlfl.model import GPT
 from rlfl.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -321,35 +320,6 @@ def token_text(tokenizer: Tokenizer, token_id: int) -> str:
 
 
 @torch.no_grad()
-def position_logprobs(model: GPT, seqs: list[list[int]], starts: list[int], *, pad_id: int,
-                      batch_size: int = 8) -> Iterator[tuple[int, torch.Tensor]]:
-    """Next-token log-softmax (temperature 1, float32) at positions ``starts[i] .. len(seqs[i]) - 1`` of each row.
-
-    Yields ``(row index, (len - start, vocab) tensor)`` once per row, longest rows first (similar lengths
-    share a batch). Rows are right-padded and run with NO attention mask: attention is causal, so a
-    position never sees the padding after its row's end and its output is exactly the unpadded one, while
-    SDPA keeps its fused causal path. The LM head runs only on the positions asked for, not on (B, T, V).
-    Used by the server's ``logprobs`` and by ``rlfl.judges.LMJudge``, so both read the same numbers.
-    """
-    device = next(model.parameters()).device
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-    was_training = model.training
-    if was_training:  # the server's model is already in eval mode: never flip it under the engine's feet
-        model.eval()
-    try:
-        for first in range(0, len(order), batch_size):
-            chunk = order[first:first + batch_size]
-            x = torch.full((len(chunk), len(seqs[chunk[0]])), pad_id, dtype=torch.long)
-            for r, i in enumerate(chunk):
-                x[r, : len(seqs[i])] = torch.tensor(seqs[i], dtype=torch.long)
-            h = model.hidden_states(x.to(device))
-            for r, i in enumerate(chunk):
-                yield i, F.log_softmax(model.lm_head(h[r, starts[i]: len(seqs[i])]).float(), dim=-1)
-    finally:
-        if was_training:
-            model.train()
-
-
 def _text_offsets(tokenizer: Tokenizer, ids: list[int], base: int) -> list[int]:
     """Character offset of each token in the decoded text, counted from ``base``."""
     out, acc = [], b""

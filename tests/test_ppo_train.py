@@ -216,7 +216,7 @@ def test_gold_eval_figures_match_a_recomputation_by_hand(policy_dir, tmp_path):
 
     # a resumed run drops rows written after its checkpoint (here: a made-up row at 192) and redoes them
     lines = csv_path.read_text().splitlines()
-    csv_path.write_text("\n".join(lines + ["192,999.0,1.0,0.0,1.0,8.0,0.0,0,18"]) + "\n")
+    csv_path.write_text("\n".join(lines + ["192,999.0,1.0,0.0,1.0,8.0,0.0,0,0.5,0.5,18"]) + "\n")
     resumed = GoldEval(PROMPTS, length_judge, every_steps=64, n_samples=3, seed=7, batch_size=5, csv_path=csv_path)
     model.learn(64, callback=resumed, reset_num_timesteps=False)
     assert [row["timesteps"] for row in resumed.history] == [0, 64, 128, 192]
