@@ -138,7 +138,8 @@ def evaluate_policy(
     early = {"stop_tokens": inner.stop_tokens, "min_new_tokens": min(inner.min_new_tokens, n_new)}
     samples = sample_completions(policy.gpt, tok, [encoded[i] for i in rows], max_new_tokens=n_new, seed=seed,
                                  batch_size=batch_size, **early)
-    ref = completion_logprobs(policy.reference, samples, pad_id=tok.pad_id, batch_size=batch_size, **early)
+    ref = completion_logprobs(policy.reference, samples, pad_id=tok.pad_id, batch_size=batch_size,
+                              attention_mask=True, **early)
     prompt_texts = [prompts[i] for i in rows]
     texts = [s.text for s in samples]
     scores = check_scores(judge.score(prompt_texts, texts), prompt_texts, texts, judge)

@@ -83,14 +83,17 @@ def sample_completions(model: GPT, tokenizer: Any, prompts: Sequence[list[int]],
 
 @torch.no_grad()
 def completion_logprobs(model: GPT, samples: Sequence[Sample], *, pad_id: int, batch_size: int = 64,
-                        min_new_tokens: int = 0, stop_tokens: Sequence[int] = ()) -> list[np.ndarray]:
+                        min_new_tokens: int = 0, stop_tokens: Sequence[int] = (),
+                        attention_mask: bool = False) -> list[np.ndarray]:
     """The log-prob of each sample's completion tokens under ``model`` (float64 arrays, one per sample).
 
     Rows are ``prompt + completion``, right-padded, one forward per batch: with causal attention the padding
     after a row's last token changes nothing before it, and positions count from each row's first token, as
     in generation. The LM head runs only where a completion token is predicted, so a large vocabulary never
     costs a (batch, length, vocab) tensor. The stop tokens are banned before ``min_new_tokens`` (their logits
-    set to -inf there), as they were when the completions were sampled.
+    set to -inf there), as they were when the completions were sampled. ``attention_mask=True`` also passes the
+    rows' padding mask, as PPO's training forwards do; the figures agree with the unmasked forward to float32
+    rounding (~1e-7), and PPO's own evaluations use it so that their KL is read the way training reads it.
     """
     device = next(model.parameters()).device
     stop_ids = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
@@ -99,14 +102,17 @@ def completion_logprobs(model: GPT, samples: Sequence[Sample], *, pad_id: int, b
         chunk = samples[start:start + batch_size]
         width = max(len(s.prompt_ids) + len(s.tokens) for s in chunk)
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), width), dtype=torch.bool)
         rows, cols, targets, early = [], [], [], []
         for r, s in enumerate(chunk):
             ids[r, :len(s.prompt_ids) + len(s.tokens)] = torch.tensor(s.prompt_ids + s.tokens)
+            mask[r, :len(s.prompt_ids) + len(s.tokens)] = True
             rows += [r] * len(s.tokens)
             cols += range(len(s.prompt_ids) - 1, len(s.prompt_ids) - 1 + len(s.tokens))  # the state before token j
             targets += s.tokens
             early += [j < min_new_tokens for j in range(len(s.tokens))]
-        hidden = model.hidden_states(ids.to(device))[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
+        hidden = model.hidden_states(ids.to(device), attention_mask=mask.to(device) if attention_mask else None)
+        hidden = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]
         logits = model.lm_head(hidden).float()
         if min_new_tokens and stop_ids.numel():
             logits = ban_stop_tokens(logits, torch.tensor(early, device=device), stop_ids)

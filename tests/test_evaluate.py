@@ -84,3 +84,14 @@ def test_sampling_is_seeded_and_figures_are_computed_as_documented(model):
     assert figures["length"] == pytest.approx(tokens / 3) and figures["n"] == 3
     assert figures["stop_rate"] == pytest.approx(np.mean([s.finished for s in a]))
     assert figures["empty"] == sum(not s.text.strip() for s in a)
+
+
+def test_the_masked_forward_gives_the_same_log_probs(model):
+    tok = byte_tokenizer()
+    samples = [Sample(tok.encode("The food"), tok.encode(" was great"), " was great", False),
+               Sample(tok.encode("A"), tok.encode(" ok"), " ok", False)]
+    plain = completion_logprobs(model, samples, pad_id=tok.pad_id)
+    masked = completion_logprobs(model, samples, pad_id=tok.pad_id, attention_mask=True)
+    for a, b, s in zip(plain, masked, samples):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+        np.testing.assert_allclose(b, by_hand(model, s.prompt_ids, s.tokens), atol=1e-5)
