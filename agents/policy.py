@@ -21,10 +21,10 @@ Example:
     >>> from rlfl.checkpoint import save_checkpoint
     >>> from rlfl.model import GPT, GPTConfig
     >>> from rlfl.tokenizer import byte_tokenizer
+    >>> env = gymnasium.make("rlfl/SyntheticReviews-v0")   # byte-level tokens, observations of 80
     >>> tok, d = byte_tokenizer(), tempfile.mkdtemp()
-    >>> save_checkpoint(d, GPT(GPTConfig(vocab_size=tok.n_vocab, block_size=96, n_layer=1, n_head=2, n_embd=32)),
-    ...                 tok, stage="sft")
-    >>> env = gymnasium.make("rlfl/SyntheticReviews-v0")
+    >>> tiny = GPTConfig(vocab_size=tok.n_vocab, block_size=96, n_layer=1, n_head=2, n_embd=32)
+    >>> save_checkpoint(d, GPT(tiny), tok, stage="sft")
     >>> policy = TransformerPolicy(env.observation_space, env.action_space, lambda _: 1e-5, checkpoint=d)
     >>> obs, _ = env.reset(seed=0)
     >>> action, _ = policy.predict(obs)

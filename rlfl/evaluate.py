@@ -14,13 +14,20 @@ numbers from here, so "KL", "perplexity" and "log-prob of a token" mean the same
   stop, empty) and their means (score mean, positive rate, KL, perplexity, length, stop rate, empties,
   distinct-1/2).
 
-Example:
-    >>> from rlfl.checkpoint import load_checkpoint                                 # doctest: +SKIP
-    >>> policy, ref = load_checkpoint("runs/ppo"), load_checkpoint("runs/sft")       # doctest: +SKIP
-    >>> ids = [encode_prompt(ref.tokenizer, p, chat=True, max_prompt_tokens=16) for p in ["The food was"]]
-    >>> samples = sample_completions(policy.model, ref.tokenizer, ids, max_new_tokens=24, seed=0)  # doctest: +SKIP
-    >>> lp = completion_logprobs(ref.model, samples, pad_id=ref.tokenizer.pad_id)    # doctest: +SKIP
-    >>> summarize(completion_records(samples, lp, scores=[0.5]))["kl"]               # doctest: +SKIP
+Example (a policy that is its own reference spends no KL; with checkpoints, ``load_checkpoint("runs/ppo")``
+gives the policy and ``load_checkpoint("runs/sft")`` the reference):
+    >>> from rlfl.model import GPT, GPTConfig
+    >>> from rlfl.tokenizer import byte_tokenizer
+    >>> tok, _ = byte_tokenizer(), torch.manual_seed(0)
+    >>> model = GPT(GPTConfig(vocab_size=tok.n_vocab, block_size=64, n_layer=1, n_head=2, n_embd=32)).eval()
+    >>> ids = [encode_prompt(tok, "The food was", chat=False, max_prompt_tokens=16)]
+    >>> samples = sample_completions(model, tok, ids, max_new_tokens=8, seed=0)
+    >>> len(samples[0].tokens)
+    8
+    >>> lp = completion_logprobs(model, samples, pad_id=tok.pad_id)
+    >>> summary = summarize(completion_records(samples, lp, scores=[0.5]))
+    >>> abs(summary["kl"]) < 1e-5, summary["length"]
+    (True, 8.0)
 """
 
 from __future__ import annotations

@@ -277,14 +277,9 @@ class Block(nn.Module):
         else:
             self.mlp = MLP(config)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        mask: torch.Tensor | None,
-        kv: tuple[torch.Tensor, torch.Tensor] | None,
-        past: int | torch.Tensor,
-    ) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), mask, kv, past)
+    def forward(self, x: torch.Tensor, *attention_inputs: Any) -> torch.Tensor:
+        """Pre-LayerNorm residual block; ``attention_inputs`` are (mask, kv, past) as the attention takes them."""
+        x = x + self.attn(self.ln_1(x), *attention_inputs)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -500,19 +495,9 @@ class GPT(nn.Module):
             return (keep | (k_pos == q_pos))[:, None, None, :]
         return (((k_pos <= q_pos) & keep[:, None, :]) | (k_pos == q_pos))[:, None, :, :]
 
-    def forward(
-        self,
-        idx: torch.Tensor,
-        *,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
-        cache: KVCache | None = None,
-        segment_ids: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Next-token logits (B, T, vocab_size); the arguments are those of `hidden_states`."""
-        h = self.hidden_states(
-            idx, attention_mask=attention_mask, position_ids=position_ids, cache=cache, segment_ids=segment_ids
-        )
+    def forward(self, idx: torch.Tensor, **inputs: Any) -> torch.Tensor:
+        """Next-token logits (B, T, vocab_size); the keyword arguments are those of `hidden_states`."""
+        h = self.hidden_states(idx, **inputs)
         return self.lm_head(h)
 
     # ---- mixture of experts ---------------------------------------------------------------------------

@@ -51,7 +51,7 @@ from rlfl.model import GPT
 from rlfl.preference_data import LabelData, PreferenceData, load_reward_data
 from rlfl.sft_data import split_examples
 from rlfl.tokenizer import Tokenizer
-from rlfl.trainer import TrainConfig, Trainer, setup_runtime
+from rlfl.trainer import TrainConfig, Trainer, finetune_defaults, setup_runtime
 
 log = logging.getLogger(__name__)
 
@@ -363,11 +363,6 @@ def load_reward_model(path: str | Path, *, device: str = "cpu", normalize: bool 
 
 
 # ---------------------------------------------------------------------------------------------- stage
-def _reward_train_defaults() -> TrainConfig:
-    return TrainConfig(out_dir="runs/rm", max_steps=500, batch_size=16, lr=3e-4, min_lr=3e-5, warmup_steps=20,
-                       eval_interval=100, checkpoint_interval=100)
-
-
 @dataclass
 class RewardTrainConfig:
     """What reward model to train, on which data; the optimisation lives in ``train``."""
@@ -388,7 +383,8 @@ class RewardTrainConfig:
         "help": "max tokens per text (0 = the model's context); longer ones keep their last tokens"})
     freeze_trunk: bool = field(default=False, metadata={"help": "train the head only (the trunk stays as loaded)"})
     stats_samples: int = field(default=4096, metadata={"help": "training texts scored for the recorded mean/std"})
-    train: TrainConfig = field(default_factory=_reward_train_defaults, metadata={"help": "training loop settings"})
+    train: TrainConfig = field(default_factory=lambda: finetune_defaults("runs/rm"),
+                               metadata={"help": "training loop settings"})
 
     def __post_init__(self) -> None:
         if not self.data:

@@ -33,14 +33,9 @@ from rlfl.files import atomic_write_text
 from rlfl.generate import SamplingConfig, generate
 from rlfl.sft_data import SFTBatcher, read_sft, split_examples, tokenize_conversations
 from rlfl.tokenizer import Tokenizer
-from rlfl.trainer import TrainConfig, Trainer, setup_runtime
+from rlfl.trainer import TrainConfig, Trainer, finetune_defaults, setup_runtime
 
 log = logging.getLogger(__name__)
-
-
-def _sft_train_defaults() -> TrainConfig:
-    return TrainConfig(out_dir="runs/sft", max_steps=500, batch_size=16, lr=3e-4, min_lr=3e-5, warmup_steps=20,
-                       eval_interval=100, checkpoint_interval=100)
 
 
 @dataclass
@@ -59,7 +54,8 @@ class SFTConfig:
     pack: bool = field(default=False, metadata={"help": "pack several examples per row (attention stays per example)"})
     num_samples: int = field(default=2, metadata={"help": "held-out prompts sampled before and after training"})
     sample_tokens: int = field(default=64, metadata={"help": "max new tokens of each before/after sample"})
-    train: TrainConfig = field(default_factory=_sft_train_defaults, metadata={"help": "training loop settings"})
+    train: TrainConfig = field(default_factory=lambda: finetune_defaults("runs/sft"),
+                               metadata={"help": "training loop settings"})
 
     def __post_init__(self) -> None:
         if not self.data:

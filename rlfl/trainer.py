@@ -104,6 +104,17 @@ class TrainConfig:
             raise ValueError(f"dtype={self.dtype!r} is not one of auto, float32, bfloat16, float16")
 
 
+
+def finetune_defaults(out_dir: str) -> TrainConfig:
+    """The loop settings a fine-tuning stage (SFT, reward model) starts from: shorter and gentler than pretraining.
+
+    >>> finetune_defaults("runs/sft").max_steps, finetune_defaults("runs/rm").out_dir
+    (500, 'runs/rm')
+    """
+    return TrainConfig(out_dir=out_dir, max_steps=500, batch_size=16, lr=3e-4, min_lr=3e-5, warmup_steps=20,
+                       eval_interval=100, checkpoint_interval=100)
+
+
 # ---------------------------------------------------------------------------------------------- setup
 @dataclass
 class Runtime:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import io
 import json
 import math
@@ -11,7 +10,6 @@ import numpy as np
 import pytest
 from rlfl.envs.rewards import GoldSentiment
 
-from rlfl.feedback import annotators as annotators_module
 from rlfl.feedback.annotators import (
     AnnotatorPool,
     LabelSimulateConfig,
@@ -204,7 +202,3 @@ def test_label_simulate_command(tmp_path):
         label_simulate(LabelSimulateConfig(store=str(tmp_path / "labels.db"), gold="nope"))
     with pytest.raises(FileNotFoundError, match="other.db: no such label store; pass --import-jsonl"):
         label_simulate(LabelSimulateConfig(store=str(tmp_path / "other.db")))
-
-
-def test_doctests():
-    assert doctest.testmod(annotators_module).failed == 0

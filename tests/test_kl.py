@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import doctest
 import math
 
 import numpy as np
 import pytest
 import torch
 
-import rlfl.agents.kl as kl_module
 from rlfl.agents.kl import KL_HORIZON, AdaptiveKL, kl_per_token
 from rlfl.envs.rewards import RunningMoments
-
-
-def test_doctests():
-    assert doctest.testmod(kl_module).failed == 0
 
 
 def test_kl_estimators():

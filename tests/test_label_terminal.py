@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import io
 import json
 import os
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from rlfl.feedback import terminal
 from rlfl.feedback.store import LabelStore
 from rlfl.feedback.terminal import (
     LabelCliConfig,
@@ -172,7 +170,3 @@ def test_export_and_stats(tmp_path, items_file):
     assert re.search(r"alice / carol\s+4\s+0\.\d{3}\s+(-|-?\d\.\d{3})", text)
     with pytest.raises(FileNotFoundError, match="nope.db: no such label store"):
         label_stats(LabelStatsConfig(store=str(tmp_path / "nope.db")))
-
-
-def test_doctests():
-    assert doctest.testmod(terminal).failed == 0

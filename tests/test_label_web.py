@@ -6,7 +6,6 @@ checks on restart that every acknowledged label is in the store and the database
 
 from __future__ import annotations
 
-import doctest
 import http.client
 import json
 import os
@@ -23,8 +22,6 @@ from pathlib import Path
 
 import pytest
 
-from rlfl.feedback import page as page_module
-from rlfl.feedback import web as web_module
 from rlfl.feedback.store import LabelStore
 from rlfl.feedback.web import TOKEN_HEADER, LabelServeConfig, start_label_server
 
@@ -418,12 +415,6 @@ def test_ctrl_c_stops_label_serve_cleanly(tmp_path):
     finally:
         proc.kill()
         proc.wait(10)
-
-
-def test_doctests():
-    result = doctest.testmod(page_module)
-    assert result.attempted >= 1 and result.failed == 0
-    assert doctest.testmod(web_module).failed == 0
 
 
 def test_stalled_browsers_are_dropped_after_the_read_timeout(store):

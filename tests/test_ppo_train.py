@@ -107,16 +107,6 @@ def test_two_runs_never_write_one_out_dir(policy_dir, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [".ppo.lock"]
 
 
-def test_doctests():
-    import doctest
-
-    from rlfl.agents import callbacks, distributed, schedules, train
-
-    for module in (train, callbacks, schedules, distributed):
-        result = doctest.testmod(module)
-        assert result.failed == 0 and result.attempted > 0, module.__name__
-
-
 def test_split_prompts_holds_out_a_seeded_disjoint_set():
     texts = [f"prompt {i}" for i in range(40)]
     train, held = split_prompts(texts, None, 8, seed=3)

@@ -222,11 +222,3 @@ def test_real_imdb():
     data = imdb_pairs(path, seed=0)
     assert len(data.pairs) == 12500
     assert not any("<br" in p.chosen or "<br" in p.rejected for p in data.pairs[:2000])
-
-
-def test_doctests():
-    import doctest
-
-    from rlfl import preference_data
-
-    assert doctest.testmod(preference_data).failed == 0

@@ -248,12 +248,6 @@ def test_config_errors_say_the_fix(base):
                                              train=_train_cfg(base / "rm-err")))
 
 
-def test_doctests():
-    import doctest
-
-    assert doctest.testmod(reward).failed == 0
-
-
 def test_huge_labels_are_refused_and_constant_labels_warned_about(base, caplog):
     huge = base / "huge.jsonl"
     huge.write_text("".join(json.dumps({"text": f"text {i}", "label": 1e30 if i == 3 else 0.5}) + "\n"

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import doctest
 import math
 
 import numpy as np
 import pytest
 import torch
 
-import rlfl.envs.rewards as rewards
 from rlfl.envs.rewards import (CallableReward, Clipped, GoldSentiment, RewardError, RewardSource, RunningNormalizer,
                                WeightedSum, as_reward_source, check_scores, reward_model_source, source_name)
 
@@ -30,10 +28,6 @@ class Recorder:
 
 def has_great(prompt: str, completion: str) -> float:
     return float("great" in completion)
-
-
-def test_doctests():
-    assert doctest.testmod(rewards).failed == 0
 
 
 # ------------------------------------------------------------------------------------ check_scores

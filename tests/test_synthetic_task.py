@@ -189,11 +189,3 @@ def test_config_rejects_bad_values():
         SyntheticTaskConfig(n_pairs=0)
     with pytest.raises(ValueError, match="block_size=40"):
         SyntheticTaskConfig(block_size=40)
-
-
-def test_doctests():
-    import doctest
-
-    from rlfl import synthetic_task
-
-    assert doctest.testmod(synthetic_task).failed == 0

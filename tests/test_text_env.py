@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import logging
 import warnings
 
@@ -12,7 +11,6 @@ import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-import rlfl.envs.text_env as text_env
 from rlfl.chat_template import chat_prompt
 from rlfl.envs.rewards import RewardError
 from rlfl.envs.text_env import TextGenerationEnv
@@ -79,10 +77,6 @@ def test_spaces_match_tokenizer_and_lengths():
     assert ids.shape == (12,) and ids.dtype == np.int64 and ids.high.max() == TOK.n_vocab - 1
     assert env.observation_space["attention_mask"].high.max() == 1
     assert env.stop_tokens == sorted([EOT, END])
-
-
-def test_module_docstring_example_runs():
-    assert doctest.testmod(text_env).failed == 0
 
 
 # -------------------------------------------------------------------------------- padding, truncation
