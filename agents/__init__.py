@@ -4,6 +4,8 @@
   a value head and a frozen reference), usable by ``stable_baselines3.PPO``/``A2C`` as is;
 - `PPO`: SB3's on-policy algorithm with batched KV-cache rollouts through the text vector env, one
   forward per sequence in training, a KL penalty to the reference (fixed or adaptive), token-level GAE;
+- `GRPO` / `RLOO`: the critic-free variants on the same rollout and training pieces: G completions per
+  prompt, group-relative advantages (GRPO, Dr. GRPO, leave-one-out), DAPO's loss options;
 - `LRSchedule`: constant, linear or cosine learning-rate decay over the run (``learning_rate=``);
 - `TextVecEnv` / `make_text_vec_env`: the rlfl text vector env as an SB3 ``VecEnv``.
 
@@ -15,12 +17,13 @@ Example:
     True
 """
 
+from rlfl.agents.grpo import GRPO, RLOO
 from rlfl.agents.kl import AdaptiveKL, FixedKL, kl_per_token
 from rlfl.agents.policy import TransformerPolicy
 from rlfl.agents.ppo import PPO
 from rlfl.agents.schedules import LRSchedule
-from rlfl.agents.settings import PPOSettings
+from rlfl.agents.settings import GRPOSettings, PPOSettings
 from rlfl.agents.vec_env import TextVecEnv, make_text_vec_env
 
-__all__ = ["PPO", "PPOSettings", "AdaptiveKL", "FixedKL", "LRSchedule", "TextVecEnv", "TransformerPolicy", "kl_per_token",
+__all__ = ["PPO", "PPOSettings", "GRPO", "RLOO", "GRPOSettings", "AdaptiveKL", "FixedKL", "LRSchedule", "TextVecEnv", "TransformerPolicy", "kl_per_token",
            "make_text_vec_env"]

@@ -143,6 +143,7 @@ class PPO(OnPolicyAlgorithm):
 
     policy_aliases = {"TransformerPolicy": TransformerPolicy}
     policy: TransformerPolicy
+    settings_class: type[PPOSettings] = PPOSettings  # the dataclass of the algorithm's settings
 
     def __init__(
         self,
@@ -170,7 +171,7 @@ class PPO(OnPolicyAlgorithm):
             if settings.get("lr_schedule", "constant") != "constant":
                 raise ValueError("pass learning_rate as a number with lr_schedule, or as a schedule (a callable) alone")
             settings["learning_rate"] = float(schedule(1.0))
-        self.settings = PPOSettings.from_kwargs(settings)
+        self.settings = self.settings_class.from_kwargs(settings)
         s = self.settings
         learning_rate = schedule if callable(schedule) else LRSchedule(s.lr_schedule, s.learning_rate)
         policy_kwargs = dict(policy_kwargs or {})
@@ -188,7 +189,7 @@ class PPO(OnPolicyAlgorithm):
             stats_window_size=stats_window_size, tensorboard_log=tensorboard_log, policy_kwargs=policy_kwargs,
             verbose=verbose, seed=seed, device=device, _init_setup_model=False, supported_action_spaces=(spaces.Discrete,),
         )
-        for name in PPOSettings.names():  # the attributes PPO's code (and SB3's) reads
+        for name in self.settings_class.names():  # the attributes PPO's code (and SB3's) reads
             if name not in ("learning_rate", "lr_schedule"):
                 setattr(self, name, getattr(s, name))
         self.kl_ctl: FixedKL | AdaptiveKL = (AdaptiveKL(s.kl_coef, s.kl_target, s.kl_horizon) if s.adaptive_kl
@@ -307,6 +308,7 @@ class PPO(OnPolicyAlgorithm):
             settings["learning_rate"] = None
         return {
             "format": RESUME_FORMAT,
+            "algorithm": type(self).__name__,
             "settings": settings,
             "gpt_config": self.policy.gpt.config.to_dict(),
             "obs_length": int(self.observation_space["input_ids"].shape[-1]),
@@ -349,6 +351,10 @@ class PPO(OnPolicyAlgorithm):
             raise ValueError(f"{path}: not a PPO resume state of this version (format "
                              f"{state.get('format') if isinstance(state, dict) else type(state).__name__!r}, expected "
                              f"{RESUME_FORMAT!r}); delete it to start the run over")
+        algorithm = state.get("algorithm", "PPO")
+        if algorithm != cls.__name__:
+            raise ValueError(f"{path}: the resume state of a {algorithm} run, not a {cls.__name__} one; resume it with "
+                             f"rlfl {algorithm.lower()}, or pass a new --out-dir")
         settings = {**state["settings"], **overrides}
         if settings["learning_rate"] is None:
             raise ValueError(f"{path}: the run's learning rate was a custom schedule, which a resume file does not "
@@ -375,6 +381,7 @@ class PPO(OnPolicyAlgorithm):
         hyper = dataclasses.asdict(self.settings)
         hyper["learning_rate_now"] = self.lr_schedule(self._current_progress_remaining)
         hyper["kl_beta"] = self.kl_ctl.beta
+        hyper["algorithm"] = type(self).__name__
         save_checkpoint(directory, self.policy.net, self.tokenizer, stage="ppo", step=self.num_timesteps,
                         train_config=hyper, parent=self.parent_checkpoint, extra=extra)
         return Path(directory)
@@ -389,7 +396,9 @@ class PPO(OnPolicyAlgorithm):
         with self._autocast():
             return self._collect(env, callback, n_rollout_steps)
 
-    def _collect(self, env: TextVecEnv, callback: Any, n_rollout_steps: int) -> bool:
+    def _collect(self, env: TextVecEnv, callback: Any, n_rollout_steps: int, *, first_episodes: bool = False) -> bool:
+        """The rollout loop; ``first_episodes``: stop as soon as every row has finished one episode (GRPO's
+        rollouts are one completion per row, from a reset)."""
         if self._actor is None:
             self._actor = CachedActor(self.policy, env.num_envs, env.max_prompt_tokens, env.max_new_tokens,
                                       env.tokenizer.pad_id, self.device, autocast=self._autocast,
@@ -399,6 +408,7 @@ class PPO(OnPolicyAlgorithm):
         store = RolloutStore(n_rollout_steps, env.num_envs, actor.width, min_new_tokens=actor.min_new_tokens,
                              stop_tokens=actor.stop_ids.tolist())
         seg_j0, seg_t0 = actor.n.copy(), np.zeros(env.num_envs, dtype=np.int64)
+        finished = np.zeros(env.num_envs, dtype=bool)
         callback.on_rollout_start()
         for t in range(n_rollout_steps):
             actions, logp = actor.sample()
@@ -420,11 +430,15 @@ class PPO(OnPolicyAlgorithm):
                 store.completions.append((info["prompt"], info["completion"], info["score"]))
                 store.close_segment(r, seg_j0[r], actor.n[r], seg_t0[r], actor.tokens[r], actor.mask[r])
                 seg_j0[r], seg_t0[r] = 0, t + 1
-            actor.advance(actions, dones, new_obs, restart=t + 1 < n_rollout_steps)
+            finished |= dones
+            last = t + 1 == n_rollout_steps or (first_episodes and finished.all())
+            actor.advance(actions, dones, new_obs, restart=not last)
             store.steps += 1
             self._last_obs, self._last_episode_starts = new_obs, dones
+            if last:
+                break
         for r in range(env.num_envs):  # episodes that go on into the next rollout: their part so far
-            if not store.dones[-1, r]:
+            if not store.dones[store.steps - 1, r]:
                 store.close_segment(r, seg_j0[r], actor.n[r], seg_t0[r], actor.tokens[r], actor.mask[r])
         store.last_values = actor.values.cpu().numpy().copy()
         store.index(env.max_prompt_tokens)
@@ -466,8 +480,10 @@ class PPO(OnPolicyAlgorithm):
         return adv
 
     @torch.no_grad()
-    def _forward_pass(self, store: RolloutStore) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Reference log-probs of every action, and (with a bfloat16 KV cache) the policy's own log-probs and values.
+    def _forward_pass(self, store: RolloutStore,
+                      segments: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Reference log-probs of every action (of ``segments``, default all), and (with a bfloat16 KV cache) the
+        policy's own log-probs and values.
 
         The rollout's cached log-probs are the "old" policy as is where the KV cache holds float32: they
         equal a whole-sequence forward to ~1e-6 in float32, and to ~1e-3 (largest of a rollout) under
@@ -480,8 +496,9 @@ class PPO(OnPolicyAlgorithm):
         # chunks of about a minibatch: a whole rollout's (tokens, vocab) float32 logits at once (tens of MB)
         # cost more on a CPU than the extra forwards (4 ms for the float cast of 1,024 x 4,096 alone)
         recompute = self._actor is not None and self._actor.cache.k.dtype != torch.float32
-        order = np.arange(store.num_segments)
-        for chunk in np.array_split(order, max(1, round(n / self.batch_size))):
+        order = np.arange(store.num_segments) if segments is None else np.asarray(segments)
+        n_actions = int((store.seg_n - store.seg_j0)[order].sum())
+        for chunk in np.array_split(order, max(1, round(n_actions / self.batch_size))):
             b = store.batch(chunk, self.device)
             cells = b.cells.cpu().numpy()
             with self._autocast():
@@ -527,18 +544,41 @@ class PPO(OnPolicyAlgorithm):
             adv_mean, adv_std = mean_std(advantages)  # of every rank's advantages under torchrun
             advantages = (advantages - adv_mean) / (adv_std + 1e-8)
         flat = lambda a: torch.as_tensor(a.reshape(-1), dtype=torch.float32, device=self.device)
-        adv_t, ret_t, old_logp_t, old_v_t = flat(advantages), flat(returns), flat(old_logp), flat(old_values)
+        adv_t, ret_t, old_v_t = flat(advantages), flat(returns), flat(old_values)
 
-        n_tokens = store.steps * store.num_rows
-        n_minibatches = max(1, round(n_tokens / self.batch_size))
+        def ppo_loss(b: Any, logp: torch.Tensor, values: torch.Tensor, log_ratio: torch.Tensor,
+                     ratio: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+            adv, ret, old_v = adv_t[b.cells], ret_t[b.cells], old_v_t[b.cells]
+            pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip_range, 1 + clip_range)).mean()
+            v_pred = values if clip_vf is None else old_v + (values - old_v).clamp(-clip_vf, clip_vf)
+            vf_loss = 0.5 * torch.max((values - ret) ** 2, (v_pred - ret) ** 2).mean()
+            clipped = ((ratio - 1).abs() > clip_range).float().mean().item()
+            return pg_loss + self.vf_coef * vf_loss, {"pg": pg_loss.item(), "vf": vf_loss.item(), "clip": clipped}
+
+        n_minibatches = max(1, round(store.steps * store.num_rows / self.batch_size))
+        stats = self._optimize(store, np.arange(store.num_segments), n_minibatches, flat(old_logp), ppo_loss)
+        self.kl_ctl.update(*mean_count(episode_kls))  # all ranks' completions under torchrun
+        self._record(store, stats, clip_range=clip_range, beta=beta, kl_tok=kl_tok, episode_kls=episode_kls)
+        self.logger.record("train/explained_variance",
+                           float(explained_variance(old_values.reshape(-1), returns.reshape(-1))))
+
+    def _optimize(self, store: RolloutStore, segments: np.ndarray, n_minibatches: int, old_logp: torch.Tensor,
+                  loss_fn: Any) -> dict[str, Any]:
+        """``n_epochs`` passes over ``segments`` in about ``n_minibatches`` shuffled minibatches, with the rails.
+
+        ``loss_fn(batch, logp, values, log_ratio, ratio) -> (loss, {"pg", "vf", "clip"})`` is the algorithm's
+        loss of one minibatch (``old_logp`` is indexed by grid cell); this loop adds the entropy bonus, skips a
+        minibatch whose ratios explode, stops an epoch past ``1.5 * target_kl``, raises on NaN/inf, averages
+        gradients across torchrun ranks, clips them and steps. Returns the per-minibatch figures.
+        """
         ranks = world()[1]
         if ranks > 1:  # as many minibatches on every rank, none empty: each one's collectives need all ranks
-            n_minibatches = int(min(n_minibatches, all_min([store.num_segments])[0]))
-        stats: dict[str, list[float]] = {k: [] for k in ("pg", "vf", "ent", "approx_kl", "clip")}
+            n_minibatches = int(min(n_minibatches, all_min([len(segments)])[0]))
+        stats: dict[str, Any] = {k: [] for k in ("pg", "vf", "ent", "approx_kl", "clip")}
         skipped, continue_training, updates = 0, True, 0
         max_log_ratio = math.log(self.ratio_threshold)
         for epoch in range(self.n_epochs):
-            for segs in np.array_split(np.random.permutation(store.num_segments), n_minibatches):
+            for segs in np.array_split(np.random.permutation(segments), n_minibatches):
                 if len(segs) == 0:
                     continue
                 b = store.batch(segs, self.device)
@@ -548,8 +588,7 @@ class PPO(OnPolicyAlgorithm):
                     logp, entropy, values = self.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions,
                                                                          entropy=want, segment_ids=b.segment_ids,
                                                                          early=b.early, stop_ids=b.stop_ids)
-                adv, ret, old_logp, old_v = adv_t[b.cells], ret_t[b.cells], old_logp_t[b.cells], old_v_t[b.cells]
-                log_ratio = logp - old_logp
+                log_ratio = logp - old_logp[b.cells]
                 finite = bool(torch.isfinite(log_ratio).all())
                 max_abs = float(log_ratio.detach().abs().max()) if finite else math.inf
                 if ranks > 1:  # one rank's NaN stops every rank; one rank's exploding ratio skips the minibatch
@@ -557,16 +596,14 @@ class PPO(OnPolicyAlgorithm):
                     finite = not_finite == 0
                 if not finite:
                     raise FloatingPointError(
-                        f"PPO: NaN/inf log-probabilities at timestep {self.num_timesteps} (epoch {epoch}); the policy "
-                        "diverged: lower learning_rate, set target_kl or restart from the last checkpoint")
+                        f"{type(self).__name__}: NaN/inf log-probabilities at timestep {self.num_timesteps} (epoch "
+                        f"{epoch}); the policy diverged: lower learning_rate, set target_kl or restart from the last "
+                        "checkpoint")
                 if max_abs > max_log_ratio:
                     skipped += 1  # one sample this far off would dominate the update: drop the minibatch
                     continue
                 ratio = log_ratio.exp()
-                pg_loss = torch.max(-adv * ratio, -adv * ratio.clamp(1 - clip_range, 1 + clip_range)).mean()
-                v_pred = values if clip_vf is None else old_v + (values - old_v).clamp(-clip_vf, clip_vf)
-                vf_loss = 0.5 * torch.max((values - ret) ** 2, (v_pred - ret) ** 2).mean()
-                loss = pg_loss + self.vf_coef * vf_loss
+                loss, pieces = loss_fn(b, logp, values, log_ratio, ratio)
                 if entropy is not None:
                     ent = entropy.mean()
                     loss = loss - self.ent_coef * ent
@@ -579,13 +616,12 @@ class PPO(OnPolicyAlgorithm):
                     loss_finite, approx_kl = not_finite == 0, kl_sum / ranks
                 if not loss_finite:
                     raise FloatingPointError(
-                        f"PPO: the loss is {loss.item()} at timestep {self.num_timesteps} (policy {pg_loss.item():.4g}, "
-                        f"value {vf_loss.item():.4g}; NaN/inf on this rank or another under torchrun); lower "
-                        "learning_rate or vf_coef, or clip rewards (reward_clip)")
-                stats["pg"].append(pg_loss.item())
-                stats["vf"].append(vf_loss.item())
+                        f"{type(self).__name__}: the loss is {loss.item()} at timestep {self.num_timesteps} (policy "
+                        f"{pieces['pg']:.4g}, value {pieces.get('vf', 0.0):.4g}; NaN/inf on this rank or another "
+                        "under torchrun); lower learning_rate or vf_coef, or clip rewards (reward_clip)")
+                for key, value in pieces.items():
+                    stats[key].append(value)
                 stats["approx_kl"].append(approx_kl)
-                stats["clip"].append(((ratio - 1).abs() > clip_range).float().mean().item())
                 if self.target_kl is not None and approx_kl > 1.5 * self.target_kl:
                     continue_training = False
                     if self.verbose >= 1:
@@ -600,20 +636,23 @@ class PPO(OnPolicyAlgorithm):
             if not continue_training:
                 break
         self._n_updates += updates
-        self.kl_ctl.update(*mean_count(episode_kls))  # all ranks' completions under torchrun
+        stats["skipped"] = skipped
+        return stats
 
+    def _record(self, store: RolloutStore, stats: dict[str, Any], *, clip_range: float, beta: float,
+                kl_tok: np.ndarray, episode_kls: list[float]) -> None:
+        """Log an update's figures (SB3's names where SB3 has them)."""
         ended = store.dones
         record = self.logger.record
         for key, name in (("pg", "policy_gradient_loss"), ("vf", "value_loss"), ("ent", "entropy"),
                           ("approx_kl", "approx_kl"), ("clip", "clip_fraction")):
             if stats[key]:
                 record(f"train/{name}", float(np.mean(stats[key])))
-        record("train/skipped_batches", skipped)
+        record("train/skipped_batches", stats["skipped"])
         record("train/n_updates", self._n_updates, exclude="tensorboard")
         record("train/learning_rate", self.lr_schedule(self._current_progress_remaining))
         record("train/clip_range", clip_range)
         record("train/kl_coef", beta)
-        record("train/explained_variance", float(explained_variance(old_values.reshape(-1), returns.reshape(-1))))
         record("rollout/kl_per_token", float(kl_tok.mean()))
         if ended.any():
             record("rollout/score_mean", float(store.scores[ended].mean()))

@@ -268,7 +268,12 @@ class RolloutStore:
             self._seg_meta.append((int(row), int(j0), int(n_end), int(t0)))
 
     def index(self, prompt_tokens: int) -> None:
-        """Freeze the segments into arrays: every action's (segment, column, token, grid cell)."""
+        """Freeze the segments into arrays: every action's (segment, column, token, grid cell). A rollout that
+        stopped before ``n_steps`` steps keeps its grid up to the steps taken."""
+        if self.steps < self.n_steps:
+            for name in ("actions", "logp", "values", "rewards", "scores", "dones", "stopped", "lengths"):
+                setattr(self, name, getattr(self, name)[: self.steps])
+            self.n_steps = self.steps
         self.seg_tokens = np.stack(self._seg_tokens) if self._seg_tokens else np.zeros((0, self.seq_len), np.int64)
         self.seg_masks = np.stack(self._seg_masks) if self._seg_masks else np.zeros((0, self.seq_len), bool)
         self.seg_first = self.seg_masks.argmax(1)  # the prompt's first real column (the window is left-padded)

@@ -1,4 +1,5 @@
-"""`PPOSettings`: every hyperparameter of rlfl's PPO, defined once, with its default, help and check.
+"""`PPOSettings` and `GRPOSettings`: every hyperparameter of rlfl's PPO and GRPO/RLOO, defined once, with its
+default, help and check.
 
 `rlfl.agents.PPO` takes them as keyword arguments (SB3 style: ``PPO("runs/sft", env, kl_coef=0.1)``);
 `rlfl.agents.train.PPOConfig` (what ``rlfl ppo`` and config files read) inherits them, so each one is a
@@ -120,20 +121,79 @@ class PPOSettings:
     @classmethod
     def names(cls) -> tuple[str, ...]:
         """The settings' names, in order."""
-        return tuple(f.name for f in dataclasses.fields(PPOSettings))
+        settings = next(c for c in cls.__mro__ if c.__name__.endswith("Settings"))  # not a config's run fields
+        return tuple(f.name for f in dataclasses.fields(settings))
 
     @classmethod
-    def of(cls, obj: Any) -> PPOSettings:
+    def of(cls, obj: Any) -> Any:
         """The settings an object carries as attributes of the same names (a `PPOConfig`, a dict)."""
         get = obj.get if isinstance(obj, dict) else (lambda k: getattr(obj, k))
-        return PPOSettings(**{k: get(k) for k in cls.names()})
+        return cls(**{k: get(k) for k in cls.names()})
 
     @classmethod
-    def from_kwargs(cls, kwargs: dict[str, Any]) -> PPOSettings:
+    def from_kwargs(cls, kwargs: dict[str, Any]) -> Any:
         """Settings from keyword arguments, refusing unknown names with the closest known one."""
         unknown = sorted(set(kwargs) - set(cls.names()))
         if unknown:
             close = difflib.get_close_matches(unknown[0], cls.names(), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else "; see rlfl.agents.settings.PPOSettings"
-            raise ValueError(f"PPO got an unknown setting {unknown[0]!r}{hint}")
-        return PPOSettings(**kwargs)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; see rlfl.agents.settings.{cls.__name__}"
+            raise ValueError(f"{cls.__name__.removesuffix('Settings')} got an unknown setting {unknown[0]!r}{hint}")
+        return cls(**kwargs)
+
+
+ADVANTAGES = ("grpo", "dr_grpo", "rloo")
+LOSS_AGGREGATIONS = ("grpo", "dapo", "dr_grpo")
+KL_PENALTIES = ("loss", "reward")
+
+
+@dataclass
+class GRPOSettings(PPOSettings):
+    """How the critic-free algorithms (GRPO, RLOO) learn: PPO's settings plus the group ones.
+
+    They read PPO's learning rate, epochs, minibatch size, clip range, KL settings, reward shaping and rails;
+    a rollout is one completion per env row, so ``n_steps`` (set to the env's ``max_new_tokens``) and the
+    critic's settings (``gamma``, ``gae_lambda``, ``vf_coef``, ``clip_range_vf``, ``value_lr_scale``,
+    ``normalize_advantage``) are not read.
+
+    >>> GRPOSettings(group_size=4, advantage="rloo").advantage
+    'rloo'
+    >>> GRPOSettings(group_size=1)
+    Traceback (most recent call last):
+    ...
+    ValueError: GRPOSettings.group_size=1: must be an integer >= 2 (a group compares its completions); fix --group-size
+    """
+
+    group_size: int = field(default=4, metadata={
+        "help": "completions per prompt: the env hands each prompt to this many consecutive rows (n_envs must be "
+                "a multiple)"})
+    advantage: str = field(default="grpo", metadata={
+        "help": "grpo: (reward - group mean) / group std | dr_grpo: reward - group mean (Dr. GRPO) | rloo: reward "
+                "- mean of the group's other completions (leave-one-out)"})
+    loss_agg: str = field(default="grpo", metadata={
+        "help": "how token losses are averaged: grpo (over each completion, then over completions) | dapo (over "
+                "all tokens of a minibatch) | dr_grpo (summed, over completions x max_new_tokens)"})
+    clip_range_high: float | None = field(default=None, metadata={
+        "help": "upper clip of the probability ratio, 1 + this (DAPO's clip-higher, e.g. 0.28); default: clip_range"})
+    kl_penalty: str = field(default="loss", metadata={
+        "help": "loss: kl_coef x the k3 KL to the reference added to every token's loss (GRPO) | reward: kl_coef "
+                "x the completion's KL subtracted from its reward before the group baseline (RLOO)"})
+    drop_equal_groups: bool = field(default=False, metadata={
+        "help": "dynamic sampling: leave out of the update the groups whose completions all scored the same "
+                "(their advantages are all 0)"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+
+        def need(ok: bool, name: str, what: str) -> None:
+            if not ok:
+                raise ValueError(f"{type(self).__name__}.{name}={getattr(self, name)!r}: {what}; fix "
+                                 f"--{name.replace('_', '-')}")
+
+        need(isinstance(self.group_size, int) and not isinstance(self.group_size, bool) and self.group_size >= 2,
+             "group_size", "must be an integer >= 2 (a group compares its completions)")
+        need(self.advantage in ADVANTAGES, "advantage", f"use one of {', '.join(ADVANTAGES)}")
+        need(self.loss_agg in LOSS_AGGREGATIONS, "loss_agg", f"use one of {', '.join(LOSS_AGGREGATIONS)}")
+        need(self.kl_penalty in KL_PENALTIES, "kl_penalty", f"use {' or '.join(KL_PENALTIES)}")
+        need(self.clip_range_high is None or (isinstance(self.clip_range_high, (int, float))
+                                              and math.isfinite(self.clip_range_high) and self.clip_range_high > 0),
+             "clip_range_high", "must be a number > 0 (or unset)")

@@ -45,7 +45,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import gymnasium
 import numpy as np
@@ -60,8 +60,9 @@ from rlfl.agents.callbacks import (
     read_eval_csv,
     save_sb3_zip,
 )
+from rlfl.agents.grpo import GRPO, RLOO
 from rlfl.agents.ppo import PPO, RESUME_FILE
-from rlfl.agents.settings import PPOSettings
+from rlfl.agents.settings import GRPOSettings, PPOSettings
 from rlfl.agents.vec_env import TextVecEnv, make_text_vec_env
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.logger import Logger, make_output_format
@@ -77,14 +78,13 @@ log = logging.getLogger(__name__)
 
 EXPORT_ZIP = "ppo_sb3.zip"
 LOG_FORMATS = ("stdout", "csv", "tensorboard", "json", "log")
-# settings a resumed run takes from its resume state, whatever the command line says now
-_FROM_STATE = ("init_from", "reference", *PPOSettings.names())
 
 
 @dataclass
 class PPOConfig(PPOSettings):
     """`rlfl ppo`: which policy to fine-tune, in which env, against which reward, and how (the `PPOSettings`)."""
 
+    algorithm: ClassVar[type[PPO]] = PPO  # what trains: GRPOConfig and RLOOConfig name theirs
     init_from: str = field(default="runs/sft", metadata={"help": "policy checkpoint directory to start from (any stage)"})
     env_id: str = field(default="rlfl/SyntheticReviews-v0", metadata={"help": "registered text env id"})
     reward: str | None = field(default=None, metadata={
@@ -132,7 +132,7 @@ class PPOConfig(PPOSettings):
         def need(ok: bool, name: str, what: str) -> None:
             if not ok:
                 flag = "--" + name.replace("_", "-")
-                raise ValueError(f"PPOConfig.{name}={getattr(self, name)!r}: {what}; fix {flag}")
+                raise ValueError(f"{type(self).__name__}.{name}={getattr(self, name)!r}: {what}; fix {flag}")
 
         need(bool(self.init_from), "init_from", "pass the policy checkpoint directory")
         need(bool(self.env_id), "env_id", "pass a registered env id such as rlfl/SyntheticReviews-v0")
@@ -153,6 +153,31 @@ class PPOConfig(PPOSettings):
         names = ("max_new_tokens", "max_prompt_tokens", "chat_template", "stop_tokens", "min_new_tokens", "data_path",
                  "n_prompts")
         return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+
+
+def _with_default(config: type, name: str, value: Any) -> Any:
+    """A field of ``config`` with another default (its help stays), for a subclass that redefines it."""
+    return field(default=value, metadata=config.__dataclass_fields__[name].metadata)
+
+
+@dataclass
+class GRPOConfig(PPOConfig, GRPOSettings):
+    """`rlfl grpo`: `PPOConfig`'s run (policy, env, reward, evaluation, output) trained by `rlfl.agents.GRPO`, with
+    the `GRPOSettings`. A run's out-dir holds the same files as a PPO run's."""
+
+    algorithm: ClassVar[type[PPO]] = GRPO
+    out_dir: str = _with_default(PPOConfig, "out_dir", "runs/grpo")
+
+
+@dataclass
+class RLOOConfig(GRPOConfig):
+    """`rlfl rloo`: `GRPOConfig` with RLOO's defaults (leave-one-out baseline, the KL in the reward)."""
+
+    algorithm: ClassVar[type[PPO]] = RLOO
+    advantage: str = _with_default(GRPOSettings, "advantage", "rloo")
+    kl_penalty: str = _with_default(GRPOSettings, "kl_penalty", "reward")
+    out_dir: str = _with_default(PPOConfig, "out_dir", "runs/rloo")
+
 
 
 # ---------------------------------------------------------------------------------------------- pieces
@@ -250,7 +275,8 @@ def _warn_changed_settings(out: Path, cfg: PPOConfig) -> None:
         return
     before = read_json(path, fix="it records the run's settings: restore it, or pass a new --out-dir")
     now = to_dict(cfg)
-    changed = [k for k in _FROM_STATE if k in before and before[k] != now.get(k)]
+    # settings a resumed run takes from its resume state, whatever the command line says now
+    changed = [k for k in ("init_from", "reference", *cfg.names()) if k in before and before[k] != now.get(k)]
     if changed:
         log.warning("resuming %s: %s changed since the run started; the saved run's values are used (start a new "
                     "--out-dir to train with the new ones)", out, ", ".join(changed))
@@ -349,15 +375,16 @@ def _build_model(cfg: PPOConfig, out: Path, env: TextVecEnv, device: str, rank: 
         state = out / RESUME_FILE
         if main:
             _warn_changed_settings(out, cfg)
-        model = PPO.from_resume_state(state, env, device=device)
+        model = cfg.algorithm.from_resume_state(state, env, device=device)
         model.set_random_seed(cfg.seed + model.num_timesteps + rank)  # don't replay the first run's samples
         if main:
-            log.info("resumed PPO from %s at timestep %d of %d", state, model.num_timesteps, cfg.total_timesteps)
+            log.info("resumed %s from %s at timestep %d of %d", cfg.algorithm.__name__, state, model.num_timesteps,
+                     cfg.total_timesteps)
         return model, model.num_timesteps
     # each rank its own prompts and samples (rank 0's are a single process's)
-    model = PPO(cfg.init_from, env, seed=cfg.seed + rank, device=device,
-                policy_kwargs={"reference_checkpoint": cfg.reference} if cfg.reference else None,
-                **dataclasses.asdict(PPOSettings.of(cfg)))
+    model = cfg.algorithm(cfg.init_from, env, seed=cfg.seed + rank, device=device,
+                          policy_kwargs={"reference_checkpoint": cfg.reference} if cfg.reference else None,
+                          **dataclasses.asdict(cfg.algorithm.settings_class.of(cfg)))
     if main:
         _write_json(out / "ppo_config.json", to_dict(cfg))
     return model, None
@@ -402,6 +429,6 @@ def _report(cfg: PPOConfig, out: Path, model: PPO, history: list[dict[str, Any]]
     _write_json(out / "ppo_report.json", report)
     if history:
         s, e = history[0], history[-1]
-        log.info("ppo: gold %.4f -> %.4f | positive %.3f -> %.3f | kl %.3f | ppl %.2f -> %.2f | %d timesteps",
-                 s["gold_mean"], e["gold_mean"], s["gold_positive_rate"], e["gold_positive_rate"], e["kl"],
+        log.info("%s: gold %.4f -> %.4f | positive %.3f -> %.3f | kl %.3f | ppl %.2f -> %.2f | %d timesteps",
+                 type(model).__name__.lower(), s["gold_mean"], e["gold_mean"], s["gold_positive_rate"], e["gold_positive_rate"], e["kl"],
                  s["perplexity"], e["perplexity"], model.num_timesteps)

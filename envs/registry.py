@@ -56,7 +56,8 @@ BUILTIN_IDS = (SYNTHETIC_REVIEWS, IMDB_POSITIVE, HELPFUL)
 
 # Keyword arguments of TextGenerationEnv besides (tokenizer, prompts, reward). Listed here rather than read
 # from its signature so that `import rlfl.envs` does not load the env modules (tiktoken, gymnasium.vector:
-# a third of the import time); tests/test_registry.py keeps the list in step with the signature.
+# a third of the import time); tests/test_registry.py keeps the list in step with the signatures
+# (the env's own render_mode and the episode options of EpisodeBatch).
 ENV_OPTIONS = ("max_new_tokens", "max_prompt_tokens", "stop_tokens", "min_new_tokens", "chat_template",
                "reward_shaping", "render_mode")
 

@@ -198,13 +198,36 @@ class PromptPool:
         return list(texts), ids, np.array([k for _, k in rows], dtype=np.int64)
 
 
+def forced_prompts(options: dict[str, Any] | None, key: str, rows: int, *, also: tuple[str, ...] = ()) -> list[str] | None:
+    """The prompts that ``reset(options={key: ...})`` forces (``"prompt"``: one string; ``"prompts"``: one
+    string per row), checked; None when the options force none. ``also``: other options the caller reads."""
+    if not options:
+        return None
+    known = (key, *also)
+    unknown = set(options) - set(known)
+    if unknown:
+        allowed = f"the only option is {key!r}" if not also else "the options are " + ", ".join(map(repr, known))
+        raise ValueError(f"reset(options=...): unknown option {sorted(unknown)[0]!r}; {allowed}")
+    if key not in options:
+        return None
+    value = options[key]
+    if key == "prompt":
+        if not isinstance(value, str):
+            raise ValueError(f"reset(options={{'prompt': ...}}): expected a string, got {type(value).__name__}")
+        return [value]
+    if isinstance(value, str) or len(value) != rows or not all(isinstance(p, str) for p in value):
+        raise ValueError(f"reset(options={{'prompts': ...}}): expected a list of {rows} strings, one per row")
+    return list(value)
+
+
 # --------------------------------------------------------------------------------------- episode batch
 class EpisodeBatch:
     """N text-generation episodes in flight in one left-padded (N, L) token buffer: the engine of both envs.
 
     It holds the buffers, the prompt pool, the stop-token table and the reward source; it knows nothing of
     Gymnasium. Rows are started with `start`, advanced together with `push` (pure numpy), and the rows that
-    finish in a step are scored together with `finish` (one reward-source call).
+    finish in a step are scored together with `finish` (one reward-source call). Its keyword arguments
+    after ``num_rows`` are the envs' episode options, documented on `TextGenerationEnv`.
     """
 
     def __init__(
@@ -422,7 +445,12 @@ class TextGenerationEnv(EpisodeFacts, gymnasium.Env):
         reward: a reward source, ``score(prompts: list[str], completions: list[str]) -> np.ndarray``, or
             what `rlfl.envs.rewards.as_reward_source` adapts (``fn(prompt, completion) -> float``, a
             reward-model checkpoint path).
-        max_new_tokens: the episode is truncated after this many tokens.
+        render_mode: None, "ansi" (``render()`` returns the text) or "human" (writes it to stdout, and
+            at the end of each episode).
+
+    Episode options (keywords, validated by `EpisodeBatch`; the vector env takes the same):
+        max_new_tokens: the episode is truncated after this many tokens (default 32).
+        max_prompt_tokens: longer prompts are left-truncated, with a warning (default 32).
         max_prompt_tokens: longer prompts are left-truncated (with a warning).
         stop_tokens: token ids that end the episode (default ``<|endoftext|>`` and ``<|end|>``); an empty
             list: none, every episode runs exactly ``max_new_tokens`` tokens (fixed-length episodes).
@@ -431,8 +459,6 @@ class TextGenerationEnv(EpisodeFacts, gymnasium.Env):
         chat_template: wrap each prompt as a user turn ready for an assistant answer.
         reward_shaping: ``fn(prompt, completion_ids) -> float`` added to the reward after every token
             (``completion_ids`` includes the token just emitted); default: 0 before the end.
-        render_mode: None, "ansi" (``render()`` returns the text) or "human" (writes it to stdout, and
-            at the end of each episode).
 
     ``info`` always has ``prompt`` and ``completion`` (text so far); the final step adds ``score`` (the
     reward source's raw score). ``reset(options={"prompt": "..."})`` forces the prompt of the episode.
@@ -448,19 +474,10 @@ class TextGenerationEnv(EpisodeFacts, gymnasium.Env):
         prompts: Any,
         reward: Any,
         *,
-        max_new_tokens: int = 32,
-        max_prompt_tokens: int = 32,
-        stop_tokens: Sequence[int] | None = None,
-        min_new_tokens: int = 0,
-        chat_template: bool = False,
-        reward_shaping: RewardShaping | None = None,
         render_mode: str | None = None,
+        **episode_options: Any,
     ) -> None:
-        self._batch = EpisodeBatch(
-            tokenizer, prompts, reward, num_rows=1, max_new_tokens=max_new_tokens,
-            max_prompt_tokens=max_prompt_tokens, stop_tokens=stop_tokens, min_new_tokens=min_new_tokens,
-            chat_template=chat_template, reward_shaping=reward_shaping,
-        )
+        self._batch = EpisodeBatch(tokenizer, prompts, reward, num_rows=1, **episode_options)
         self.tokenizer = tokenizer
         self.reward = self._batch.reward  # the adapted source
         self.observation_space = self._batch.single_observation_space()
@@ -474,16 +491,7 @@ class TextGenerationEnv(EpisodeFacts, gymnasium.Env):
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Start an episode: draw a prompt (or take ``options["prompt"]``); return its observation and info."""
         super().reset(seed=seed)
-        forced = None
-        if options:
-            unknown = set(options) - {"prompt"}
-            if unknown:
-                raise ValueError(f"reset(options=...): unknown option {sorted(unknown)[0]!r}; the only option is 'prompt'")
-            if "prompt" in options:
-                if not isinstance(options["prompt"], str):
-                    raise ValueError(f"reset(options={{'prompt': ...}}): expected a string, got {type(options['prompt']).__name__}")
-                forced = [options["prompt"]]
-        self._batch.start(self._row, self.np_random, forced)
+        self._batch.start(self._row, self.np_random, forced_prompts(options, "prompt", 1))
         self._running = True
         return self._batch.observation(0), {"prompt": str(self._batch.prompts[0]), "completion": ""}
 

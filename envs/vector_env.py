@@ -25,7 +25,9 @@ exactly N*T tokens, and an agent that keeps a KV cache clears the rows flagged i
 
 Seeding: ``reset(seed=s)`` reseeds ``self.np_random``; with the same seed and the same actions every
 prompt draw (initial and autoreset) repeats. ``reset(options={"prompts": [...]})`` forces one prompt per
-row for the first episodes (later autoresets draw from the prompt source).
+row for the first episodes (later autoresets draw from the prompt source); ``reset(options={"group_size": G})``
+draws ``num_envs / G`` prompts and hands each to G consecutive rows (rows ``g*G`` to ``g*G + G - 1``), the
+groups that critic-free algorithms (GRPO, RLOO) compare completions within.
 
 If the reward source raises (or returns NaN), the error propagates and the batch is mid-step: call
 ``reset()`` before stepping again.
@@ -33,10 +35,9 @@ If the reward source raises (or returns NaN), the error propagates and the batch
 Example:
     >>> import numpy as np
     >>> from rlfl.tokenizer import byte_tokenizer
-    >>> class Length:
-    ...     def score(self, prompts, completions):
-    ...         return np.array([len(c) for c in completions], dtype=float)
-    >>> env = TextGenerationVectorEnv(byte_tokenizer(), ["a", "b"], Length(), num_envs=3, max_new_tokens=2)
+    >>> def length(prompt, completion):   # a plain function is a reward source too
+    ...     return float(len(completion))
+    >>> env = TextGenerationVectorEnv(byte_tokenizer(), ["a", "b"], length, num_envs=3, max_new_tokens=2)
     >>> obs, info = env.reset(seed=0)
     >>> obs["input_ids"].shape
     (3, 34)
@@ -48,7 +49,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import gymnasium
 import numpy as np
@@ -56,14 +57,14 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from rlfl.envs.text_env import EpisodeBatch, EpisodeFacts, RewardShaping, check_render_mode, write_human
+from rlfl.envs.text_env import EpisodeBatch, EpisodeFacts, check_render_mode, forced_prompts, write_human
 from rlfl.tokenizer import Tokenizer
 
 
 class TextGenerationVectorEnv(EpisodeFacts, VectorEnv):
     """``num_envs`` text-generation episodes in one numpy batch, SAME_STEP autoreset, batched reward calls.
 
-    Same arguments as `rlfl.envs.text_env.TextGenerationEnv` plus ``num_envs``; the observation of each
+    Same arguments as `rlfl.envs.text_env.TextGenerationEnv` (its episode options) plus ``num_envs``; the observation of each
     row is the single env's (left-padded ``input_ids`` and ``attention_mask`` of length
     ``max_prompt_tokens + max_new_tokens``), stacked to (num_envs, L). Actions: one token id per row.
     """
@@ -77,19 +78,10 @@ class TextGenerationVectorEnv(EpisodeFacts, VectorEnv):
         reward: Any,
         *,
         num_envs: int = 8,
-        max_new_tokens: int = 32,
-        max_prompt_tokens: int = 32,
-        stop_tokens: Sequence[int] | None = None,
-        min_new_tokens: int = 0,
-        chat_template: bool = False,
-        reward_shaping: RewardShaping | None = None,
         render_mode: str | None = None,
+        **episode_options: Any,
     ) -> None:
-        self._batch = EpisodeBatch(
-            tokenizer, prompts, reward, num_rows=num_envs, max_new_tokens=max_new_tokens,
-            max_prompt_tokens=max_prompt_tokens, stop_tokens=stop_tokens, min_new_tokens=min_new_tokens,
-            chat_template=chat_template, reward_shaping=reward_shaping,
-        )
+        self._batch = EpisodeBatch(tokenizer, prompts, reward, num_rows=num_envs, **episode_options)
         self.tokenizer = tokenizer
         self.reward = self._batch.reward  # the adapted source
         self.num_envs = int(num_envs)
@@ -118,15 +110,16 @@ class TextGenerationVectorEnv(EpisodeFacts, VectorEnv):
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Start a new episode in every row (prompts drawn, or ``options["prompts"]``, one per row)."""
         super().reset(seed=seed)
-        forced = None
-        if options:
-            unknown = set(options) - {"prompts"}
-            if unknown:
-                raise ValueError(f"reset(options=...): unknown option {sorted(unknown)[0]!r}; the only option is 'prompts'")
-            if "prompts" in options:
-                forced = options["prompts"]
-                if isinstance(forced, str) or len(forced) != self.num_envs or not all(isinstance(p, str) for p in forced):
-                    raise ValueError(f"reset(options={{'prompts': ...}}): expected a list of {self.num_envs} strings, one per row")
+        forced = forced_prompts(options, "prompts", self.num_envs, also=("group_size",))
+        group = (options or {}).get("group_size")
+        if group is not None:
+            if forced is not None:
+                raise ValueError("reset(options=...): pass 'prompts' or 'group_size', not both")
+            if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or group < 1 or self.num_envs % group:
+                raise ValueError(f"reset(options={{'group_size': {group!r}}}): must be a whole number >= 1 that divides "
+                                 f"num_envs={self.num_envs}")
+            drawn, _, _ = self._batch.pool.draw(self.np_random, self.num_envs // int(group))
+            forced = [text for text in drawn for _ in range(int(group))]
         self._batch.start(self._all_rows, self.np_random, forced)
         self._running = True
         info = {"prompts": self._batch.prompts.copy(), "reset_rows": np.ones(self.num_envs, dtype=bool)}

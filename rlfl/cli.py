@@ -218,7 +218,7 @@ def cmd_sample(a: SampleArgs) -> None:
 
 # ------------------------------------------------------------------------------------ parser
 def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], None], str]]:
-    from rlfl.agents.train import PPOConfig
+    from rlfl.agents.train import GRPOConfig, PPOConfig, RLOOConfig
     from rlfl.chat import ChatConfig, chat
     from rlfl.compare import CompareConfig
     from rlfl.feedback.annotators import LabelSimulateConfig, label_simulate
@@ -253,6 +253,10 @@ def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], None], str]
                               "train a reward model (Bradley-Terry pairs or labels) on any checkpoint's trunk"),
         ("ppo",): (PPOConfig, cmd_ppo, ("fine-tune a policy with PPO in a text env (reward model, KL to the "
                                         "reference, gold evaluation; resumes from its out-dir)")),
+        ("grpo",): (GRPOConfig, cmd_ppo, ("fine-tune a policy with GRPO: groups of completions per prompt, "
+                                          "group-relative advantages, no critic (same run, files and resume as ppo)")),
+        ("rloo",): (RLOOConfig, cmd_ppo, ("fine-tune a policy with RLOO: GRPO's groups with a leave-one-out baseline "
+                                          "and the KL in the reward")),
         ("sample",): (SampleArgs, cmd_sample, "generate text from a checkpoint"),
         ("serve",): (ServeConfig, serve, "OpenAI-compatible HTTP server over a checkpoint (127.0.0.1 by default)"),
         ("chat",): (ChatConfig, chat, "chat with a checkpoint in the terminal"),

