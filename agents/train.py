@@ -105,6 +105,9 @@ class PPOConfig(PPOSettings):
         "help": "a stop token cannot end a completion before it has this many tokens (PPO never samples one there)"})
     data_path: str | None = field(default=None, metadata={"help": "prompt data of envs that need it (IMDB, HH-RLHF)"})
     n_prompts: int | None = field(default=None, metadata={"help": "prompts the env draws from"})
+    env_options: list[str] = field(default_factory=list, metadata={
+        "help": "more options of the env as KEY=VALUE, VALUE read as JSON when it is JSON (e.g. level=2 for "
+                "rlfl/Arithmetic-v0, split=test for rlfl/GSM8K-v0)"})
     # ---- run size
     n_envs: int = field(default=32, metadata={
         "help": "parallel episodes (rows of the vector env), per process under torchrun"})
@@ -145,14 +148,32 @@ class PPOConfig(PPOSettings):
         need(self.min_new_tokens is None or self.min_new_tokens >= 0, "min_new_tokens", "must be >= 0 (or unset)")
         need(self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda"), "device",
              "use auto, cpu, cuda or cuda:N")
+        for option in self.env_options:
+            key = option.split("=", 1)[0]
+            need("=" in option and key.isidentifier(), "env_options", f"{option!r} is not KEY=VALUE")
+            need(key not in _ENV_FLAGS, "env_options", f"{key} has its own flag: pass --{key.replace('_', '-')}")
         bad = [f for f in self.log_formats if f not in LOG_FORMATS]
         need(not bad, "log_formats", f"unknown format {bad[0]!r}; use any of {' '.join(LOG_FORMATS)}" if bad else "")
 
     def env_kwargs(self) -> dict[str, Any]:
-        """The env options that were set (the others stay the env's defaults)."""
-        names = ("max_new_tokens", "max_prompt_tokens", "chat_template", "stop_tokens", "min_new_tokens", "data_path",
-                 "n_prompts")
-        return {k: getattr(self, k) for k in names if getattr(self, k) is not None}
+        """The env options that were set (the others stay the env's defaults).
+
+        >>> PPOConfig(max_new_tokens=8, env_options=["level=2", "name=abc"]).env_kwargs()
+        {'max_new_tokens': 8, 'level': 2, 'name': 'abc'}
+        """
+        kwargs = {k: getattr(self, k) for k in _ENV_FLAGS if getattr(self, k) is not None}
+        for option in self.env_options:
+            key, text = option.split("=", 1)
+            try:
+                kwargs[key] = json.loads(text)
+            except json.JSONDecodeError:
+                kwargs[key] = text
+        return kwargs
+
+
+# the env options with a flag of their own
+_ENV_FLAGS = ("max_new_tokens", "max_prompt_tokens", "chat_template", "stop_tokens", "min_new_tokens", "data_path",
+              "n_prompts")
 
 
 def _with_default(config: type, name: str, value: Any) -> Any:

@@ -1,15 +1,17 @@
-"""PPO speed: rlfl's batched KV-cache PPO against stable-baselines3's PPO with the same policy, env and model.
+"""PPO and GRPO speed: rlfl's batched KV-cache PPO and GRPO against stable-baselines3's PPO (same policy, env, model).
 
 A 4-layer, 128-dim GPT with a 4,096-token BPE vocabulary (trained here on the built-in synthetic corpus),
 16-token prompts, 32 new tokens, 32 parallel episodes, 32 tokens per row per rollout (1,024 tokens), 4
-epochs. The reward is the synthetic corpus's gold sentiment (a cheap callable, so the figures are about the
-agent, not the reward model).
+epochs. GRPO runs the same config in groups of 4 completions per prompt (8 prompts a rollout; no critic). The
+reward is the synthetic corpus's gold sentiment (a cheap callable, so the figures are about the agent, not
+the reward model).
 
     python benchmarks/bench_ppo.py [--rollouts 8] [--sb3-rollouts 1] [--threads 2] [--device cpu]
-                                   [--precision float32,auto]
+                                   [--precision float32,auto] [--algorithms ppo,grpo]
 
-Prints, for each precision, seconds per 1,024 generated tokens trained on (rollout + training; median,
-min and max over the timed rollouts) and the peak resident memory; SB3's seconds and the speed-up of the
+Prints, for each algorithm and precision, seconds per 1,024 generated tokens trained on (rollout + training;
+median, min and max over the timed rollouts; a GRPO rollout trains on its completions' tokens, which a stop
+token can make fewer than 1,024) and the peak resident memory; SB3's seconds and the speed-up of the
 fastest rlfl setting; and the floor the float32 run's matrix products set on this CPU (their GFLOP per
 1,024 tokens from torch.profiler, against a 2048^3 matmul's GFLOP/s). The figures go to the
 ``bench_ppo`` section of benchmarks/RESULTS.md with the machine they ran on. The machine's speed drifts
@@ -29,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import rlfl.envs
 import torch
-from rlfl.agents import PPO, TransformerPolicy, make_text_vec_env
+from rlfl.agents import GRPO, PPO, TransformerPolicy, make_text_vec_env
 from rlfl.agents.ppo import resolve_precision
 
 from rlfl.checkpoint import save_checkpoint
@@ -70,16 +72,25 @@ def build(tmp: Path, vocab: int, layers: int, dims: int) -> Path:
     return tmp / "policy"
 
 
-def time_rlfl(policy: Path, rollouts: int, device: str, precision: str) -> tuple[list[float], PPO]:
+def trained_tokens(model: PPO) -> int:
+    """Generated tokens the last update trained on: every cell of a PPO rollout, every row's completion of GRPO's."""
+    store = model._store
+    segments = store.seg_t0 == 0 if isinstance(model, GRPO) else slice(None)
+    return int((store.seg_n - store.seg_j0)[segments].sum())
+
+
+def time_rlfl(policy: Path, rollouts: int, device: str, precision: str, algorithm: str) -> tuple[list[float], PPO]:
+    """Seconds per 1,024 generated tokens trained on, one figure per timed rollout (after one warm-up)."""
     env = make_text_vec_env("bench/Sentiment-v0", n_envs=ENVS)
-    model = PPO(str(policy), env, n_steps=NEW_TOKENS, batch_size=512, n_epochs=EPOCHS, learning_rate=1e-5, seed=0,
-                device=device, precision=precision)
+    common = dict(batch_size=512, n_epochs=EPOCHS, learning_rate=1e-5, seed=0, device=device, precision=precision)
+    model = (GRPO(str(policy), env, group_size=4, **common) if algorithm == "grpo"
+             else PPO(str(policy), env, n_steps=NEW_TOKENS, **common))
     model.learn(TOKENS_PER_ROLLOUT)  # warm-up rollout (allocations, first-call costs)
     times = []
     for _ in range(rollouts):
         t0 = time.perf_counter()
         model.learn(TOKENS_PER_ROLLOUT, reset_num_timesteps=False)
-        times.append(time.perf_counter() - t0)
+        times.append((time.perf_counter() - t0) * 1024 / trained_tokens(model))
     return times, model
 
 
@@ -136,6 +147,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="float32,auto",
                     help="comma-separated rlfl PPO precisions to time (float32, bfloat16, auto)")
+    ap.add_argument("--algorithms", default="ppo,grpo", help="comma-separated rlfl algorithms to time (ppo, grpo)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
@@ -147,19 +159,19 @@ def main() -> None:
               flush=True)
         best, float32_model, rows = float("inf"), None, []
         for precision in args.precision.split(","):
-            ours, model = time_rlfl(policy, args.rollouts, args.device, precision)
-            peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            med = float(np.median(ours))
-            best = min(best, med)
-            dtype = resolve_precision(precision, torch.device(args.device))
-            print(f"rlfl PPO, precision={precision} ({'bfloat16' if dtype else 'float32'}): {med:.3f} s per 1,024 "
-                  f"tokens (median of {len(ours)}; min {min(ours):.3f}, max {max(ours):.3f}); peak RSS so far "
-                  f"{peak_mb:.0f} MB", flush=True)
-            rows.append([f"rlfl PPO, {precision} ({'bfloat16' if dtype else 'float32'})", f"{med:.3f}",
-                         f"{min(ours):.3f}-{max(ours):.3f}", f"{peak_mb:.0f}"])
-            if args.device == "cpu" and dtype is None and float32_model is None:
-                float32_model = model  # profiled after every timing (the profiler's memory is not the run's)
-            del model
+            for algorithm in args.algorithms.split(","):
+                ours, model = time_rlfl(policy, args.rollouts, args.device, precision, algorithm)
+                peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                med = float(np.median(ours))
+                best = min(best, med)
+                dtype = resolve_precision(precision, torch.device(args.device))
+                name = f"rlfl {algorithm.upper()}, {precision} ({'bfloat16' if dtype else 'float32'})"
+                print(f"{name}: {med:.3f} s per 1,024 tokens (median of {len(ours)}; min {min(ours):.3f}, max "
+                      f"{max(ours):.3f}); peak RSS so far {peak_mb:.0f} MB", flush=True)
+                rows.append([name, f"{med:.3f}", f"{min(ours):.3f}-{max(ours):.3f}", f"{peak_mb:.0f}"])
+                if args.device == "cpu" and dtype is None and float32_model is None and algorithm == "ppo":
+                    float32_model = model  # profiled after every timing (the profiler's memory is not the run's)
+                del model
         med = best
         if args.sb3_rollouts > 0:
             theirs = time_sb3(policy, args.sb3_rollouts, args.device)

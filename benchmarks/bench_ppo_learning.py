@@ -1,4 +1,4 @@
-"""PPO learning check: raise the GOLD positive rate of a small SFT policy to >= 0.9 with KL <= 6 nats.
+"""PPO/GRPO/RLOO learning check: raise the GOLD positive rate of a small SFT policy to >= 0.9 with KL <= 6 nats.
 
 The learning target, end to end on the built-in task `rlfl/SyntheticReviews-v0`:
 
@@ -6,20 +6,22 @@ The learning target, end to end on the built-in task `rlfl/SyntheticReviews-v0`:
    a byte-level base pretrained on synthetic reviews, a chat SFT policy that continues a review's first
    words and stops with ``<|end|>``, preference pairs of that policy's samples labelled by the gold judge,
    and a reward model trained on them. Its time is printed but is not part of the PPO budget.
-2. PPO (`rlfl.agents.train.train_ppo`, what ``rlfl ppo`` runs) trains the SFT policy against the
-   **reward model** (the learned proxy), never the gold judge.
+2. PPO (`rlfl.agents.train.train_ppo`, what ``rlfl ppo`` runs), or with ``--algorithm grpo|rloo`` GRPO or
+   RLOO (``rlfl grpo``/``rlfl rloo``: groups of ``--group-size`` completions per prompt, no critic), trains
+   the SFT policy against the **reward model** (the learned proxy), never the gold judge.
 3. The gold judge (`GoldSentiment`, the generator's own lexicon and rules) scores samples on held-out
    prompts before and after, with the KL to the reference: the figures of the acceptance point.
 
     python benchmarks/bench_ppo_learning.py [--task-dir runs/synthetic_task] [--out runs/ppo_learning]
                                             [--timesteps 409600] [--lr 1.5e-4] [--lr-schedule linear]
                                             [--kl-coef 0.14] [--kl-target 5.5] [--threads 2]
+                                            [--algorithm grpo --group-size 4 --loss-agg dapo ...]
     torchrun --standalone --nproc_per_node=N benchmarks/bench_ppo_learning.py --threads 1 ...  # data-parallel
 
 Prints the task preparation time, PPO's time and tokens/s, the gold positive rate and mean before -> after,
 the final KL, reference perplexity and length, and every gold evaluation of the run (eval.csv); the
-``bench_ppo_learning`` section of benchmarks/RESULTS.md gets the gold rate @ KL at each quarter with the
-machine it ran on.
+``bench_ppo_learning`` section of benchmarks/RESULTS.md (``bench_ppo_learning_grpo``, ``..._rloo`` for the
+others) gets the gold rate @ KL at each quarter with the machine it ran on.
 
 Why the defaults: the learning rate decays linearly to 0 (with a constant rate the KL that update noise
 adds never drains, and the gold rate levels off lower at a higher KL); the value head learns at 100x the
@@ -43,7 +45,7 @@ import torch
 import torch.distributed as dist
 
 from rlfl.agents.callbacks import read_eval_csv
-from rlfl.agents.train import PPOConfig, train_ppo
+from rlfl.agents.train import GRPOConfig, PPOConfig, RLOOConfig, train_ppo
 from rlfl.synthetic_task import SyntheticTaskConfig, prepare_synthetic_task
 from results import record
 
@@ -51,6 +53,12 @@ from results import record
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task-dir", default="runs/synthetic_task", help="where the SFT policy and reward model live")
+    ap.add_argument("--algorithm", choices=("ppo", "grpo", "rloo"), default="ppo", help="what trains the policy")
+    ap.add_argument("--group-size", type=int, default=4, help="GRPO/RLOO: completions per prompt")
+    ap.add_argument("--advantage", default=None, help="GRPO/RLOO: grpo | dr_grpo | rloo (default: the algorithm's)")
+    ap.add_argument("--loss-agg", default="grpo", help="GRPO/RLOO: grpo | dapo | dr_grpo")
+    ap.add_argument("--clip-range-high", type=float, default=None, help="GRPO/RLOO: upper ratio clip (clip-higher)")
+    ap.add_argument("--kl-penalty", default=None, help="GRPO/RLOO: loss | reward (default: the algorithm's)")
     ap.add_argument("--out", default="runs/ppo_learning", help="PPO output directory (a fresh run each time)")
     ap.add_argument("--timesteps", type=int, default=409600, help="PPO tokens to train on")
     ap.add_argument("--kl-coef", type=float, default=0.14, help="beta (the adaptive controller's starting value)")
@@ -109,7 +117,12 @@ def main() -> None:
     out = Path(args.out)
     if (out / "ppo_resume.pt").exists():
         raise SystemExit(f"{out}: holds an earlier run; pass a new --out (this benchmark times a fresh run)")
-    cfg = PPOConfig(init_from=str(task.sft), reward=str(task.reward_model), chat_template=True, out_dir=str(out),
+    config, extra = PPOConfig, {}
+    if args.algorithm != "ppo":
+        config = GRPOConfig if args.algorithm == "grpo" else RLOOConfig
+        extra = dict(group_size=args.group_size, loss_agg=args.loss_agg, clip_range_high=args.clip_range_high)
+        extra |= {k: v for k, v in (("advantage", args.advantage), ("kl_penalty", args.kl_penalty)) if v is not None}
+    cfg = config(init_from=str(task.sft), reward=str(task.reward_model), chat_template=True, out_dir=str(out),
                     total_timesteps=args.timesteps, n_envs=args.n_envs // ranks, n_steps=args.n_steps,
                     batch_size=args.batch_size // ranks, n_epochs=args.epochs,
                     learning_rate=args.lr, lr_schedule=args.lr_schedule, kl_coef=args.kl_coef, vf_coef=args.vf_coef, ent_coef=args.ent_coef,
@@ -120,7 +133,7 @@ def main() -> None:
                     eval_samples=args.eval_samples,
                     eval_every=args.timesteps // 4, checkpoint_every=0,
                     seed=args.seed if args.ppo_seed is None else args.ppo_seed, num_threads=args.threads,
-                    precision=args.precision, progress=False)
+                    precision=args.precision, progress=False, **extra)
     t1 = time.perf_counter()
     train_ppo(cfg)
     ppo_s = time.perf_counter() - t1
@@ -132,7 +145,9 @@ def main() -> None:
     start, end = report["start"], report["end"]
     print(f"task preparation: {prep_s:.0f}s (reused when --task-dir already holds it); figures: "
           f"{json.dumps(task.figures, default=str)}")
-    print(f"PPO: {report['timesteps']} tokens in {ppo_s:.0f}s ({ppo_s / 60:.1f} min, {report['tokens_per_s']:.0f} tokens/s)")
+    name = args.algorithm.upper()
+    print(f"{name}: {report['timesteps']} tokens in {ppo_s:.0f}s ({ppo_s / 60:.1f} min, {report['tokens_per_s']:.0f} "
+          "tokens/s)")
     print(f"gold positive rate on {args.eval_prompts} held-out prompts: {start['gold_positive_rate']:.3f} -> "
           f"{end['gold_positive_rate']:.3f}; mean gold {start['gold_mean']:.3f} -> {end['gold_mean']:.3f}")
     print(f"KL to the reference (nats per completion): {end['kl']:.2f}; reference perplexity "
@@ -141,11 +156,12 @@ def main() -> None:
     print((out / "eval.csv").read_text().strip())
     rows = [[str(int(r["timesteps"])), f"{r['gold_positive_rate']:.3f}", f"{r['gold_mean']:.3f}", f"{r['kl']:.2f}",
              f"{r['perplexity']:.2f}", f"{r['length']:.1f}"] for r in read_eval_csv(out / "eval.csv")]
-    notes = (f"PPO {report['timesteps']} tokens in {ppo_s:.0f} s ({report['tokens_per_s']:.0f} tokens/s); "
+    notes = (f"{name} {report['timesteps']} tokens in {ppo_s:.0f} s ({report['tokens_per_s']:.0f} tokens/s); "
              f"{args.eval_prompts} held-out prompts x {args.eval_samples}; task prepared in {prep_s:.0f} s")
     cmd = ("python benchmarks/bench_ppo_learning.py " + " ".join(sys.argv[1:])).strip()
     header = ["timesteps", "gold positive rate", "gold mean", "KL (nats)", "ref perplexity", "length"]
-    print(f"written to {record('bench_ppo_learning', cmd, header, rows, threads=args.threads, notes=notes)}")
+    section = "bench_ppo_learning" + ("" if args.algorithm == "ppo" else f"_{args.algorithm}")
+    print(f"written to {record(section, cmd, header, rows, threads=args.threads, notes=notes)}")
 
 
 if __name__ == "__main__":

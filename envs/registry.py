@@ -18,9 +18,16 @@ Built-in ids, registered on ``import rlfl.envs`` (nothing is loaded until ``make
   download); ``reward=`` a reward-model checkpoint (or a callable) is required.
 - ``rlfl/Helpful-v0``: HH-RLHF dialogue prompts ending in "\\n\\nAssistant:" (``data_path=`` the
   hh-rlhf folder, required); ``reward=`` an HH reward-model checkpoint (or a callable) is required.
+- ``rlfl/Arithmetic-v0``: generated problems "Q: 23+45=? A:" of ``level`` 1, 2 or 3 (``n_prompts`` distinct
+  ones, ``seed``); the reward checks the answer read at the start of the completion (" 68"), with
+  ``format_weight`` for a number there and ``correct_weight`` for the right one. Works offline, no data.
+- ``rlfl/GSM8K-v0``: GSM8K questions as "Question: ...\\nAnswer:" (the bare question under the chat
+  template; ``data_path=`` the gsm8k folder or file, required; ``split``, ``n_prompts``); the reward checks
+  the number after the completion's last "####" the same way.
 
 Every env built here carries ``env.unwrapped.gold_judge``: a reward source for evaluation (the synthetic
-gold sentiment for SyntheticReviews, the ``gold=`` argument otherwise, else None).
+gold sentiment for SyntheticReviews, exact-match correctness for Arithmetic and GSM8K, the ``gold=``
+argument otherwise, else None). The verifiable envs are described in `rlfl.envs.verifiable`.
 
 Example:
     >>> import gymnasium
@@ -43,7 +50,7 @@ from typing import Any
 import gymnasium
 from gymnasium.envs.registration import parse_env_id
 
-from rlfl.envs.prompts import (HH_SUBSETS, as_prompt_source, hh_prompts, imdb_prompts,
+from rlfl.envs.prompts import (HH_SUBSETS, PromptList, as_prompt_source, hh_prompts, imdb_prompts,
                                synthetic_review_prompts)
 from rlfl.envs.rewards import GoldSentiment, as_reward_source
 
@@ -52,7 +59,9 @@ logger = logging.getLogger(__name__)
 SYNTHETIC_REVIEWS = "rlfl/SyntheticReviews-v0"
 IMDB_POSITIVE = "rlfl/ImdbPositive-v0"
 HELPFUL = "rlfl/Helpful-v0"
-BUILTIN_IDS = (SYNTHETIC_REVIEWS, IMDB_POSITIVE, HELPFUL)
+ARITHMETIC = "rlfl/Arithmetic-v0"
+GSM8K = "rlfl/GSM8K-v0"
+BUILTIN_IDS = (SYNTHETIC_REVIEWS, IMDB_POSITIVE, HELPFUL, ARITHMETIC, GSM8K)
 
 # Keyword arguments of TextGenerationEnv besides (tokenizer, prompts, reward). Listed here rather than read
 # from its signature so that `import rlfl.envs` does not load the env modules (tiktoken, gymnasium.vector:
@@ -238,6 +247,54 @@ def _helpful(num_envs: int | None, *, reward: Any = None, prompts: Any = None, d
     return _build(HELPFUL, num_envs, known, prompts=prompts, reward=reward, **options)
 
 
+def _prefixed(env_id: str, make: Any, *args: Any, **kwargs: Any) -> Any:
+    """``make(*args, **kwargs)``, its ValueErrors (which name an option and its fix) prefixed by the env id."""
+    try:
+        return make(*args, **kwargs)
+    except ValueError as e:
+        raise ValueError(f"{env_id}: {e}") from None
+
+
+def _arithmetic(num_envs: int | None, *, reward: Any = None, prompts: Any = None, level: int = 1,
+                n_prompts: int = 1000, seed: int = 0, format_weight: float = 0.1, correct_weight: float = 0.9,
+                gold: Any = None, **options: Any) -> Any:
+    # Imported here like the env classes: `import rlfl.envs` registers the id without loading its module.
+    from rlfl.envs.verifiable import AnswerReward, ArithmeticProblems, arithmetic_answer, exact_match
+
+    known = ("level", "n_prompts", "seed", "format_weight", "correct_weight")
+    _check_options(ARITHMETIC, {k: v for k, v in options.items() if k not in _PARTS}, known + _PARTS)
+    if prompts is None:
+        problems = _prefixed(ARITHMETIC, ArithmeticProblems, level, n_prompts, seed)
+        prompts = PromptList(problems.texts, name=problems.name)  # a plain list: the env pre-encodes it
+    if reward is None:
+        reward = _prefixed(ARITHMETIC, AnswerReward, arithmetic_answer, format_weight=format_weight,
+                           correct_weight=correct_weight)
+    judge = exact_match(arithmetic_answer) if gold is None else gold
+    return _build(ARITHMETIC, num_envs, known, prompts=prompts, reward=reward, gold=judge, **options)
+
+
+def _gsm8k(num_envs: int | None, *, reward: Any = None, prompts: Any = None, data_path: Any = None,
+           split: str = "train", n_prompts: int | None = None, seed: int = 0, template: str | None = None,
+           format_weight: float = 0.1, correct_weight: float = 0.9, gold: Any = None, **options: Any) -> Any:
+    from rlfl.envs.verifiable import (GSM8K_CHAT_TEMPLATE, GSM8K_MARKER, GSM8K_TEMPLATE, AnswerReward,
+                                      GSM8KProblems, exact_match)
+
+    known = ("data_path", "split", "n_prompts", "seed", "template", "format_weight", "correct_weight")
+    _check_options(GSM8K, {k: v for k, v in options.items() if k not in _PARTS}, known + _PARTS)
+    _require(GSM8K, "GSM8K problems", data_path, "pass data_path='path/to/gsm8k' (the folder with train.jsonl.gz "
+             "and test.jsonl.gz, such as shared/data/sft/gsm8k, or one .jsonl(.gz) file of {question, answer})")
+    if template is None:  # under the chat template the user turn is the bare question, as in the SFT records
+        template = GSM8K_CHAT_TEMPLATE if options.get("chat_template") else GSM8K_TEMPLATE
+    problems = _prefixed(GSM8K, GSM8KProblems, data_path, split=split, n=n_prompts, seed=seed, template=template)
+    if reward is None:
+        reward = _prefixed(GSM8K, AnswerReward, problems, marker=GSM8K_MARKER, format_weight=format_weight,
+                           correct_weight=correct_weight)
+    judge = exact_match(problems, marker=GSM8K_MARKER) if gold is None else gold
+    if prompts is None:
+        prompts = PromptList(problems.texts, name=problems.name)
+    return _build(GSM8K, num_envs, known, prompts=prompts, reward=reward, gold=judge, **options)
+
+
 # String entry points (Gymnasium's convention): the spec stays JSON-able and picklable.
 def synthetic_reviews_env(**kwargs: Any) -> Any:
     """Entry point of ``rlfl/SyntheticReviews-v0`` (use ``gymnasium.make``)."""
@@ -269,12 +326,35 @@ def helpful_vector_env(num_envs: int = 1, **kwargs: Any) -> Any:
     return _helpful(num_envs, **kwargs)
 
 
+def arithmetic_env(**kwargs: Any) -> Any:
+    """Entry point of ``rlfl/Arithmetic-v0`` (use ``gymnasium.make``)."""
+    return _arithmetic(None, **kwargs)
+
+
+def arithmetic_vector_env(num_envs: int = 1, **kwargs: Any) -> Any:
+    """Vector entry point of ``rlfl/Arithmetic-v0`` (use ``gymnasium.make_vec``)."""
+    return _arithmetic(num_envs, **kwargs)
+
+
+def gsm8k_env(**kwargs: Any) -> Any:
+    """Entry point of ``rlfl/GSM8K-v0`` (use ``gymnasium.make``)."""
+    return _gsm8k(None, **kwargs)
+
+
+def gsm8k_vector_env(num_envs: int = 1, **kwargs: Any) -> Any:
+    """Vector entry point of ``rlfl/GSM8K-v0`` (use ``gymnasium.make_vec``)."""
+    return _gsm8k(num_envs, **kwargs)
+
+
 # Defaults sized for the byte tokenizer: the longest prompts of each pool fit, and prompt + completion
-# stays within a small policy's context (HH dialogues are long: their last turns are kept).
+# stays within a small policy's context (HH dialogues are long: their last turns are kept). Arithmetic answers
+# are a few characters; GSM8K prompts fit whole 97% of the time and its worked answers run to ~270 bytes.
 _BUILTINS = {
     SYNTHETIC_REVIEWS: ("synthetic_reviews", {"tokenizer": "bytes", "max_new_tokens": 32, "max_prompt_tokens": 48}),
     IMDB_POSITIVE: ("imdb_positive", {"tokenizer": "bytes", "max_new_tokens": 48, "max_prompt_tokens": 64}),
     HELPFUL: ("helpful", {"tokenizer": "bytes", "max_new_tokens": 64, "max_prompt_tokens": 192}),
+    ARITHMETIC: ("arithmetic", {"tokenizer": "bytes", "max_new_tokens": 8, "max_prompt_tokens": 24}),
+    GSM8K: ("gsm8k", {"tokenizer": "bytes", "max_new_tokens": 256, "max_prompt_tokens": 512}),
 }
 
 

@@ -48,8 +48,9 @@ def is_chat_checkpoint(config: Mapping[str, Any]) -> bool:
     ``rlfl sft`` always trains on the template, so every SFT checkpoint is one. A PPO checkpoint is one
     when its run wrapped prompts as user turns (``PPOConfig.chat_template``; unset means the env's
     default, plain text for the built-in envs): PPO from an SFT policy on plain-text prompts has been
-    tuned to continue text, and that is how it should be sampled. Pretrained and reward-model
-    checkpoints continue plain text.
+    tuned to continue text, and that is how it should be sampled. A DPO checkpoint is one when its
+    prompts were user turns (``DPOConfig.chat_template``, which follows the starting checkpoint by
+    default). Pretrained and reward-model checkpoints continue plain text.
     """
     stage = config.get("stage")
     if stage == "sft":
@@ -57,6 +58,8 @@ def is_chat_checkpoint(config: Mapping[str, Any]) -> bool:
     if stage == "ppo":
         run = (config.get("ppo") or {}).get("config") or {}
         return run.get("chat_template") is True
+    if stage == "dpo":
+        return (config.get("dpo") or {}).get("chat_template") is True
     return False
 
 

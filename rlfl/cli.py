@@ -152,6 +152,13 @@ def cmd_sft(a: Any) -> None:
     print(f"checkpoint: {out}")
 
 
+def cmd_dpo(a: Any) -> None:
+    from rlfl.dpo import dpo
+
+    out = dpo(a)
+    print(f"checkpoint: {out}")
+
+
 def cmd_reward_train(a: Any) -> None:
     from rlfl.reward import train_reward_model
 
@@ -221,6 +228,7 @@ def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], None], str]
     from rlfl.agents.train import GRPOConfig, PPOConfig, RLOOConfig
     from rlfl.chat import ChatConfig, chat
     from rlfl.compare import CompareConfig
+    from rlfl.dpo import DPOConfig
     from rlfl.feedback.annotators import LabelSimulateConfig, label_simulate
     from rlfl.feedback.terminal import (
         LabelCliConfig,
@@ -249,6 +257,8 @@ def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], None], str]
         ("tokenizer", "train"): (TokenizerTrainArgs, cmd_tokenizer_train, "train a byte-level BPE tokenizer"),
         ("pretrain",): (PretrainConfig, cmd_pretrain, "pretrain or continue pretraining a GPT (torchrun for DDP)"),
         ("sft",): (SFTConfig, cmd_sft, "supervised fine-tuning / instruct-tuning of a checkpoint"),
+        ("dpo",): (DPOConfig, cmd_dpo, ("tune a policy on preference pairs with DPO or IPO (no reward model, no "
+                                        "sampling; a frozen reference)")),
         ("reward", "train"): (RewardTrainConfig, cmd_reward_train,
                               "train a reward model (Bradley-Terry pairs or labels) on any checkpoint's trunk"),
         ("ppo",): (PPOConfig, cmd_ppo, ("fine-tune a policy with PPO in a text env (reward model, KL to the "

@@ -3,6 +3,7 @@ the loss variants, learning, dynamic sampling, errors and resume."""
 
 from __future__ import annotations
 
+import csv
 import json
 import string
 
@@ -104,7 +105,7 @@ def test_a_rollout_is_one_completion_per_row_and_each_prompt_goes_to_one_group(p
 @pytest.mark.parametrize("algorithm, settings", [
     (GRPO, {}),
     (GRPO, {"advantage": "dr_grpo", "loss_agg": "dr_grpo"}),
-    (GRPO, {"loss_agg": "dapo", "clip_range_high": 0.28}),
+    (GRPO, {"loss_agg": "dapo", "clip_range_high": 0.28, "n_epochs": 2}),
     (RLOO, {}),
 ])
 def test_critic_free_algorithms_raise_the_reward_and_keep_the_reference_frozen(policy_dir, algorithm, settings):
@@ -194,3 +195,23 @@ def test_rlfl_grpo_and_rloo_train_evaluate_save_and_finish(policy_dir, tmp_path,
     with pytest.raises(SystemExit):
         main(["ppo", "--init-from", policy_dir, "--out-dir", str(out), "--total-timesteps", "512"])
     assert f"the resume state of a {algorithm} run, not a PPO one" in capsys.readouterr().err
+
+
+def test_rlfl_grpo_on_arithmetic_takes_env_options_and_evaluates_exact_match(policy_dir, tmp_path, capsys):
+    from rlfl.cli import main
+
+    out = tmp_path / "arith"
+    assert main(["grpo", "--init-from", policy_dir, "--env-id", "rlfl/Arithmetic-v0", "--env-options", "level=2",
+                 "--n-prompts", "200", "--max-new-tokens", "4", "--max-prompt-tokens", "16", "--out-dir", str(out),
+                 "--n-envs", "8", "--total-timesteps", "64", "--eval-prompts", "8", "--no-progress"]) == 0
+    config = json.loads((out / "ppo_config.json").read_text())
+    assert config["env_options"] == ["level=2"]
+    rows = list(csv.DictReader((out / "eval.csv").open()))
+    # the gold judge is exact match (0 or 1 per completion): its mean over 8 prompts is a multiple of 1/8
+    assert len(rows) == 2 and all((8 * float(r["gold_mean"])).is_integer() for r in rows)
+    assert all(float(r["gold_mean"]) == float(r["gold_positive_rate"]) for r in rows)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["grpo", "--init-from", policy_dir, "--env-id", "rlfl/Arithmetic-v0", "--env-options", "levle=2",
+              "--out-dir", str(tmp_path / "typo")])
+    assert "rlfl/Arithmetic-v0" in capsys.readouterr().err and not (tmp_path / "typo").exists()
