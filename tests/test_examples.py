@@ -85,3 +85,12 @@ def test_ppo_imdb_tiny(tmp_path):
     for stage in ("data", "tokenizer", "base", "rm", "gold"):
         assert f"[{stage}] cached" in again.stdout
     assert _table(again.stdout) == table
+
+
+def test_bench_grpo_arithmetic_smoke(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_grpo_arithmetic.py"), "--smoke", "--out",
+                        str(tmp_path / "run"), "--threads", "1"], check=False, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "SFT policy: exact match" in r.stdout and "after GRPO: exact match" in r.stdout
+    assert (tmp_path / "run" / "grpo" / "eval.csv").is_file() and (tmp_path / "run" / "sft" / "config.json").is_file()

@@ -1,0 +1,135 @@
+"""GRPO on verifiable rewards: raise a small SFT policy's exact-match accuracy on held-out arithmetic problems.
+
+End to end on ``rlfl/Arithmetic-v0`` with no reward model (the reward checks the answer):
+
+1. a byte-level GPT (4 layers x 128 dims, randomly initialised) is SFT'd (`rlfl.sft`, what ``rlfl sft`` runs)
+   on ``--sft-problems`` problems of ``--level`` written by `rlfl.envs.verifiable.write_arithmetic_sft`
+   (another seed than the env's pool, and none of the pool's problems), long enough to answer in the right
+   format and sometimes correctly;
+2. GRPO (`rlfl.agents.train.train_ppo` with a `GRPOConfig`, what ``rlfl grpo`` runs) trains it on the env's
+   pool with the answer-checking reward (0.1 for a number where the answer goes, 0.9 more when it is right),
+   ``--group-size`` completions per problem; ``--eval-prompts`` problems of the pool are held out of
+   training and scored by exact match (the env's gold judge) before, during and after, on completions
+   sampled at temperature 1.
+
+    python benchmarks/bench_grpo_arithmetic.py [--out runs/grpo_arithmetic] [--level 2] [--sft-steps 600]
+                                               [--timesteps 98304] [--group-size 8] [--threads 2]
+    python benchmarks/bench_grpo_arithmetic.py --smoke   # the same steps, tiny: a check that it runs
+
+Prints the SFT and GRPO times, the exact-match accuracy before -> after with its 95 % interval, the KL and
+length, a few held-out answers before and after, and every evaluation (eval.csv); the
+``bench_grpo_arithmetic`` section of benchmarks/RESULTS.md gets the table with the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rlfl.agents.callbacks import read_eval_csv
+from rlfl.agents.train import GRPOConfig, train_ppo
+from rlfl.envs.verifiable import ArithmeticProblems, write_arithmetic_sft
+
+from rlfl.checkpoint import save_checkpoint
+from rlfl.model import GPT, GPTConfig
+from rlfl.sft import SFTConfig, sft
+from rlfl.tokenizer import byte_tokenizer
+from rlfl.trainer import TrainConfig
+from results import record
+
+MAX_NEW, MAX_PROMPT = 6, 32  # " 123" and the stop token; a chat-wrapped "Q: 47*8=? A:" is under 32 bytes
+
+
+def interval(p: float, n: int) -> tuple[float, float]:
+    """Wilson 95 % interval of a proportion ``p`` out of ``n``."""
+    z = 1.96
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/grpo_arithmetic", help="output folder (rebuilt each run)")
+    ap.add_argument("--level", type=int, default=2, help="problem difficulty: 1, 2 or 3")
+    ap.add_argument("--sft-problems", type=int, default=20000, help="SFT records")
+    ap.add_argument("--sft-steps", type=int, default=600, help="SFT optimizer steps")
+    ap.add_argument("--timesteps", type=int, default=98304, help="GRPO tokens (rows x steps) to train on")
+    ap.add_argument("--group-size", type=int, default=8, help="completions per problem")
+    ap.add_argument("--n-envs", type=int, default=64, help="rows per rollout (n_envs / group_size problems)")
+    ap.add_argument("--lr", type=float, default=3e-5, help="GRPO learning rate (decays linearly to 0)")
+    ap.add_argument("--eval-prompts", type=int, default=512, help="held-out problems scored by exact match")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks that every step runs")
+    args = ap.parse_args()
+    if args.smoke:
+        args.sft_problems, args.sft_steps, args.timesteps, args.eval_prompts = 200, 5, 2 * args.n_envs * MAX_NEW, 16
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+
+    t0 = time.perf_counter()
+    tok = byte_tokenizer()
+    torch.manual_seed(args.seed)
+    dims = (1, 2, 32) if args.smoke else (4, 4, 128)
+    gpt = GPT(GPTConfig(vocab_size=tok.n_vocab, block_size=MAX_PROMPT + MAX_NEW + 2, n_layer=dims[0],
+                        n_head=dims[1], n_embd=dims[2]))
+    save_checkpoint(out / "init", gpt, tok, stage="pretrain")
+    # SFT never sees a problem of the env's pool (GRPO's training problems and the held-out ones alike)
+    pool = ArithmeticProblems(level=args.level, n=1000, seed=args.seed)
+    data = write_arithmetic_sft(out / "sft_all.jsonl", level=args.level, n=args.sft_problems, seed=args.seed + 1000)
+    lines = [line for line in data.read_text().splitlines() if json.loads(line)["prompt"] not in set(pool.texts)]
+    data = out / "sft.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    sft(SFTConfig(init_from=str(out / "init"), data=str(data), num_samples=0,
+                  train=TrainConfig(out_dir=str(out / "sft"), max_steps=args.sft_steps, batch_size=64, lr=1e-3,
+                                    min_lr=1e-4, warmup_steps=min(50, args.sft_steps // 4), eval_interval=0,
+                                    checkpoint_interval=0, num_threads=args.threads, progress=False)))
+    sft_s = time.perf_counter() - t0
+
+    cfg = GRPOConfig(init_from=str(out / "sft"), env_id="rlfl/Arithmetic-v0", env_options=[f"level={args.level}"],
+                     chat_template=True, max_new_tokens=MAX_NEW, max_prompt_tokens=MAX_PROMPT,
+                     out_dir=str(out / "grpo"), n_envs=args.n_envs, group_size=args.group_size,
+                     total_timesteps=args.timesteps, batch_size=512, n_epochs=2, learning_rate=args.lr,
+                     lr_schedule="linear", kl_coef=0.01, eval_prompts=args.eval_prompts,
+                     eval_every=max(1, args.timesteps // 4), checkpoint_every=0, sample_every=0, seed=args.seed,
+                     num_threads=args.threads, progress=False)
+    t1 = time.perf_counter()
+    train_ppo(cfg)
+    grpo_s = time.perf_counter() - t1
+
+    report = json.loads((out / "grpo" / "ppo_report.json").read_text())
+    start, end = report["start"], report["end"]
+    n = int(end["n"])
+    print(f"SFT on {len(lines)} level-{args.level} problems (of {args.sft_problems} drawn; those in the env's pool "
+          f"of {len(pool)} left out), {args.sft_steps} steps: {sft_s:.0f}s")
+    print(f"GRPO: {report['timesteps']} tokens in {grpo_s:.0f}s ({grpo_s / 60:.1f} min)")
+    for name, r in (("SFT policy", start), ("after GRPO", end)):
+        low, high = interval(r["gold_positive_rate"], n)
+        print(f"{name}: exact match {r['gold_positive_rate']:.3f} (95% {low:.3f}-{high:.3f}) on {n} held-out "
+              f"problems; KL {r['kl']:.2f} nats; length {r['length']:.1f}")
+    print("gold evaluations during training (eval.csv):")
+    print((out / "grpo" / "eval.csv").read_text().strip())
+    rows = [[str(int(r["timesteps"])), f"{r['gold_positive_rate']:.3f}", f"{r['kl']:.2f}", f"{r['length']:.1f}"]
+            for r in read_eval_csv(out / "grpo" / "eval.csv")]
+    notes = (f"level {args.level}; SFT {args.sft_problems} problems x {args.sft_steps} steps in {sft_s:.0f} s; GRPO "
+             f"{report['timesteps']} tokens in {grpo_s:.0f} s, groups of {args.group_size}; exact match on {n} "
+             "held-out problems, completions sampled at temperature 1")
+    cmd = ("python benchmarks/bench_grpo_arithmetic.py " + " ".join(sys.argv[1:])).strip()
+    if not args.smoke:
+        header = ["timesteps", "exact match", "KL (nats)", "length"]
+        print(f"written to {record('bench_grpo_arithmetic', cmd, header, rows, threads=args.threads, notes=notes)}")
+
+
+if __name__ == "__main__":
+    main()
