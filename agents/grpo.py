@@ -26,13 +26,10 @@ The policy's value head is kept (it is part of the checkpoint format) but never 
 stage ``ppo`` checkpoints (an RL-tuned policy) whose ``train`` record names the algorithm.
 
 Example:
-    >>> import tempfile, rlfl.envs
-    >>> from rlfl.checkpoint import save_checkpoint
-    >>> from rlfl.model import GPT, GPTConfig
-    >>> from rlfl.tokenizer import byte_tokenizer
-    >>> tok, d = byte_tokenizer(), tempfile.mkdtemp()
-    >>> policy = GPT(GPTConfig(vocab_size=tok.n_vocab, block_size=96, n_layer=1, n_head=2, n_embd=32))
-    >>> save_checkpoint(d, policy, tok, stage="sft")
+    >>> import tempfile, rlfl.envs, rlfl.checkpoint, rlfl.model, rlfl.tokenizer
+    >>> tok, d = rlfl.tokenizer.byte_tokenizer(), tempfile.mkdtemp()    # a tiny random policy to start from
+    >>> config = rlfl.model.GPTConfig(vocab_size=tok.n_vocab, block_size=96, n_layer=1, n_head=2, n_embd=32)
+    >>> rlfl.checkpoint.save_checkpoint(d, rlfl.model.GPT(config), tok, stage="sft")
     >>> model = GRPO(d, "rlfl/SyntheticReviews-v0", n_envs=8, group_size=4, env_kwargs={"max_new_tokens": 8}, seed=0)
     >>> _ = model.learn(total_timesteps=64)
     >>> model.n_steps, model.num_timesteps   # one completion per row: max_new_tokens steps at the most
@@ -109,11 +106,7 @@ class GRPO(PPO):
 
     def train(self) -> None:
         """Epochs of the clipped surrogate over every row's completion, with group-relative advantages."""
-        store = self._store
-        assert store is not None, "train() needs a rollout: call learn()"
-        self.policy.set_training_mode(True)
-        self._update_learning_rate(self.policy.optimizer)
-        low = self.clip_range(self._current_progress_remaining)
+        store, low = self._begin_update()
         high = low if self.clip_range_high is None else float(self.clip_range_high)
         rows = store.num_rows
 

@@ -526,11 +526,7 @@ class PPO(OnPolicyAlgorithm):
     # ------------------------------------------------------------------------------ training
     def train(self) -> None:
         """PPO epochs over the last rollout: one forward per segment, clipped losses, KL-penalised rewards."""
-        store = self._store
-        assert store is not None, "train() needs a rollout: call learn()"
-        self.policy.set_training_mode(True)
-        self._update_learning_rate(self.policy.optimizer)
-        clip_range = self.clip_range(self._current_progress_remaining)
+        store, clip_range = self._begin_update()
         clip_vf = None if self.clip_range_vf is None else self.clip_range_vf(self._current_progress_remaining)
 
         ref_logp, old_logp, old_values = self._forward_pass(store)
@@ -561,6 +557,13 @@ class PPO(OnPolicyAlgorithm):
         self._record(store, stats, clip_range=clip_range, beta=beta, kl_tok=kl_tok, episode_kls=episode_kls)
         self.logger.record("train/explained_variance",
                            float(explained_variance(old_values.reshape(-1), returns.reshape(-1))))
+
+    def _begin_update(self) -> tuple[RolloutStore, float]:
+        """The last rollout and this update's clip range, with the policy in training mode at this update's rate."""
+        assert self._store is not None, "train() needs a rollout: call learn()"
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        return self._store, self.clip_range(self._current_progress_remaining)
 
     def _optimize(self, store: RolloutStore, segments: np.ndarray, n_minibatches: int, old_logp: torch.Tensor,
                   loss_fn: Any) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from rlfl.trainer import TrainConfig
 from results import record
 
 MAX_NEW, MAX_PROMPT = 6, 32  # " 123" and the stop token; a chat-wrapped "Q: 47*8=? A:" is under 32 bytes
+POOL = 3000  # the env's problems: GRPO trains on the ones not held out for evaluation (>= 2x --eval-prompts)
 
 
 def interval(p: float, n: int) -> tuple[float, float]:
@@ -86,7 +87,7 @@ def main() -> None:
                         n_head=dims[1], n_embd=dims[2]))
     save_checkpoint(out / "init", gpt, tok, stage="pretrain")
     # SFT never sees a problem of the env's pool (GRPO's training problems and the held-out ones alike)
-    pool = ArithmeticProblems(level=args.level, n=1000, seed=args.seed)
+    pool = ArithmeticProblems(level=args.level, n=POOL, seed=args.seed)
     data = write_arithmetic_sft(out / "sft_all.jsonl", level=args.level, n=args.sft_problems, seed=args.seed + 1000)
     lines = [line for line in data.read_text().splitlines() if json.loads(line)["prompt"] not in set(pool.texts)]
     data = out / "sft.jsonl"
@@ -98,7 +99,7 @@ def main() -> None:
     sft_s = time.perf_counter() - t0
 
     cfg = GRPOConfig(init_from=str(out / "sft"), env_id="rlfl/Arithmetic-v0", env_options=[f"level={args.level}"],
-                     chat_template=True, max_new_tokens=MAX_NEW, max_prompt_tokens=MAX_PROMPT,
+                     n_prompts=POOL, chat_template=True, max_new_tokens=MAX_NEW, max_prompt_tokens=MAX_PROMPT,
                      out_dir=str(out / "grpo"), n_envs=args.n_envs, group_size=args.group_size,
                      total_timesteps=args.timesteps, batch_size=512, n_epochs=2, learning_rate=args.lr,
                      lr_schedule="linear", kl_coef=0.01, eval_prompts=args.eval_prompts,

@@ -1,4 +1,4 @@
-"""PPO/GRPO/RLOO learning check: raise the GOLD positive rate of a small SFT policy to >= 0.9 with KL <= 6 nats.
+"""PPO/GRPO/RLOO/DPO learning check: raise the GOLD positive rate of a small SFT policy to >= 0.9 at KL <= 6 nats.
 
 The learning target, end to end on the built-in task `rlfl/SyntheticReviews-v0`:
 
@@ -8,7 +8,9 @@ The learning target, end to end on the built-in task `rlfl/SyntheticReviews-v0`:
    and a reward model trained on them. Its time is printed but is not part of the PPO budget.
 2. PPO (`rlfl.agents.train.train_ppo`, what ``rlfl ppo`` runs), or with ``--algorithm grpo|rloo`` GRPO or
    RLOO (``rlfl grpo``/``rlfl rloo``: groups of ``--group-size`` completions per prompt, no critic), trains
-   the SFT policy against the **reward model** (the learned proxy), never the gold judge.
+   the SFT policy against the **reward model** (the learned proxy), never the gold judge. With
+   ``--algorithm dpo``, DPO (`rlfl.dpo`, what ``rlfl dpo`` runs) trains it on the task's preference pairs
+   (the ones the reward model learnt from) instead, with no reward model and no sampling.
 3. The gold judge (`GoldSentiment`, the generator's own lexicon and rules) scores samples on held-out
    prompts before and after, with the KL to the reference: the figures of the acceptance point.
 
@@ -16,6 +18,7 @@ The learning target, end to end on the built-in task `rlfl/SyntheticReviews-v0`:
                                             [--timesteps 409600] [--lr 1.5e-4] [--lr-schedule linear]
                                             [--kl-coef 0.14] [--kl-target 5.5] [--threads 2]
                                             [--algorithm grpo --group-size 4 --loss-agg dapo ...]
+                                            [--algorithm dpo --dpo-beta 0.1 --dpo-steps 600 --dpo-lr 1e-4]
     torchrun --standalone --nproc_per_node=N benchmarks/bench_ppo_learning.py --threads 1 ...  # data-parallel
 
 Prints the task preparation time, PPO's time and tokens/s, the gold positive rate and mean before -> after,
@@ -40,6 +43,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -53,7 +57,12 @@ from results import record
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task-dir", default="runs/synthetic_task", help="where the SFT policy and reward model live")
-    ap.add_argument("--algorithm", choices=("ppo", "grpo", "rloo"), default="ppo", help="what trains the policy")
+    ap.add_argument("--algorithm", choices=("ppo", "grpo", "rloo", "dpo"), default="ppo", help="what trains the policy")
+    ap.add_argument("--dpo-beta", type=float, default=0.1, help="DPO: beta of the loss")
+    ap.add_argument("--dpo-loss", default="sigmoid", help="DPO: sigmoid | ipo")
+    ap.add_argument("--dpo-steps", type=int, default=600, help="DPO: optimizer steps")
+    ap.add_argument("--dpo-batch-size", type=int, default=32, help="DPO: pairs per step")
+    ap.add_argument("--dpo-lr", type=float, default=1e-4, help="DPO: peak learning rate (cosine to a tenth)")
     ap.add_argument("--group-size", type=int, default=4, help="GRPO/RLOO: completions per prompt")
     ap.add_argument("--advantage", default=None, help="GRPO/RLOO: grpo | dr_grpo | rloo (default: the algorithm's)")
     ap.add_argument("--loss-agg", default="grpo", help="GRPO/RLOO: grpo | dapo | dr_grpo")
@@ -115,6 +124,10 @@ def main() -> None:
         if rank:
             task = prepare_synthetic_task(args.task_dir, task_cfg)  # reuses rank 0's
     out = Path(args.out)
+    if args.algorithm == "dpo":
+        dpo_and_report(args, task, out, prep_s)
+        return
+    out = Path(args.out)
     if (out / "ppo_resume.pt").exists():
         raise SystemExit(f"{out}: holds an earlier run; pass a new --out (this benchmark times a fresh run)")
     config, extra = PPOConfig, {}
@@ -162,6 +175,53 @@ def main() -> None:
     header = ["timesteps", "gold positive rate", "gold mean", "KL (nats)", "ref perplexity", "length"]
     section = "bench_ppo_learning" + ("" if args.algorithm == "ppo" else f"_{args.algorithm}")
     print(f"written to {record(section, cmd, header, rows, threads=args.threads, notes=notes)}")
+
+
+def dpo_and_report(args: argparse.Namespace, task: Any, out: Path, prep_s: float) -> None:
+    """DPO on the task's pairs, then the same gold evaluation as the RL runs (same held-out prompts and seed)."""
+    from rlfl.agents import PPO
+    from rlfl.agents.callbacks import evaluate_policy
+    from rlfl.agents.train import split_prompts
+    from rlfl.agents.vec_env import make_text_vec_env
+    from rlfl.dpo import DPOConfig, dpo
+    from rlfl.trainer import TrainConfig
+
+    if (out / "config.json").exists():
+        raise SystemExit(f"{out}: holds an earlier run; pass a new --out (this benchmark times a fresh run)")
+    seed = args.seed if args.ppo_seed is None else args.ppo_seed
+    t1 = time.perf_counter()
+    dpo(DPOConfig(init_from=str(task.sft), data=str(task.pairs), beta=args.dpo_beta, loss_type=args.dpo_loss,
+                  num_samples=0, train=TrainConfig(out_dir=str(out), max_steps=args.dpo_steps,
+                                                   batch_size=args.dpo_batch_size, lr=args.dpo_lr,
+                                                   min_lr=args.dpo_lr / 10, warmup_steps=args.dpo_steps // 20,
+                                                   eval_interval=0, checkpoint_interval=0, seed=seed,
+                                                   num_threads=args.threads, progress=False)))
+    train_s = time.perf_counter() - t1
+    # the prompts and sampling of the RL runs' GoldEval: the env's prompts split with the run's seed
+    env = make_text_vec_env("rlfl/SyntheticReviews-v0", 1, tokenizer=str(task.sft), chat_template=True)
+    _, prompts = split_prompts(env.inner.prompt_texts, env.inner.prompt_source, args.eval_prompts, seed)
+    figures = {}
+    for name, policy in (("start", task.sft), ("end", out)):
+        model = PPO(str(policy), env, n_envs=1, seed=seed, policy_kwargs={"reference_checkpoint": str(task.sft)})
+        figures[name] = evaluate_policy(model, prompts, n_samples=args.eval_samples, seed=seed)
+    start, end = figures["start"], figures["end"]
+    pairs = sum(1 for _ in task.pairs.open())
+    print(f"task preparation: {prep_s:.0f}s (reused when --task-dir already holds it); {pairs} pairs")
+    print(f"DPO: {args.dpo_steps} steps x {args.dpo_batch_size} pairs in {train_s:.0f}s ({train_s / 60:.1f} min)")
+    print(f"gold positive rate on {len(prompts)} held-out prompts x {args.eval_samples}: "
+          f"{start['gold_positive_rate']:.3f} -> {end['gold_positive_rate']:.3f}; mean gold {start['gold_mean']:.3f} "
+          f"-> {end['gold_mean']:.3f}")
+    print(f"KL to the reference (nats per completion): {end['kl']:.2f}; reference perplexity "
+          f"{start['perplexity']:.2f} -> {end['perplexity']:.2f}; length {start['length']:.1f} -> {end['length']:.1f}")
+    for sample in end["samples"]:
+        print(f"  after: {sample['prompt']!r} -> {sample['completion']!r} (gold {sample['score']:+.2f})")
+    rows = [[name, f"{r['gold_positive_rate']:.3f}", f"{r['gold_mean']:.3f}", f"{r['kl']:.2f}",
+             f"{r['perplexity']:.2f}", f"{r['length']:.1f}"] for name, r in (("SFT", start), ("DPO", end))]
+    notes = (f"DPO ({args.dpo_loss}, beta {args.dpo_beta}) {args.dpo_steps} steps x {args.dpo_batch_size} of {pairs} "
+             f"pairs in {train_s:.0f} s; {len(prompts)} held-out prompts x {args.eval_samples}")
+    cmd = ("python benchmarks/bench_ppo_learning.py " + " ".join(sys.argv[1:])).strip()
+    header = ["policy", "gold positive rate", "gold mean", "KL (nats)", "ref perplexity", "length"]
+    print(f"written to {record('bench_ppo_learning_dpo', cmd, header, rows, threads=args.threads, notes=notes)}")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import gzip
-import json
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -25,6 +23,8 @@ from pathlib import Path
 from typing import Any, Protocol, overload, runtime_checkable
 
 import numpy as np
+
+from rlfl.files import iter_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -246,25 +246,17 @@ def _hh_files(path: Path, subsets: tuple[str, ...], split: str) -> list[Path]:
 
 @lru_cache(maxsize=8)
 def _hh_file_prompts(path: str) -> tuple[str, ...]:
-    opener = gzip.open if path.endswith(".gz") else open
     out, skipped = [], 0
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {lineno}: not valid JSON ({e.msg}); fix or remove the line") from None
-            chosen = row.get("chosen") if isinstance(row, dict) else None
-            if not isinstance(chosen, str):
-                raise ValueError(f"{path} line {lineno}: no string field 'chosen'; HH-RLHF lines are "
-                                 "{\"chosen\": dialogue, \"rejected\": dialogue}")
-            cut = chosen.rfind(HH_ASSISTANT)
-            if cut < 0:
-                skipped += 1
-                continue
-            out.append(chosen[:cut + len(HH_ASSISTANT)])
+    for lineno, row in iter_jsonl(path):
+        chosen = row.get("chosen") if isinstance(row, dict) else None
+        if not isinstance(chosen, str):
+            raise ValueError(f"{path} line {lineno}: no string field 'chosen'; HH-RLHF lines are "
+                             "{\"chosen\": dialogue, \"rejected\": dialogue}")
+        cut = chosen.rfind(HH_ASSISTANT)
+        if cut < 0:
+            skipped += 1
+            continue
+        out.append(chosen[:cut + len(HH_ASSISTANT)])
     if skipped:
         logger.warning("%s: skipped %d dialogues with no '\\n\\nAssistant:' turn", path, skipped)
     if not out:

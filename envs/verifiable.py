@@ -53,6 +53,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from rlfl.files import iter_jsonl
+
 from rlfl.envs.prompts import PromptList, _subsample
 from rlfl.envs.rewards import check_scores
 
@@ -298,25 +300,17 @@ def _gsm8k_file(path: Path, split: str) -> Path:
 @lru_cache(maxsize=4)
 def _read_gsm8k(path: str) -> tuple[tuple[str, str], ...]:
     # Cached: a run makes several envs from one file.
-    opener = gzip.open if path.endswith(".gz") else open
     out = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {lineno}: not valid JSON ({e.msg}); fix or remove the line") from None
-            question = row.get("question") if isinstance(row, dict) else None
-            answer = row.get("answer") if isinstance(row, dict) else None
-            if not (isinstance(question, str) and isinstance(answer, str)):
-                raise ValueError(f"{path} line {lineno}: expected string fields 'question' and 'answer'; GSM8K "
-                                 "lines are {\"question\": ..., \"answer\": \"... #### <number>\"}")
-            try:
-                out.append((question.strip(), gsm8k_final_answer(answer)))
-            except ValueError as e:
-                raise ValueError(f"{path} line {lineno}: {e}; fix or remove the line") from None
+    for lineno, row in iter_jsonl(path):
+        question = row.get("question") if isinstance(row, dict) else None
+        answer = row.get("answer") if isinstance(row, dict) else None
+        if not (isinstance(question, str) and isinstance(answer, str)):
+            raise ValueError(f"{path} line {lineno}: expected string fields 'question' and 'answer'; GSM8K "
+                             "lines are {\"question\": ..., \"answer\": \"... #### <number>\"}")
+        try:
+            out.append((question.strip(), gsm8k_final_answer(answer)))
+        except ValueError as e:
+            raise ValueError(f"{path} line {lineno}: {e}; fix or remove the line") from None
     if not out:
         raise ValueError(f"{path}: no GSM8K records; {_GSM8K_HELP}")
     return tuple(out)

@@ -258,6 +258,19 @@ def load_checkpoint(
                       heads=heads)
 
 
+
+def load_for_finetuning(directory: str | Path, block_size: int = 0) -> tuple[Checkpoint, int]:
+    """The checkpoint a fine-tuning stage (SFT, DPO) starts from, and the context it trains at: ``block_size``,
+    or the model's own when 0; a longer one than the model's is a ValueError naming --block-size."""
+    source = load_checkpoint(directory)
+    limit = source.model.config.block_size
+    block = block_size or limit
+    if block > limit:
+        raise ValueError(f"block_size={block} exceeds the model's maximum context {limit}; pass --block-size {limit} "
+                         "or less")
+    return source, block
+
+
 def update_config(directory: str | Path, **fields: Any) -> dict[str, Any]:
     """Add or replace top-level fields of a checkpoint's ``config.json`` atomically (e.g. reward statistics)."""
     d = Path(directory)

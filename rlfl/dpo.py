@@ -318,12 +318,8 @@ def dpo(cfg: DPOConfig) -> Path:
     """Tune ``cfg.init_from`` with DPO/IPO on ``cfg.data``; returns the new checkpoint directory (stage "dpo")."""
     tc = cfg.train
     runtime = setup_runtime(tc)
-    source = ckpt.load_checkpoint(cfg.init_from)
+    source, block = ckpt.load_for_finetuning(cfg.init_from, cfg.block_size)
     model, tokenizer = source.model, source.tokenizer
-    block = cfg.block_size or model.config.block_size
-    if block > model.config.block_size:
-        raise ValueError(f"block_size={block} exceeds the model's maximum context {model.config.block_size}; "
-                         f"pass --block-size {model.config.block_size} or less")
     chat = is_chat_checkpoint(source.config) if cfg.chat_template is None else cfg.chat_template
 
     read = {"on_bad_line": cfg.on_bad_line, "seed": tc.seed}

@@ -12,9 +12,11 @@ Example:
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,28 @@ def read_json(path: str | os.PathLike, *, fix: str, expect: type = dict) -> Any:
         raise ValueError(f"{path}: expected a JSON {'object' if expect is dict else expect.__name__}, got "
                          f"{type(value).__name__}; {fix}")
     return value
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of every non-blank line of a JSONL file (.gz read as gzip); a line that is not JSON
+    raises a ValueError naming the file and the line.
+
+    >>> import tempfile
+    >>> p = Path(tempfile.mkdtemp()) / "rows.jsonl"
+    >>> _ = p.write_text('{"a": 1}\\n\\n[2]\\n')
+    >>> list(iter_jsonl(p))
+    [(1, {'a': 1}), (3, [2])]
+    """
+    path = str(path)
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} line {lineno}: not valid JSON ({e.msg}); fix or remove the line") from None
 
 
 def _umask() -> int:

@@ -104,12 +104,8 @@ def sft(cfg: SFTConfig) -> Path:
     """Fine-tune ``cfg.init_from`` on ``cfg.data``; returns the new checkpoint directory."""
     tc = cfg.train
     runtime = setup_runtime(tc)
-    source = ckpt.load_checkpoint(cfg.init_from)
+    source, block = ckpt.load_for_finetuning(cfg.init_from, cfg.block_size)
     model, tokenizer = source.model, source.tokenizer
-    block = cfg.block_size or model.config.block_size
-    if block > model.config.block_size:
-        raise ValueError(f"block_size={block} exceeds the model's maximum context {model.config.block_size}; "
-                         f"pass --block-size {model.config.block_size} or less")
     data = read_sft(cfg.data, on_bad_line=cfg.on_bad_line, max_examples=cfg.max_examples)
     if cfg.val_data:
         train_convs = data.conversations
