@@ -72,8 +72,8 @@ class SampleArgs:
 
     checkpoint: str = field(default="runs/base", metadata={"help": "checkpoint directory of any stage"})
     prompt: list[str] = field(default_factory=list, metadata={
-        "help": "prompts (default: one empty prompt); on a chat checkpoint (sft, or ppo with --chat-template) each "
-                "is a user turn answered up to <|end|>, as in `rlfl chat`"})
+        "help": "prompts (default: one empty prompt); on a chat checkpoint (sft, dpo, or ppo/grpo/rloo with "
+                "--chat-template) each is a user turn answered up to <|end|>, as in `rlfl chat`"})
     raw: bool = field(default=False, metadata={
         "help": "continue the prompt as plain text even on a chat checkpoint (no chat template, no stop at <|end|>)"})
     num_samples: int = field(default=1, metadata={"help": "samples per prompt"})
