@@ -359,7 +359,8 @@ class ProgressLine(BaseCallback):
         if self.progress:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=self.total, initial=self.num_timesteps, desc="ppo", unit="tok", dynamic_ncols=True)
+            self.bar = tqdm(total=self.total, initial=self.num_timesteps, desc=type(self.model).__name__.lower(),
+                            unit="tok", dynamic_ncols=True)
 
     def _on_step(self) -> bool:
         if self.bar is not None:
@@ -388,4 +389,5 @@ class ProgressLine(BaseCallback):
         if self.bar is not None:
             self.bar.set_postfix_str(" | ".join(parts), refresh=False)
         else:
-            logger.info("ppo %d/%d tok | %s", self.num_timesteps, self.total, " | ".join(parts))
+            logger.info("%s %d/%d tok | %s", type(self.model).__name__.lower(), self.num_timesteps, self.total,
+                        " | ".join(parts))

@@ -18,10 +18,13 @@ import torch
 
 def pick_device(want: str | torch.device) -> torch.device:
     """The torch device a ``--device`` value names, checked: ``auto`` is a visible CUDA GPU, else the CPU;
-    under torchrun ``cuda`` is this process's GPU (LOCAL_RANK). A misspelt name or a GPU that is not there
-    is a one-line `ValueError` saying what to pass."""
+    ``cuda`` is always returned with its index: this process's GPU under torchrun (LOCAL_RANK), else the
+    current one (``cuda:0`` unless CUDA_VISIBLE_DEVICES or torch.cuda.set_device say otherwise). A misspelt
+    name or a GPU that is not there is a one-line `ValueError` saying what to pass."""
     if isinstance(want, torch.device):
-        return want
+        if want.type != "cuda" or want.index is not None:
+            return want
+        want = "cuda"
     if want == "auto":
         want = "cuda" if torch.cuda.is_available() else "cpu"
     try:
@@ -36,6 +39,11 @@ def pick_device(want: str | torch.device) -> torch.device:
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise ValueError(f"--device {want}: this machine has {torch.cuda.device_count()} GPU(s); pass cuda:0 to "
                              f"cuda:{torch.cuda.device_count() - 1}")
-        if device.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
+        if device.index is None:
+            # a plain "cuda" becomes a numbered GPU: torch.cuda.set_device, the RNG state calls and device
+            # comparisons (param.device is always numbered) all need the index
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            else:
+                device = torch.device("cuda", torch.cuda.current_device())
     return device

@@ -233,6 +233,10 @@ class CausalSelfAttention(nn.Module):
             k_buf[:, :, past : past + T] = k
             v_buf[:, :, past : past + T] = v
             k, v = k_buf[:, :, : past + T], v_buf[:, :, : past + T]
+        if kv is not None and q.device.type == "cuda" and k.dtype != q.dtype:
+            # a float32 cache read by bfloat16 queries (generating under autocast): SDPA's GPU kernels take
+            # one dtype, so the keys and values are cast to the queries' as autocast would
+            k, v = k.to(q.dtype), v.to(q.dtype)
         # With no mask and nothing cached before this call, keys == queries and SDPA's top-left aligned
         # causal mask is right. With a cache and T == 1 (the decode step) the query may see every key.
         is_causal = mask is None and isinstance(past, int) and past == 0 and T > 1
