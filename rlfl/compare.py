@@ -1,4 +1,5 @@
-"""`rlfl compare`: RLHF against RLAIF, fairly: one SFT policy, one prompt set, two label sources, same everything else.
+"""`rlfl compare`: RLHF against RLAIF, fairly: one SFT policy, one prompt set, two label sources, same everything else
+(and, with ``algorithms``, PPO against GRPO, RLOO and DPO on each side).
 
 The experiment, in stages that each leave their output in ``out_dir`` and are skipped when it is
 complete, so a second run (or one after a crash) goes straight to where the first one stopped:
@@ -16,12 +17,18 @@ complete, so a second run (or one after a crash) goes straight to where the firs
 4. ``ai_labels.jsonl`` + ``ai_prefs.jsonl``: the AI side, ``ai_judge``'s ``prefer`` on the same items;
 5. ``rm_rlhf/`` and ``rm_rlaif/``: two reward models, same trunk (``rm_init``), steps, batch, learning rate
    and seed: only the labels differ;
-6. ``ppo/<arm>/seed<k>/``: PPO (`rlfl.agents.train.train_ppo`) from the SFT policy against each reward model
-   (and, with ``direct_rlaif``, against the judge itself), one run per seed in ``seeds``, same seeds for
-   every arm; each run resumes from its last checkpoint;
+6. ``<algorithm>/<source>/seed<k>/``: every arm, a label source trained with one of ``algorithms``, from the
+   SFT policy, one run per seed in ``seeds``, same seeds for every arm; each run resumes from its last
+   checkpoint. ``ppo`` (`rlfl.agents.train.train_ppo`), ``grpo`` and ``rloo`` (the same function with
+   `GRPOConfig` / `RLOOConfig`, the same settings plus ``group_size``) train against each source's reward model
+   (and, with ``direct_rlaif``, against the judge itself); ``dpo`` (`rlfl.dpo.dpo`) trains on each source's
+   preference file (``human_prefs.jsonl``, ``ai_prefs.jsonl``) with no reward model, its seed the arm's seed.
+   A PPO arm is named after its source (``rlhf``, ``rlaif``, ``direct_rlaif``, in ``ppo/<source>/``), another
+   algorithm's after both (``rlhf_grpo`` in ``grpo/rlhf/``, ``rlaif_dpo`` in ``dpo/rlaif/``);
 7. ``eval/``: every policy (SFT included) sampled on the held-out prompts, scored by the ``gold`` judge that
    no side trained on (`rlfl.compare_eval`), and the statistics (bootstrap CIs over seeds,
-   `rlfl.compare_stats`);
+   `rlfl.compare_stats`); every arm the same way, whatever trained it (a DPO arm has no training curves:
+   DPO evaluates nothing during training);
 8. ``results.json`` (every figure), ``config.json`` / ``config.yaml`` (the config used), ``timing.json``
    and ``report.md`` with its plots (`rlfl.compare_report.write_report`).
 
@@ -59,7 +66,7 @@ import yaml
 
 from rlfl import config as cfglib
 from rlfl.agents.schedules import SCHEDULES
-from rlfl.agents.train import PPOConfig, train_ppo
+from rlfl.agents.train import GRPOConfig, PPOConfig, RLOOConfig, train_ppo
 from rlfl.checkpoint import is_checkpoint, load_checkpoint
 from rlfl.compare_eval import (
     JUDGE_SPECS,
@@ -72,10 +79,11 @@ from rlfl.compare_eval import (
     split_prompts,
     stage_evaluate,
 )
-from rlfl.compare_report import write_report
+from rlfl.compare_report import ALGORITHM_NAMES, arm_name, write_report
 from rlfl.compare_stats import round_floats
 from rlfl.config import to_dict
 from rlfl.device import pick_device
+from rlfl.dpo import DPOConfig, dpo
 from rlfl.envs.registry import register_reward_env
 from rlfl.envs.rewards import source_name
 from rlfl.feedback.annotators import SimulatedAnnotator, label_store
@@ -89,7 +97,14 @@ from rlfl.trainer import TrainConfig
 
 log = logging.getLogger(__name__)
 
-ARMS = ("rlhf", "rlaif", "direct_rlaif")
+SOURCES = ("rlhf", "rlaif", "direct_rlaif")  # the label sources: human labels, AI labels, the AI judge as the reward
+PREFS = {"rlhf": "human_prefs.jsonl", "rlaif": "ai_prefs.jsonl"}  # each side's preference pairs
+ALGORITHMS = tuple(ALGORITHM_NAMES)  # ppo, grpo, rloo, dpo
+RL_CONFIGS = {"ppo": PPOConfig, "grpo": GRPOConfig, "rloo": RLOOConfig}  # the algorithms that train on a reward
+# settings only some algorithms read: a run that trains none of those leaves them out of its settings record and
+# results.json, and ``algorithms`` is left out when it is PPO alone, so such a run records what it always did
+ALGORITHM_FIELDS = {"group_size": ("grpo", "rloo"), "dpo_beta": ("dpo",), "dpo_steps": ("dpo",),
+                    "dpo_lr": ("dpo",), "dpo_batch_size": ("dpo",)}
 HUMAN_SPECS = "simulated, store:LABELS.db, pairs:PAIRS.jsonl[,...] or hh:FILE[,FILE...]"
 # fields that change how a run goes, not what it computes: a resumed run may differ in them (results.json
 # leaves them out, except the task's name)
@@ -97,9 +112,38 @@ RUNTIME_FIELDS = ("out_dir", "device", "num_threads", "progress", "plots", "task
 
 
 # ------------------------------------------------------------------------------------------ config
+@dataclass(frozen=True)
+class Arm:
+    """One arm of the comparison: a label source (``rlhf``, ``rlaif``, ``direct_rlaif``) trained with an algorithm.
+
+    Example:
+        >>> arm = Arm("rlaif", "dpo")
+        >>> arm.name, arm.folder(1), Arm("rlhf", "ppo").name
+        ('rlaif_dpo', ('dpo', 'rlaif', 'seed1'), 'rlhf')
+    """
+
+    source: str
+    algorithm: str
+
+    @property
+    def name(self) -> str:
+        """What results.json, eval/ and the report call the arm (`rlfl.compare_report.arm_name`)."""
+        return arm_name(self.source, self.algorithm)
+
+    @property
+    def curves(self) -> bool:
+        """Whether its runs evaluate during training (eval.csv): the RL algorithms do, DPO does not."""
+        return self.algorithm in RL_CONFIGS
+
+    def folder(self, seed: int) -> tuple[str, ...]:
+        """Its run of ``seed``, inside ``out_dir``."""
+        return (self.algorithm, self.source, f"seed{seed}")
+
+
 @dataclass
 class CompareConfig:
-    """`rlfl compare`: RLHF vs RLAIF from one SFT policy and one prompt set (see the module docstring)."""
+    """`rlfl compare`: RLHF vs RLAIF (x ``algorithms``) from one SFT policy and one prompt set (see the module
+    docstring)."""
 
     policy: str = field(default="", metadata={"help": "the SFT policy checkpoint every arm starts from (the KL reference)"})
     task: str = field(default="", metadata={"help": "a name for the task in the report (default: the prompt set)"})
@@ -136,12 +180,23 @@ class CompareConfig:
     rm_batch_size: int = field(default=64, metadata={"help": "pairs per reward-model step"})
     rm_lr: float = field(default=1e-3, metadata={"help": "peak learning rate of reward-model training"})
     rm_val_fraction: float = field(default=0.1, metadata={"help": "share of the labels held out to validate each RM"})
-    # ---- PPO (identical for every arm)
-    direct_rlaif: bool = field(default=False, metadata={"help": "also run PPO with the AI judge itself as the reward"})
+    # ---- the arms: label source x algorithm
+    algorithms: list[str] = field(default_factory=lambda: ["ppo"], metadata={
+        "help": "what trains each label source's policy, any of: ppo, grpo, rloo (against its reward model, with the "
+                "PPO settings below), dpo (on its preference pairs, no reward model)"})
+    group_size: int = field(default=4, metadata={
+        "help": "grpo, rloo: completions per prompt compared in a group (--n-envs must be a multiple)"})
+    dpo_beta: float = field(default=0.1, metadata={"help": "dpo: strength of the pull to the SFT policy (> 0)"})
+    dpo_steps: int = field(default=200, metadata={"help": "dpo: optimizer steps of each run"})
+    dpo_lr: float = field(default=1e-4, metadata={"help": "dpo: peak learning rate (cosine decay to a tenth)"})
+    dpo_batch_size: int = field(default=32, metadata={"help": "dpo: preference pairs per step"})
+    # ---- PPO (identical for every arm; GRPO and RLOO read the same settings)
+    direct_rlaif: bool = field(default=False, metadata={
+        "help": "also train with the AI judge itself as the reward (every RL algorithm of --algorithms)"})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={
-        "help": "PPO seeds, the same for every arm (>= 3 for confidence intervals)"})
-    ppo_timesteps: int = field(default=40960, metadata={"help": "generated tokens each PPO run trains on"})
-    n_envs: int = field(default=32, metadata={"help": "parallel episodes of PPO"})
+        "help": "training seeds, the same for every arm (>= 3 for confidence intervals)"})
+    ppo_timesteps: int = field(default=40960, metadata={"help": "generated tokens each PPO (GRPO, RLOO) run trains on"})
+    n_envs: int = field(default=32, metadata={"help": "parallel episodes of each PPO (GRPO, RLOO) run"})
     ppo_batch_size: int = field(default=512, metadata={"help": "tokens per PPO minibatch"})
     ppo_epochs: int = field(default=4, metadata={"help": "passes over each PPO rollout"})
     ppo_lr: float = field(default=5e-5, metadata={"help": "PPO learning rate"})
@@ -175,7 +230,7 @@ class CompareConfig:
         need(bool(self.out_dir), "out_dir", "pass an output folder")
         for name in ("eval_prompts", "max_prompt_tokens", "max_new_tokens", "n_pairs", "annotators", "per_item",
                      "judge_batch_size", "rm_steps", "rm_batch_size", "ppo_timesteps", "n_envs", "ppo_batch_size",
-                     "ppo_epochs", "eval_samples", "n_boot"):
+                     "ppo_epochs", "eval_samples", "n_boot", "dpo_steps", "dpo_batch_size"):
             need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "must be an integer >= 1")
         for name in ("ppo_eval_every", "ppo_eval_prompts", "num_threads", "seed", "kl_coef"):
             need(getattr(self, name) >= 0, name, "must be >= 0")
@@ -185,8 +240,19 @@ class CompareConfig:
             need(0.0 <= getattr(self, name) <= 1.0, name, "must be a probability in [0, 1]")
         need(0.0 <= self.tie_band < 0.5, "tie_band", "must be in [0, 0.5)")
         need(0.0 < self.rm_val_fraction < 1.0, "rm_val_fraction", "must be in (0, 1)")
-        for name in ("rm_lr", "ppo_lr", "kl_target", "value_lr_scale"):
+        for name in ("rm_lr", "ppo_lr", "kl_target", "value_lr_scale", "dpo_beta", "dpo_lr"):
             need(getattr(self, name) > 0, name, "must be > 0")
+        for algorithm in self.algorithms:
+            need(algorithm in ALGORITHMS, "algorithms",
+                 f"unknown algorithm {algorithm!r}; use any of {', '.join(ALGORITHMS)}")
+        need(bool(self.algorithms) and len(set(self.algorithms)) == len(self.algorithms), "algorithms",
+             f"pass one or more distinct algorithms of {', '.join(ALGORITHMS)}")
+        need(isinstance(self.group_size, int) and self.group_size >= 2, "group_size",
+             "must be an integer >= 2 (a group compares its completions)")
+        need(not {"grpo", "rloo"} & set(self.algorithms) or self.n_envs % self.group_size == 0, "group_size",
+             f"must divide n_envs ({self.n_envs}): GRPO and RLOO hand each prompt to group_size of the n_envs rows")
+        need(not self.direct_rlaif or any(a in RL_CONFIGS for a in self.algorithms), "direct_rlaif",
+             "trains on the AI judge as a reward, so it needs ppo, grpo or rloo in --algorithms (DPO has no reward)")
         need(self.ppo_lr_schedule in SCHEDULES, "ppo_lr_schedule", f"use one of {', '.join(SCHEDULES)}")
         need(bool(self.seeds), "seeds", "pass at least one seed (3 or more for confidence intervals)")
         need(len(set(self.seeds)) == len(self.seeds) and all(s >= 0 for s in self.seeds), "seeds",
@@ -202,9 +268,15 @@ class CompareConfig:
                 raise ValueError(f"CompareConfig.{name}: {e}; fix --{name.replace('_', '-')}") from None
 
     @property
-    def arms(self) -> tuple[str, ...]:
-        """The PPO arms this config runs."""
-        return ARMS if self.direct_rlaif else ARMS[:2]
+    def arms(self) -> tuple[Arm, ...]:
+        """The arms this config runs: every algorithm x label source (direct RLAIF for the RL algorithms only)."""
+        sources = SOURCES if self.direct_rlaif else SOURCES[:2]
+        return tuple(Arm(s, a) for a in self.algorithms for s in sources if s in PREFS or a in RL_CONFIGS)
+
+    def unused_fields(self) -> set[str]:
+        """The fields this run reads nothing of (see ``ALGORITHM_FIELDS``), left out of what it records."""
+        unused = {k for k, algorithms in ALGORITHM_FIELDS.items() if not set(algorithms) & set(self.algorithms)}
+        return unused | ({"algorithms"} if self.algorithms == ["ppo"] else set())
 
 
 def load_compare_config(path: str | os.PathLike | None = None, **overrides: Any) -> CompareConfig:
@@ -276,10 +348,17 @@ class CompareRun(StageClock):
         """A path inside ``out_dir``."""
         return self.out.joinpath(*parts)
 
+    def arm_dir(self, arm: Arm, seed: int) -> Path:
+        """The folder of ``arm``'s run of ``seed`` (its checkpoint)."""
+        return self.path(*arm.folder(seed))
+
     def settings(self, *, keep: tuple[str, ...] = ()) -> dict[str, Any]:
         """The config as a portable dict without the fields that do not change results (`RUNTIME_FIELDS`) except
-        ``keep``: what the folder's settings record and results.json hold."""
-        return self.portable({k: v for k, v in to_dict(self.cfg).items() if k not in RUNTIME_FIELDS or k in keep})
+        ``keep``, nor those the run reads nothing of (`CompareConfig.unused_fields`): what the folder's settings
+        record and results.json hold."""
+        unused = self.cfg.unused_fields()
+        return self.portable({k: v for k, v in to_dict(self.cfg).items()
+                              if (k not in RUNTIME_FIELDS or k in keep) and k not in unused})
 
     def portable(self, value: Any) -> Any:
         """``value`` with paths inside ``out_dir`` made relative to it (results.json must not depend on where it is)."""
@@ -499,7 +578,7 @@ def stage_reward_models(run: CompareRun) -> None:
     """rm_rlhf/ and rm_rlaif/: the same RewardTrainConfig, only the data differ."""
 
     cfg = run.cfg
-    for arm, data in (("rlhf", "human_prefs.jsonl"), ("rlaif", "ai_prefs.jsonl")):
+    for arm, data in PREFS.items():
         out = run.path(f"rm_{arm}")
         with run.stage(f"rm_{arm}", f"reward model on {data} ({cfg.rm_steps} steps x {cfg.rm_batch_size} pairs)",
                        checkpoint_done(out, cfg.rm_steps, need="reward")) as todo:
@@ -525,35 +604,67 @@ def ppo_done(out: Path, total: int) -> bool:
     return int(json.loads(report.read_text(encoding="utf-8")).get("timesteps", 0)) >= total
 
 
-def stage_ppo(run: CompareRun) -> None:
-    """ppo/<arm>/seed<k>/: every arm, every seed, from the same policy with the same PPO settings."""
+def dpo_done(out: Path, steps: int) -> bool:
+    """True when ``out`` holds a finished DPO run of at least ``steps`` steps."""
+    return checkpoint_done(out, steps, need="dpo") and (out / "dpo_report.json").is_file()
 
+
+def stage_arms(run: CompareRun) -> None:
+    """<algorithm>/<source>/seed<k>/: every arm, every seed, from the same policy with the same settings."""
 
     cfg = run.cfg
-    # the env: the training prompts, the judge as its own reward (direct RLAIF; the RM arms replace it) and
-    # the gold judge for PPO's curves. Registered in this process only, under one id, replaced on every run.
-    gymnasium.registry.pop(ENV_ID, None)
-    register_reward_env(ENV_ID, reward=run.judges["ai_judge"], prompts=run.train_prompts, tokenizer=cfg.policy,
-                        max_new_tokens=cfg.max_new_tokens, max_prompt_tokens=cfg.max_prompt_tokens,
-                        gold=run.judges["gold"], chat_template=cfg.chat_template)
-    rollout = cfg.n_envs * cfg.max_new_tokens
-    every = cfg.ppo_eval_every or max(rollout, cfg.ppo_timesteps // 4)
+    if any(arm.curves for arm in cfg.arms):
+        # the env: the training prompts, the judge as its own reward (direct RLAIF; the RM arms replace it) and
+        # the gold judge for the curves. Registered in this process only, under one id, replaced on every run.
+        gymnasium.registry.pop(ENV_ID, None)
+        register_reward_env(ENV_ID, reward=run.judges["ai_judge"], prompts=run.train_prompts, tokenizer=cfg.policy,
+                            max_new_tokens=cfg.max_new_tokens, max_prompt_tokens=cfg.max_prompt_tokens,
+                            gold=run.judges["gold"], chat_template=cfg.chat_template)
     for seed in cfg.seeds:
         for arm in cfg.arms:
-            out = run.path("ppo", arm, f"seed{seed}")
-            reward = None if arm == "direct_rlaif" else str(run.path(f"rm_{arm}"))
-            with run.stage(f"ppo_{arm}_seed{seed}", f"PPO {arm} seed {seed} ({cfg.ppo_timesteps} tokens)",
-                           ppo_done(out, cfg.ppo_timesteps)) as todo:
-                if todo:
-                    train_ppo(PPOConfig(
-                        init_from=cfg.policy, env_id=ENV_ID, reward=reward, max_new_tokens=cfg.max_new_tokens,
-                        max_prompt_tokens=cfg.max_prompt_tokens, chat_template=cfg.chat_template, n_envs=cfg.n_envs,
-                        total_timesteps=cfg.ppo_timesteps, n_steps=cfg.max_new_tokens, batch_size=cfg.ppo_batch_size,
-                        n_epochs=cfg.ppo_epochs, learning_rate=cfg.ppo_lr, lr_schedule=cfg.ppo_lr_schedule,
-                        value_lr_scale=cfg.value_lr_scale, kl_coef=cfg.kl_coef,
-                        adaptive_kl=cfg.adaptive_kl, kl_target=cfg.kl_target, out_dir=str(out),
-                        checkpoint_every=every, eval_every=every, eval_prompts=cfg.ppo_eval_prompts, sample_every=0,
-                        seed=seed, device=run.device, num_threads=cfg.num_threads, progress=cfg.progress))
+            (_train_rl if arm.curves else _train_dpo)(run, arm, seed)
+
+
+def _train_rl(run: CompareRun, arm: Arm, seed: int) -> None:
+    """One PPO, GRPO or RLOO run against the arm's reward model (or the AI judge, for direct RLAIF)."""
+    cfg = run.cfg
+    out = run.arm_dir(arm, seed)
+    reward = None if arm.source == "direct_rlaif" else str(run.path(f"rm_{arm.source}"))
+    rollout = cfg.n_envs * cfg.max_new_tokens
+    every = cfg.ppo_eval_every or max(rollout, cfg.ppo_timesteps // 4)
+    group = {} if arm.algorithm == "ppo" else {"group_size": cfg.group_size}
+    with run.stage(f"{arm.algorithm}_{arm.source}_seed{seed}",
+                   f"{ALGORITHM_NAMES[arm.algorithm]} {arm.source} seed {seed} ({cfg.ppo_timesteps} tokens)",
+                   ppo_done(out, cfg.ppo_timesteps)) as todo:
+        if todo:
+            train_ppo(RL_CONFIGS[arm.algorithm](
+                init_from=cfg.policy, env_id=ENV_ID, reward=reward, max_new_tokens=cfg.max_new_tokens,
+                max_prompt_tokens=cfg.max_prompt_tokens, chat_template=cfg.chat_template, n_envs=cfg.n_envs,
+                total_timesteps=cfg.ppo_timesteps, n_steps=cfg.max_new_tokens, batch_size=cfg.ppo_batch_size,
+                n_epochs=cfg.ppo_epochs, learning_rate=cfg.ppo_lr, lr_schedule=cfg.ppo_lr_schedule,
+                value_lr_scale=cfg.value_lr_scale, kl_coef=cfg.kl_coef,
+                adaptive_kl=cfg.adaptive_kl, kl_target=cfg.kl_target, out_dir=str(out),
+                checkpoint_every=every, eval_every=every, eval_prompts=cfg.ppo_eval_prompts, sample_every=0,
+                seed=seed, device=run.device, num_threads=cfg.num_threads, progress=cfg.progress, **group))
+
+
+def _train_dpo(run: CompareRun, arm: Arm, seed: int) -> None:
+    """One DPO run on the arm's preference pairs, seeded with the arm's seed, prompts in the env's chat template."""
+    cfg = run.cfg
+    out = run.arm_dir(arm, seed)
+    data = PREFS[arm.source]
+    with run.stage(f"dpo_{arm.source}_seed{seed}",
+                   f"DPO {arm.source} seed {seed} on {data} ({cfg.dpo_steps} steps x {cfg.dpo_batch_size} pairs)",
+                   dpo_done(out, cfg.dpo_steps)) as todo:
+        if todo:
+            dpo(DPOConfig(
+                init_from=cfg.policy, data=str(run.path(data)), beta=cfg.dpo_beta, chat_template=cfg.chat_template,
+                num_samples=0, train=TrainConfig(
+                    out_dir=str(out), max_steps=cfg.dpo_steps, batch_size=cfg.dpo_batch_size, lr=cfg.dpo_lr,
+                    min_lr=cfg.dpo_lr / 10, warmup_steps=cfg.dpo_steps // 20, eval_interval=0,
+                    log_interval=max(1, min(50, cfg.dpo_steps // 5)),
+                    checkpoint_interval=max(50, cfg.dpo_steps // 2), seed=seed, device=run.device,
+                    progress=cfg.progress, num_threads=cfg.num_threads)))
 
 
 # ------------------------------------------------------------------------------------------ entry point
@@ -587,7 +698,7 @@ def compare(config: CompareConfig, *, timing: dict[str, float] | None = None,
     if len(cfg.seeds) < 3:
         log.warning("only %d seed(s): confidence intervals over seeds need 3 or more to mean much", len(cfg.seeds))
     write_config(run.out, cfg)
-    for stage in (stage_prompts, stage_items_and_human, stage_ai_labels, stage_reward_models, stage_ppo,
+    for stage in (stage_prompts, stage_items_and_human, stage_ai_labels, stage_reward_models, stage_arms,
                   stage_evaluate):
         stage(run)
     with run.stage("results", "statistics and results.json", False):

@@ -5,8 +5,8 @@ simulated annotators read): `rlfl.judges.make_judge`'s specs plus ``lexicon`` (`
 ``gold-sentiment`` and ``rm:DIR``. `load_prompts` reads the prompt set and `split_prompts` holds the final
 evaluation's prompts out of everything else.
 
-`stage_evaluate` samples each policy (the SFT policy and every PPO run) on the held-out prompts, one file per
-policy and seed in ``eval/<policy>/seed<k>.jsonl``, a record per completion: its gold score, its KL to the
+`stage_evaluate` samples each policy (the SFT policy and every arm's run, whatever trained it) on the held-out
+prompts, one file per policy and seed in ``eval/<policy>/seed<k>.jsonl``, a record per completion: its gold score, its KL to the
 reference (the SFT policy: the summed ``log p_policy - log p_ref`` of the sampled tokens), the reference's
 negative log-likelihood of it (perplexity), its length and both reward models' scores (proxy). Seed ``k``
 of every policy samples with the same generator seed (common random numbers: two similar policies draw
@@ -216,7 +216,7 @@ def policy_dirs(run: CompareRun) -> dict[str, dict[int, Path]]:
     """Policy name -> seed -> checkpoint directory (the SFT policy is the same one for every seed)."""
     out = {"sft": {s: Path(run.cfg.policy) for s in run.cfg.seeds}}
     for arm in run.cfg.arms:
-        out[arm] = {s: run.path("ppo", arm, f"seed{s}") for s in run.cfg.seeds}
+        out[arm.name] = {s: run.arm_dir(arm, s) for s in run.cfg.seeds}
     return out
 
 
@@ -263,7 +263,7 @@ def _read(path: Path) -> list[dict[str, Any]]:
 
 def _comparisons(run: CompareRun) -> dict[str, tuple[str, str, int]]:
     """Cache key -> (policy a, policy b, seed) of every gold pairwise comparison of policies."""
-    names = ["sft", *run.cfg.arms]
+    names = ["sft", *(arm.name for arm in run.cfg.arms)]
     out = {}
     for seed in run.cfg.seeds:
         for name in names[1:]:
@@ -442,18 +442,18 @@ def _reward_models(run: CompareRun, evals: dict[str, dict[int, list[dict]]], pre
 
 
 def _curves(run: CompareRun) -> dict[str, Any]:
-    """Per arm and seed: PPO's gold evaluations (eval.csv), each with ``proxy_reward``: the mean training reward
-    (reward model, or the judge for direct RLAIF) of the rollout collected with the weights evaluated; the final
-    evaluation's weights collected none, so it gets the last rollout's (one update older)."""
-    rollout = run.cfg.n_envs * run.cfg.max_new_tokens
+    """Per arm and seed: the RL run's gold evaluations (eval.csv), each with ``proxy_reward``: the mean training
+    reward (reward model, or the judge for direct RLAIF) of the rollout collected with the weights evaluated; the
+    final evaluation's weights collected none, so it gets the last rollout's (one update older). An arm that
+    evaluates nothing during training (DPO) has an empty dict."""
     out: dict[str, Any] = {}
     for arm in run.cfg.arms:
-        out[arm] = {}
-        for seed in run.cfg.seeds:
-            d = run.path("ppo", arm, f"seed{seed}")
+        out[arm.name] = {}
+        for seed in run.cfg.seeds if arm.curves else ():
+            d = run.arm_dir(arm, seed)
             with open(d / "eval.csv", newline="", encoding="utf-8") as fh:
                 evals = list(csv.DictReader(fh))
-            proxy = rollout_scores(d / "logs", rollout)
+            proxy = rollout_scores(d / "logs")
             rows = []
             for row in evals:
                 t = int(row["timesteps"])
@@ -461,18 +461,19 @@ def _curves(run: CompareRun) -> dict[str, Any]:
                 rows.append({"timesteps": t, "proxy_reward": score, "gold_mean": float(row["gold_mean"]),
                              "gold_positive_rate": float(row["gold_positive_rate"]), "kl": float(row["kl"]),
                              "perplexity": float(row["perplexity"])})
-            out[arm][str(seed)] = rows
+            out[arm.name][str(seed)] = rows
     return out
 
 
-def rollout_scores(logs: Path, rollout: int) -> dict[int, float]:
-    """Timestep a rollout started at -> its mean training reward, from SB3's progress CSV(s) of a PPO run.
+def rollout_scores(logs: Path) -> dict[int, float]:
+    """Timestep a rollout started at -> its mean training reward, from SB3's progress CSV(s) of an RL run.
 
-    SB3 writes a row after each rollout and before the update; the update records ``rollout/score_mean`` of
-    the rollout it trains on, so that figure lands in the NEXT row, whose ``time/total_timesteps`` is two
-    rollouts past the one it describes. The last row (``train_ppo``'s final dump) has no timestep: its rollout
-    is the one after the previous row's. A resumed run writes ``progress-from-<step>.csv``; its rows override
-    the first file's for rollouts it redid.
+    SB3 writes a row after each rollout (at the timestep it ended) and before the update; the update records
+    ``rollout/score_mean`` of the rollout it trains on, so that figure lands in the NEXT row: the rollout it
+    describes started where the row before the previous one ended (at 0, or at the step a resumed run started
+    from, for the first). The last row (``train_ppo``'s final dump) has no timestep: its rollout is the one
+    after the previous row's. Rollouts need not be the same length (GRPO's end with their longest completion).
+    A resumed run writes ``progress-from-<step>.csv``; its rows override the first file's for rollouts it redid.
     """
     def step(path: Path) -> int:
         m = re.fullmatch(r"progress-from-(\d+)\.csv", path.name)
@@ -480,15 +481,15 @@ def rollout_scores(logs: Path, rollout: int) -> dict[int, float]:
 
     scores: dict[int, float] = {}
     for path in sorted(logs.glob("progress*.csv"), key=step):
-        last = None
+        ends = [max(step(path), 0)]  # where the file's rollouts end, from where its first one started
         with open(path, newline="", encoding="utf-8") as fh:
             for row in csv.DictReader(fh):
                 t = row.get("time/total_timesteps") or None
                 score = row.get("rollout/score_mean") or None
-                if score is not None and (t is not None or last is not None):
-                    start = int(float(t)) - 2 * rollout if t is not None else last - rollout
-                    scores[start] = float(score)
-                last = int(float(t)) if t is not None else last
+                if score is not None and len(ends) >= 2:
+                    scores[ends[-2]] = float(score)
+                if t is not None:
+                    ends.append(int(float(t)))
     return scores
 
 

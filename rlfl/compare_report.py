@@ -44,9 +44,15 @@ logger = logging.getLogger(__name__)
 PLOTS_HINT = 'Plots: not drawn because matplotlib is not installed; `pip install "rlfl[plots]"` gives them.'
 PLOT_FILES = {"frontier": "reward_kl_frontier.png", "proxy_vs_gold": "proxy_vs_gold.png",
               "gold_by_policy": "gold_by_policy.png"}
+# the SFT policy and the label sources; an arm trained by another algorithm than PPO takes its source's name and
+# colour with the algorithm's name, shade and marker (`arm_name`, `_name`, `_color`)
 NAMES = {"sft": "SFT", "rlhf": "RLHF", "rlaif": "RLAIF", "direct_rlaif": "direct RLAIF"}
 COLORS = {"sft": "#7f7f7f", "rlhf": "#1f77b4", "rlaif": "#ff7f0e", "direct_rlaif": "#2ca02c"}
 OTHER_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+ALGORITHM_NAMES = {"ppo": "PPO", "grpo": "GRPO", "rloo": "RLOO", "dpo": "DPO"}
+# how far each algorithm moves its source's colour: towards black (< 0) or white (> 0)
+SHADES = {"ppo": 0.0, "grpo": -0.4, "rloo": 0.35, "dpo": 0.6}
+MARKERS = {"ppo": "o", "grpo": "s", "rloo": "^", "dpo": "D"}
 TRIPLES = ("gold_mean", "gold_positive_rate", "kl", "perplexity")
 TRIPLES_VS_SFT = ("win_rate_vs_sft", "gold_diff_vs_sft")
 SCALARS = ("distinct_1", "distinct_2", "length")
@@ -114,9 +120,37 @@ def _require(ok: Any, message: str) -> None:
         raise ValueError(f"results: {message}")
 
 
+# ------------------------------------------------------------------------------------ arm names
+def arm_name(source: str, algorithm: str) -> str:
+    """The name of the arm that trains on label source ``source`` with ``algorithm``: the bare source for PPO.
+
+    Example:
+        >>> arm_name("rlhf", "ppo"), arm_name("rlaif", "dpo"), arm_parts("direct_rlaif_grpo"), arm_parts("rlhf")
+        ('rlhf', 'rlaif_dpo', ('direct_rlaif', 'grpo'), ('rlhf', 'ppo'))
+    """
+    return source if algorithm == "ppo" else f"{source}_{algorithm}"
+
+
+def arm_parts(name: str) -> tuple[str, str]:
+    """(label source, algorithm) of an arm's name, the inverse of `arm_name` (a bare name is a PPO arm)."""
+    source, _, algorithm = name.rpartition("_")
+    if source and algorithm in ALGORITHM_NAMES and algorithm != "ppo":
+        return source, algorithm
+    return name, "ppo"
+
+
 # ------------------------------------------------------------------------------------ formatting
 def _name(key: str) -> str:
-    return NAMES.get(key, key)
+    """"RLHF" for a PPO arm, "RLAIF (DPO)" for another algorithm's, the key itself for an unknown name."""
+    if key in NAMES:
+        return NAMES[key]
+    source, algorithm = arm_parts(key)
+    return f"{NAMES.get(source, source)} ({ALGORITHM_NAMES[algorithm]})" if algorithm != "ppo" else key
+
+
+def _algorithms(results: dict) -> list[str]:
+    """The algorithms of the results' arms, in order of first appearance."""
+    return list(dict.fromkeys(arm_parts(n)[1] for n in results["policies"] if n != "sft"))
 
 
 def _cell(value: Any) -> str:
@@ -155,7 +189,7 @@ def _seed_sort(keys: Any) -> list:
 
 def _policy_order(policies: dict) -> list[str]:
     known = [k for k in NAMES if k in policies]
-    return known + sorted(k for k in policies if k not in NAMES)
+    return known + [k for k in policies if k not in NAMES]
 
 
 # ------------------------------------------------------------------------------------ reading the numbers
@@ -231,6 +265,12 @@ def _overoptimisation_sentence(name: str, curve_by_seed: dict) -> str | None:
     return text + "."
 
 
+def _without_curves(results: dict) -> list[str]:
+    """The arms that ``curves`` lists without a single eval point (DPO's: it evaluates only at the end)."""
+    curves = results.get("curves") or {}
+    return [n for n in _policy_order(results["policies"]) if n in curves and not any(curves[n].values())]
+
+
 def _summary(results: dict) -> list[str]:
     policies, lines = results["policies"], []
     for name in _policy_order(policies):
@@ -250,6 +290,12 @@ def _summary(results: dict) -> list[str]:
         sentence = _overoptimisation_sentence(name, curve)
         if sentence:
             lines.append("- " + sentence)
+    missing = _without_curves(results)
+    if missing:
+        why = ("DPO learns from the preference pairs offline, with no evaluation during training"
+               if all(arm_parts(n)[1] == "dpo" for n in missing) else "no evaluation was recorded during training")
+        lines.append(f"- No training curves for {', '.join(_name(n) for n in missing)}: {why}. Their figures are the "
+                     "final held-out evaluation (the tables, and one point each on the reward-vs-KL frontier).")
     if len(results["seeds"]) < 3:
         lines.append(f"- Only {len(results['seeds'])} seed(s): the intervals capture prompt noise but hardly any "
                      "seed-to-seed variance; run >= 3 seeds before drawing conclusions.")
@@ -271,6 +317,12 @@ def _header(results: dict, config_file: str | None) -> list[str]:
              f"- SFT policy (start of every run and the KL reference): `{sft}`",
              f"- Seeds: {seeds} ({len(results['seeds'])})",
              f"- Config: `{config_file}`" if config_file else "- Config: not recorded"]
+    algorithms = _algorithms(results)
+    if algorithms != ["ppo"]:
+        lines.append(f"- Arms: label source x algorithm ({', '.join(ALGORITHM_NAMES[a] for a in algorithms)}); a bare "
+                     "RLHF / RLAIF is PPO against that side's reward model, GRPO and RLOO train against the same "
+                     "reward model with the same settings, DPO trains on that side's preference pairs directly (no "
+                     "reward model)")
     if judges.get("gold"):
         lines.append(f"- Gold judge (final evaluation; neither side trained on it): {judges['gold']}")
     return lines + ["", ("Every figure with an interval is the estimate over all seeds' held-out prompts and its "
@@ -428,7 +480,28 @@ def _timing(results: dict) -> list[str]:
 
 # ------------------------------------------------------------------------------------ plots
 def _color(name: str, i: int) -> str:
-    return COLORS.get(name) or OTHER_COLORS[i % len(OTHER_COLORS)]
+    """A label source's colour; its arms of other algorithms than PPO get shades of it."""
+    if name in COLORS:
+        return COLORS[name]
+    source, algorithm = arm_parts(name)
+    if source in COLORS and algorithm != "ppo":
+        return _shade(COLORS[source], SHADES[algorithm])
+    return OTHER_COLORS[i % len(OTHER_COLORS)]
+
+
+def _shade(color: str, amount: float) -> str:
+    """``color`` (#rrggbb) moved a share ``|amount|`` of the way to white (amount > 0) or black (amount < 0).
+
+    >>> _shade("#1f77b4", 0.5), _shade("#1f77b4", -0.5)
+    ('#8fbbda', '#103c5a')
+    """
+    target = 255 if amount > 0 else 0
+    return "#" + "".join(f"{round(c + (target - c) * abs(amount)):02x}"
+                         for c in (int(color[i:i + 2], 16) for i in (1, 3, 5)))
+
+
+def _marker(name: str) -> str:
+    return MARKERS[arm_parts(name)[1]]
 
 
 def _save(fig: Any, path: Path) -> None:
@@ -450,11 +523,23 @@ def _plot_frontier(Figure: Any, results: dict, path: Path) -> None:
                 ax.scatter(*zip(*xy), s=12, color=color, alpha=0.25, linewidths=0)
         steps, kl, gold = _mean_curve(curve, "kl", "gold_mean")
         if kl:
-            ax.plot(kl, gold, marker="o", ms=4, color=color, label=f"{_name(name)} (mean of seeds)")
+            ax.plot(kl, gold, marker=_marker(name), ms=4, color=color, label=f"{_name(name)} (mean of seeds)")
             ax.annotate("end", (kl[-1], gold[-1]), textcoords="offset points", xytext=(6, 4), fontsize=8,
                         color=color)
             if steps[0] == 0:
                 starts.append((kl[0], gold[0]))
+    policies, missing = results["policies"], _without_curves(results)
+    for i, name in enumerate(["sft", *missing] if missing else [], len(results.get("curves") or {})):
+        # no curve (DPO): the final held-out evaluation, each seed faint and the estimate over all of them, beside
+        # SFT's on the same prompts
+        color, p = _color(name, i), policies[name]
+        xy = [(s["kl"], s["gold_mean"]) for s in (p.get("per_seed") or {}).values()
+              if _finite(s.get("kl")) and _finite(s.get("gold_mean"))]
+        if xy:
+            ax.scatter(*zip(*xy), s=12, color=color, alpha=0.25, linewidths=0)
+        if _finite(p["kl"][0]) and _finite(p["gold_mean"][0]):
+            ax.scatter([p["kl"][0]], [p["gold_mean"][0]], marker="*" if name == "sft" else _marker(name),
+                       s=90 if name == "sft" else 40, color=color, label=f"{_name(name)} (final, held-out prompts)")
     if starts:
         # Every arm starts as the SFT policy, measured on the curves' prompts (not the final table's SFT figure:
         # the curves are evaluated during training on their own prompt sample).
@@ -470,16 +555,19 @@ def _plot_frontier(Figure: Any, results: dict, path: Path) -> None:
 
 def _plot_proxy_vs_gold(Figure: Any, results: dict, path: Path) -> None:
     curves = results.get("curves") or {}
-    names = list(curves)
-    fig = Figure(figsize=(max(6.4, 4.8 * len(names)), 4.4), layout="constrained")
+    names = [n for n in curves if n not in _without_curves(results)]
+    cols = min(len(names), 4)  # panels in rows of four at most
+    rows = math.ceil(len(names) / cols)
+    fig = Figure(figsize=(max(6.4, 4.8 * cols), 4.4 * rows), layout="constrained")
+    maximised = "PPO" if _algorithms(results) == ["ppo"] else "the RL algorithm"
     for i, name in enumerate(names):
-        ax = fig.add_subplot(1, len(names), i + 1)
+        ax = fig.add_subplot(rows, cols, i + 1)
         ax2 = ax.twinx()
         for seed in curves[name]:
             ax.plot(*_mean_curve({seed: curves[name][seed]}, "proxy_reward"), color="#1f77b4", alpha=0.2, lw=1)
             ax2.plot(*_mean_curve({seed: curves[name][seed]}, "gold_mean"), color="#d62728", alpha=0.2, lw=1)
         proxy = _mean_curve(curves[name], "proxy_reward")
-        lines = ax.plot(*proxy, color="#1f77b4", marker="o", ms=3, label="proxy reward (what PPO maximised)")
+        lines = ax.plot(*proxy, color="#1f77b4", marker="o", ms=3, label=f"proxy reward (what {maximised} maximised)")
         if not proxy[0]:
             ax.text(0.5, 0.6, "no proxy reward recorded", transform=ax.transAxes, ha="center", color="#1f77b4")
         lines += ax2.plot(*_mean_curve(curves[name], "gold_mean"), color="#d62728", marker="s", ms=3, ls="--",
@@ -505,7 +593,7 @@ def _plot_gold_by_policy(Figure: Any, results: dict, path: Path) -> None:
     for x, name in enumerate(names):
         est, low, high = policies[name]["gold_mean"]
         err = [[est - low], [high - est]] if low is not None and high is not None else None
-        ax.errorbar([x], [est], yerr=err, fmt="o", ms=7, capsize=6, lw=1.5, color=_color(name, x))
+        ax.errorbar([x], [est], yerr=err, fmt=_marker(name), ms=7, capsize=6, lw=1.5, color=_color(name, x))
         ax.annotate(f"{est:.3f}", (x, est), textcoords="offset points", xytext=(9, -3), fontsize=8)
     sft = policies["sft"]["gold_mean"][0]
     if sft is not None:
@@ -535,8 +623,9 @@ def _draw_plots(out_dir: Path, results: dict) -> dict[str, Path] | None:
         paths["gold_by_policy"] = out_dir / PLOT_FILES["gold_by_policy"]
         if results.get("curves"):
             _plot_frontier(Figure, results, out_dir / PLOT_FILES["frontier"])
-            _plot_proxy_vs_gold(Figure, results, out_dir / PLOT_FILES["proxy_vs_gold"])
             paths["frontier"] = out_dir / PLOT_FILES["frontier"]
+        if len(_without_curves(results)) < len(results.get("curves") or {}):  # some arm has a curve
+            _plot_proxy_vs_gold(Figure, results, out_dir / PLOT_FILES["proxy_vs_gold"])
             paths["proxy_vs_gold"] = out_dir / PLOT_FILES["proxy_vs_gold"]
     return paths
 
@@ -552,7 +641,7 @@ def _plots_section(paths: dict[str, Path] | None, plots: bool) -> list[str]:
     for key in ("frontier", "proxy_vs_gold", "gold_by_policy"):
         if key in paths:
             lines += [f"![{captions[key]}]({paths[key].name})", ""]
-    if "frontier" in paths:
+    if "proxy_vs_gold" in paths:
         lines += [("The first two plots come from the evaluations during training, on their own sample of "
                    "prompts, so their values need not match the tables (the final evaluation on held-out prompts)."),
                   ""]

@@ -1,4 +1,5 @@
-"""`rlfl compare`: bad configs fail before training, a tiny run end to end, determinism, resume, label sources."""
+"""`rlfl compare`: bad configs fail before training, a tiny run end to end, determinism, resume, label sources,
+algorithms."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from rlfl.compare import (
     stage_items_and_human,
     stage_prompts,
 )
+from rlfl.checkpoint import is_checkpoint
 from rlfl.compare_eval import lexicon_sentiment, prefer_swapped, rollout_scores
 from rlfl.feedback.store import LabelStore
 
@@ -110,6 +112,42 @@ def test_judge_endpoint_down_fails_before_training(tmp_path, policy):
     assert not (tmp_path / "out" / "items.jsonl").exists()
 
 
+@pytest.mark.parametrize("overrides, message", [
+    ({"algorithms": ["ppo", "sac"]},
+     "CompareConfig.algorithms=['ppo', 'sac']: unknown algorithm 'sac'; use any of ppo, grpo, rloo, dpo; "
+     "fix --algorithms"),
+    ({"algorithms": []}, "CompareConfig.algorithms=[]: pass one or more distinct algorithms"),
+    ({"algorithms": ["grpo"], "n_envs": 30},
+     "CompareConfig.group_size=4: must divide n_envs (30): GRPO and RLOO hand each prompt to group_size of the "
+     "n_envs rows; fix --group-size"),
+    ({"algorithms": ["rloo"], "group_size": 1}, "CompareConfig.group_size=1: must be an integer >= 2"),
+    ({"algorithms": ["dpo"], "direct_rlaif": True}, "CompareConfig.direct_rlaif=True: trains on the AI judge"),
+    ({"algorithms": ["dpo"], "dpo_beta": 0.0}, "CompareConfig.dpo_beta=0.0: must be > 0; fix --dpo-beta"),
+])
+def test_bad_algorithm_settings_name_the_flag(tmp_path, overrides, message):
+    with pytest.raises(ValueError) as err:
+        CompareConfig(**{"policy": "runs/sft", **overrides})
+    assert message in str(err.value) and "\n" not in str(err.value)
+    path = tmp_path / "compare.yaml"  # a config file gets the same one-line error
+    path.write_text(json.dumps({"policy": "runs/sft", **overrides}))
+    with pytest.raises(ValueError) as from_file:
+        load_compare_config(path)
+    assert str(from_file.value) == str(err.value)
+
+
+def test_algorithm_settings_are_recorded_only_where_they_are_read():
+    ppo = CompareRun(CompareConfig(policy="runs/sft", n_envs=30)).settings()  # no group: n_envs is free
+    assert not {"algorithms", "group_size", "dpo_beta", "dpo_steps", "dpo_lr", "dpo_batch_size"} & set(ppo)
+    both = CompareRun(CompareConfig(policy="runs/sft", algorithms=["ppo", "dpo"])).settings()
+    assert both["algorithms"] == ["ppo", "dpo"] and both["dpo_beta"] == 0.1 and "group_size" not in both
+    assert {k: v for k, v in both.items() if not k.startswith(("algorithms", "dpo_"))} == ppo | {"n_envs": 32}
+    arms = CompareConfig(policy="runs/sft", algorithms=["dpo", "grpo"], direct_rlaif=True).arms
+    assert [(a.name, a.folder(1)) for a in arms] == [
+        ("rlhf_dpo", ("dpo", "rlhf", "seed1")), ("rlaif_dpo", ("dpo", "rlaif", "seed1")),
+        ("rlhf_grpo", ("grpo", "rlhf", "seed1")), ("rlaif_grpo", ("grpo", "rlaif", "seed1")),
+        ("direct_rlaif_grpo", ("grpo", "direct_rlaif", "seed1"))]  # no direct arm for DPO: it has no reward
+
+
 def test_changed_settings_on_the_same_folder_are_refused(tmp_path, policy):
     run = CompareRun(tiny(tmp_path, policy))
     preflight(run)
@@ -151,7 +189,7 @@ def test_rollout_scores_maps_each_rollout_to_its_start(tmp_path):
     # SB3 rows: a rollout's score lands in the next row (2 rollouts past its start); the last row has no timestep
     (tmp_path / "progress.csv").write_text("time/total_timesteps,rollout/score_mean\n100,\n200,0.1\n300,0.2\n,0.3\n")
     (tmp_path / "progress-from-200.csv").write_text("time/total_timesteps,rollout/score_mean\n300,\n,0.25\n")
-    assert rollout_scores(tmp_path, 100) == {0: 0.1, 100: 0.2, 200: 0.25}
+    assert rollout_scores(tmp_path) == {0: 0.1, 100: 0.2, 200: 0.25}
 
 
 def _pairs_file(path: Path) -> Path:
@@ -299,6 +337,54 @@ def test_label_store_source_and_direct_rlaif(tmp_path, policy):
     assert human["simulated"] is False and human["n"] == 40 and human["annotators"] == ["alice"]
     assert set(results["policies"]) == {"sft", "rlhf", "rlaif", "direct_rlaif"}
     assert {"rlhf_vs_rlaif", "rlhf_vs_direct_rlaif", "rlaif_vs_direct_rlaif"} == set(results["head_to_head"])
+
+
+ARMS = {"rlhf": "ppo/rlhf", "rlaif": "ppo/rlaif", "rlhf_grpo": "grpo/rlhf", "rlaif_grpo": "grpo/rlaif",
+        "rlhf_dpo": "dpo/rlhf", "rlaif_dpo": "dpo/rlaif"}
+
+
+def test_algorithms_are_arms_evaluated_alike_and_reused(tmp_path, policy):
+    out = tmp_path / "out"
+    cfg = tiny(out, policy, algorithms=["ppo", "grpo", "dpo"], dpo_steps=10, dpo_batch_size=8, plots=True)
+    results = compare(cfg)
+    results.pop("timing")
+    for name, folder in ARMS.items():
+        for seed in (0, 1):
+            run = out / folder / f"seed{seed}"
+            assert is_checkpoint(run) and (out / "eval" / name / f"seed{seed}.jsonl").is_file(), run
+            assert (run / ("dpo_report.json" if name.endswith("dpo") else "ppo_report.json")).is_file(), run
+    # GRPO: PPO's settings plus the group; DPO: the side's own pairs, seeded with the arm's seed
+    grpo = json.loads((out / "grpo/rlaif/seed1/ppo_config.json").read_text())
+    ppo = json.loads((out / "ppo/rlaif/seed1/ppo_config.json").read_text())
+    assert grpo["group_size"] == 4 and grpo["reward"] == ppo["reward"] == str(out / "rm_rlaif")
+    assert {k: grpo[k] for k in ppo if k != "out_dir"} == {k: v for k, v in ppo.items() if k != "out_dir"}
+    dpo_config = json.loads((out / "dpo/rlhf/seed1/config.json").read_text())
+    assert dpo_config["dpo"]["data"] == str(out / "human_prefs.jsonl") and dpo_config["train"]["seed"] == 1
+
+    # every arm: gold figures with intervals, head to head with every other, curves where training evaluates
+    assert list(results["policies"]) == ["sft", *ARMS] and results["config"]["algorithms"] == ["ppo", "grpo", "dpo"]
+    for name, p in results["policies"].items():
+        assert set(p) >= POLICY_KEYS and p["gold_mean"][1] <= p["gold_mean"][0] <= p["gold_mean"][2], name
+        assert len(p["win_rate_vs_sft"]) == len(p["gold_diff_vs_sft"]) == 3 and set(p["per_seed"]) == {"0", "1"}
+    names = list(ARMS)
+    assert set(results["head_to_head"]) == {f"{a}_vs_{b}" for i, a in enumerate(names) for b in names[i + 1:]}
+    assert all(len(h["win_rate"]) == 3 for h in results["head_to_head"].values())
+    assert results["curves"]["rlhf_dpo"] == results["curves"]["rlaif_dpo"] == {}
+    assert results["curves"]["rlaif_grpo"]["1"][0]["timesteps"] == 0
+    report = (out / "report.md").read_text()
+    for shown in ("RLHF", "RLAIF", "RLHF (GRPO)", "RLAIF (GRPO)", "RLHF (DPO)", "RLAIF (DPO)"):
+        assert f"\n| {shown} | " in report, shown
+    assert "No training curves for RLHF (DPO), RLAIF (DPO)" in report
+    assert all((out / f).is_file() for f in ("reward_kl_frontier.png", "proxy_vs_gold.png", "gold_by_policy.png"))
+
+    # run again: nothing trains, the results do not move
+    weights = {p: p.stat().st_mtime_ns for p in out.glob("*/*/seed*/model.safetensors")}
+    assert len(weights) == 12
+    again = compare(cfg)
+    trained = {f"{folder.replace('/', '_')}_seed{s}" for folder in ARMS.values() for s in (0, 1)}
+    assert trained | {"rm_rlhf", "rm_rlaif", "evaluate", "gold_prefs"} <= set(again["timing"]["skipped"])
+    assert {p: p.stat().st_mtime_ns for p in weights} == weights
+    assert (out / "results.json").read_text() == json.dumps(results, indent=2, ensure_ascii=False) + "\n"
 
 
 # ------------------------------------------------------------------------------------------ examples

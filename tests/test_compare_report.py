@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from rlfl.compare_report import PLOTS_HINT, check_results, render_report, write_report
+from rlfl.compare_report import PLOTS_HINT, arm_name, arm_parts, check_results, render_report, write_report
 from rlfl.compare_stats import round_floats
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -209,6 +209,38 @@ def test_no_curves_gives_only_the_gold_plot(tmp_path):
     assert set(paths) == {"report", "gold_by_policy"}
     text = paths["report"].read_text()
     assert "## Head to head" not in text and "## Timing" not in text
+
+
+def test_arms_of_other_algorithms_are_named_from_their_parts(tmp_path):
+    """GRPO and DPO arms beside the PPO ones: derived names, a DPO arm without curves, every plot still drawn."""
+    results = make_results()
+    results["policies"]["rlhf_grpo"] = _policy(0.19, (0.14, 0.1, 0.18), kl=3.0, win=0.6)
+    results["policies"]["rlaif_dpo"] = _policy(0.12, (0.07, 0.03, 0.11), kl=2.0, win=0.57)
+    results["curves"]["rlhf_grpo"] = {str(s): _curve(20 + s, gold_peak_at=8, proxy_slope=0.05) for s in range(3)}
+    results["curves"]["rlaif_dpo"] = {}  # DPO evaluates only at the end
+    results["head_to_head"]["rlhf_grpo_vs_rlaif_dpo"] = {"win_rate": [0.58, 0.52, 0.64], "judge": "GoldSentiment",
+                                                         "position_swapped": True}
+    assert [arm_parts(arm_name(s, a)) for s, a in (("rlhf", "ppo"), ("direct_rlaif", "rloo"))] == [
+        ("rlhf", "ppo"), ("direct_rlaif", "rloo")]
+    text = render_report(results, plots=False)
+    assert "| RLHF (GRPO) | 0.190 [0.160, 0.220] |" in text and "| RLAIF (DPO) | 0.120 [0.090, 0.150] |" in text
+    assert "- Arms: label source x algorithm (PPO, GRPO, DPO);" in text
+    assert "RLHF (GRPO) beats RLAIF (DPO) head to head" in text
+    assert "| RLHF (GRPO) vs RLAIF (DPO) | 0.58 [0.52, 0.64] |" in text
+    assert "- RLHF (GRPO) over training (mean of seeds)" in text
+    assert "- No training curves for RLAIF (DPO): DPO learns from the preference pairs offline" in text
+    assert "Arms:" not in render_report(make_results(), plots=False)  # PPO alone reads as it always did
+    if not _has_matplotlib():
+        pytest.skip("matplotlib not installed")
+    from rlfl.compare_report import COLORS, _color
+
+    shades = [_color(n, i) for i, n in enumerate(("rlhf_grpo", "rlhf_rloo", "rlhf_dpo", "rlaif_dpo"))]
+    assert len(set(shades) | {COLORS["rlhf"], COLORS["rlaif"]}) == 6  # a shade of the source's colour each
+    paths = write_report(tmp_path, results)
+    assert set(paths) == {"report", "frontier", "proxy_vs_gold", "gold_by_policy"}
+    del results["curves"]["rlhf_grpo"], results["curves"]["rlhf"], results["curves"]["rlaif"]
+    paths = write_report(tmp_path / "dpo_only", results)  # only arms without curves: no proxy-vs-gold plot
+    assert set(paths) == {"report", "frontier", "gold_by_policy"}
 
 
 @pytest.mark.parametrize("path", ["labels.human.simulated", "labels.ai.n", "labels.agreement", "seeds",
