@@ -1,7 +1,9 @@
-"""Shared test fixtures: the location of ../shared/data and a small prepared corpus."""
+"""Shared test fixtures: the location of ../shared/data, a small prepared corpus, and the tiny starting policy
+and reward of the RL tests."""
 
 from __future__ import annotations
 
+import string
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,34 @@ def stalled_clients_are_dropped(port: int, request_head: bytes, read_timeout: fl
         finally:
             c.close()
     return time.monotonic() - t0
+
+
+def lower_share(prompt: str, completion: str) -> float:
+    """Share of the completion's characters that are lowercase letters: a reward a tiny policy can learn."""
+    return sum(c in string.ascii_lowercase for c in completion) / max(1, len(completion))
+
+
+def one(prompt: str, completion: str) -> float:
+    """The same reward for every completion: nothing to learn."""
+    return 1.0
+
+
+def tiny_policy(directory: Path, *, block_size: int = 32, seed: int = 0) -> str:
+    """A randomly initialised 2-layer byte-level GPT saved as an SFT checkpoint: the RL tests' starting policy."""
+    import torch
+
+    from rlfl.checkpoint import save_checkpoint
+    from rlfl.model import GPT, GPTConfig
+    from rlfl.tokenizer import byte_tokenizer
+
+    tok = byte_tokenizer()
+    torch.manual_seed(seed)
+    config = GPTConfig(vocab_size=tok.n_vocab, block_size=block_size, n_layer=2, n_head=2, n_embd=64)
+    save_checkpoint(directory, GPT(config), tok, stage="sft")
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory) -> str:
+    """`tiny_policy` with a 32-token context, once per test module."""
+    return tiny_policy(tmp_path_factory.mktemp("policy"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import string
 
 import numpy as np
 import pytest
@@ -15,30 +14,14 @@ from rlfl.agents import GRPO, PPO, RLOO
 from rlfl.agents.grpo import group_advantages
 from stable_baselines3.common.callbacks import BaseCallback
 
-from rlfl.checkpoint import load_checkpoint, save_checkpoint
-from rlfl.model import GPT, GPTConfig
-from rlfl.tokenizer import byte_tokenizer
+from conftest import lower_share, one
+
+from rlfl.checkpoint import load_checkpoint
 
 PROMPTS = ["The film was", "Dinner was", "I think", "Our hotel room", "My dog", "A", "Then", "It rained"]
 
 
-def lower_share(prompt: str, completion: str) -> float:
-    """Share of the completion's characters that are lowercase letters: a reward a tiny policy can learn."""
-    return sum(c in string.ascii_lowercase for c in completion) / max(1, len(completion))
 
-
-def one(prompt: str, completion: str) -> float:
-    return 1.0
-
-
-@pytest.fixture(scope="module")
-def policy_dir(tmp_path_factory) -> str:
-    tok = byte_tokenizer()
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("policy")
-    save_checkpoint(d, GPT(GPTConfig(vocab_size=tok.n_vocab, block_size=32, n_layer=2, n_head=2, n_embd=64)), tok,
-                    stage="sft")
-    return str(d)
 
 
 def env_id(name: str, reward=lower_share, **kwargs) -> str:

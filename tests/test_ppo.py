@@ -3,7 +3,6 @@ save/load, SB3's own PPO."""
 
 from __future__ import annotations
 
-import string
 
 import gymnasium
 import numpy as np
@@ -22,29 +21,14 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from rlfl.checkpoint import load_checkpoint, save_checkpoint
 from rlfl.model import GPT, GPTConfig
-from rlfl.tokenizer import byte_tokenizer, train_bpe
+from conftest import lower_share, one
+from rlfl.tokenizer import train_bpe
 
 PROMPTS = ["The film was", "Dinner was", "I think", "Our hotel room", "My dog"]
 RAGGED_STOPS = list(range(96, 128))
 
 
-def lower_share(prompt: str, completion: str) -> float:
-    """Share of the completion's characters that are lowercase letters: a reward a tiny policy can learn."""
-    return sum(c in string.ascii_lowercase for c in completion) / max(1, len(completion))
 
-
-def one(prompt: str, completion: str) -> float:
-    return 1.0
-
-
-@pytest.fixture(scope="module")
-def policy_dir(tmp_path_factory) -> str:
-    tok = byte_tokenizer()
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("policy")
-    save_checkpoint(d, GPT(GPTConfig(vocab_size=tok.n_vocab, block_size=32, n_layer=2, n_head=2, n_embd=64)), tok,
-                    stage="sft")
-    return str(d)
 
 
 def env_id(name: str, reward=lower_share, **kwargs) -> str:

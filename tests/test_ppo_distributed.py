@@ -12,9 +12,9 @@ import pytest
 import torch
 from rlfl.agents.distributed import all_gather, all_max, all_min, all_sum, average_gradients, mean_count, mean_std, world
 
-from rlfl.checkpoint import load_checkpoint, save_checkpoint
-from rlfl.model import GPT, GPTConfig
-from rlfl.tokenizer import byte_tokenizer
+from conftest import tiny_policy
+
+from rlfl.checkpoint import load_checkpoint
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -56,12 +56,7 @@ def _torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory) -> str:
-    tok = byte_tokenizer()
-    torch.manual_seed(0)
-    directory = tmp_path_factory.mktemp("policy")
-    save_checkpoint(directory, GPT(GPTConfig(vocab_size=tok.n_vocab, block_size=64, n_layer=2, n_head=2, n_embd=64)),
-                    tok, stage="sft")
-    return str(directory)
+    return tiny_policy(tmp_path_factory.mktemp("policy"), block_size=64)
 
 
 def test_one_process_is_the_identity():

@@ -21,28 +21,21 @@ from rlfl.agents.callbacks import GoldEval, SampleLogger, evaluate_policy
 from rlfl.agents.train import PPOConfig, split_prompts
 from rlfl.agents.vec_env import make_text_vec_env
 
-from rlfl.checkpoint import load_checkpoint, save_checkpoint
+from conftest import tiny_policy
+
+from rlfl.checkpoint import load_checkpoint
 from rlfl.cli import main
 from rlfl.generate import SamplingConfig, generate
-from rlfl.model import GPT, GPTConfig
-from rlfl.tokenizer import byte_tokenizer
+from rlfl.model import GPT
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["The film was", "Dinner was", "I think", "Our hotel room", "My dog", "The service"]
 STOPS = list(range(96, 128))  # a quarter of the printable bytes end a completion: lengths vary
 
 
-def tiny_policy(directory: Path, seed: int) -> str:
-    tok = byte_tokenizer()
-    torch.manual_seed(seed)
-    save_checkpoint(directory, GPT(GPTConfig(vocab_size=tok.n_vocab, block_size=64, n_layer=2, n_head=2, n_embd=64)),
-                    tok, stage="sft")
-    return str(directory)
-
-
 @pytest.fixture(scope="module")
 def policy_dir(tmp_path_factory) -> str:
-    return tiny_policy(tmp_path_factory.mktemp("policy"), seed=0)
+    return tiny_policy(tmp_path_factory.mktemp("policy"), block_size=64)
 
 
 # tiny and fast: SyntheticReviews with 8-token completions, 8 rows, one epoch over 64-token rollouts
@@ -169,7 +162,7 @@ def test_gold_eval_figures_match_a_recomputation_by_hand(policy_dir, tmp_path):
     env_id = "test/EvalLength-v0"
     rlfl.envs.register_reward_env(env_id, reward=length_judge, prompts=PROMPTS, max_new_tokens=8,
                                   max_prompt_tokens=16, stop_tokens=STOPS, overwrite=True)
-    reference = tiny_policy(tmp_path / "reference", seed=1)  # a different model: the KL is far from 0
+    reference = tiny_policy(tmp_path / "reference", block_size=64, seed=1)  # a different model: the KL is far from 0
     model = PPO(policy_dir, env_id, n_envs=4, n_steps=8, batch_size=32, learning_rate=1e-3, seed=0,
                 policy_kwargs={"reference_checkpoint": reference})
     got = evaluate_policy(model, PROMPTS, length_judge, n_samples=3, seed=7, batch_size=5)
