@@ -12,8 +12,8 @@ End to end on ``rlfl/Arithmetic-v0`` with no reward model (the reward checks the
    training and scored by exact match (the env's gold judge) before, during and after, on completions
    sampled at temperature 1.
 
-    python benchmarks/bench_grpo_arithmetic.py [--out runs/grpo_arithmetic] [--level 2] [--sft-steps 600]
-                                               [--timesteps 98304] [--group-size 8] [--threads 2]
+    python benchmarks/bench_grpo_arithmetic.py [--out runs/grpo_arithmetic] [--level 2] [--sft-steps 1200]
+                                               [--timesteps 98304] [--group-size 8] [--lr 3e-5] [--threads 2]
     python benchmarks/bench_grpo_arithmetic.py --smoke   # the same steps, tiny: a check that it runs
 
 Prints the SFT and GRPO times, the exact-match accuracy before -> after with its 95 % interval, the KL and
@@ -61,10 +61,12 @@ def main() -> None:
     ap.add_argument("--out", default="runs/grpo_arithmetic", help="output folder (rebuilt each run)")
     ap.add_argument("--level", type=int, default=2, help="problem difficulty: 1, 2 or 3")
     ap.add_argument("--sft-problems", type=int, default=20000, help="SFT records")
-    ap.add_argument("--sft-steps", type=int, default=600, help="SFT optimizer steps")
+    ap.add_argument("--sft-steps", type=int, default=1200,
+                    help="SFT optimizer steps: the accuracy GRPO starts from rises steeply with them on level 2 (half "
+                         "as many leave the policy mostly wrong, twice as many nearly always right)")
     ap.add_argument("--timesteps", type=int, default=98304, help="GRPO tokens (rows x steps) to train on")
     ap.add_argument("--group-size", type=int, default=8, help="completions per problem")
-    ap.add_argument("--n-envs", type=int, default=64, help="rows per rollout (n_envs / group_size problems)")
+    ap.add_argument("--n-envs", type=int, default=128, help="rows per rollout (n_envs / group_size problems)")
     ap.add_argument("--lr", type=float, default=3e-5, help="GRPO learning rate (decays linearly to 0)")
     ap.add_argument("--eval-prompts", type=int, default=512, help="held-out problems scored by exact match")
     ap.add_argument("--threads", type=int, default=2)
