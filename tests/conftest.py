@@ -108,3 +108,46 @@ def tiny_policy(directory: Path, *, block_size: int = 32, seed: int = 0) -> str:
 def policy_dir(tmp_path_factory) -> str:
     """`tiny_policy` with a 32-token context, once per test module."""
     return tiny_policy(tmp_path_factory.mktemp("policy"))
+
+
+def step_text(env, text: str, stop: bool = True):
+    """Step the bytes of ``text`` (then <|endoftext|>) in a byte-level text env; return the last step's result."""
+    from rlfl.tokenizer import byte_tokenizer
+
+    out = None
+    for t in list(text.encode()) + ([byte_tokenizer().eot_id] if stop else []):
+        out = env.step(t)
+        if out[2] or out[3]:
+            break
+    return out
+
+
+def rollout_scores():
+    """An SB3 callback whose ``scores`` get the mean env score of every rollout's finished completions."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class RolloutScores(BaseCallback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.scores: list[float] = []
+
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_end(self) -> None:
+            store = self.model._store
+            self.scores.append(float(store.scores[store.dones].mean()))
+
+    return RolloutScores()
+
+
+def learn_with_frozen_reference(model, total_timesteps: int) -> list[float]:
+    """``model.learn`` with `rollout_scores`; checks that the KL reference did not change; returns the scores."""
+    import torch
+
+    before = {k: v.clone() for k, v in model.policy.reference.state_dict().items()}
+    log = rollout_scores()
+    model.learn(total_timesteps, callback=log)
+    for k, v in model.policy.reference.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    return log.scores

@@ -12,9 +12,8 @@ import rlfl.envs
 import torch
 from rlfl.agents import GRPO, PPO, RLOO
 from rlfl.agents.grpo import group_advantages
-from stable_baselines3.common.callbacks import BaseCallback
 
-from conftest import lower_share, one
+from conftest import learn_with_frozen_reference, lower_share, one
 
 from rlfl.checkpoint import load_checkpoint
 
@@ -29,22 +28,6 @@ def env_id(name: str, reward=lower_share, **kwargs) -> str:
     rlfl.envs.register_reward_env(full, reward=reward, prompts=PROMPTS, overwrite=True,
                                   **{"max_new_tokens": 8, "max_prompt_tokens": 16, **kwargs})
     return full
-
-
-class RolloutLog(BaseCallback):
-    """Every rollout's completions (one per row) and their mean score, read at the end of the rollout."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.scores: list[float] = []
-
-    def _on_step(self) -> bool:
-        return True
-
-    def _on_rollout_end(self) -> None:
-        store = self.model._store
-        t_end = store.dones.argmax(axis=0)
-        self.scores.append(float(store.scores[t_end, np.arange(store.num_rows)].mean()))
 
 
 # ---------------------------------------------------------------------------------------------- advantages
@@ -94,14 +77,9 @@ def test_a_rollout_is_one_completion_per_row_and_each_prompt_goes_to_one_group(p
 def test_critic_free_algorithms_raise_the_reward_and_keep_the_reference_frozen(policy_dir, algorithm, settings):
     model = algorithm(policy_dir, env_id("Lower"), n_envs=16, group_size=4, batch_size=64, learning_rate=1e-3,
                       kl_coef=0.01, seed=0, **settings)
-    ref_before = {k: v.clone() for k, v in model.policy.reference.state_dict().items()}
     value_before = model.policy.net.value.proj.weight.detach().clone()
-    log = RolloutLog()
-    model.learn(16 * 8 * 25, callback=log)
-    first, last = np.mean(log.scores[:4]), np.mean(log.scores[-4:])
-    assert last > first + 0.2, log.scores
-    for k, v in model.policy.reference.state_dict().items():
-        assert torch.equal(v, ref_before[k]), k
+    scores = learn_with_frozen_reference(model, 16 * 8 * 25)
+    assert np.mean(scores[-4:]) > np.mean(scores[:4]) + 0.2, scores
     assert torch.equal(model.policy.net.value.proj.weight, value_before)  # no critic is trained
     values = model.logger.name_to_value
     assert values["rollout/kl"] > 0 and values["train/skipped_batches"] == 0 and values["train/kept_groups"] == 1.0

@@ -21,7 +21,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from rlfl.checkpoint import load_checkpoint, save_checkpoint
 from rlfl.model import GPT, GPTConfig
-from conftest import lower_share, one
+from conftest import learn_with_frozen_reference, lower_share, one
 from rlfl.tokenizer import train_bpe
 
 PROMPTS = ["The film was", "Dinner was", "I think", "Our hotel room", "My dog"]
@@ -235,30 +235,12 @@ def test_gae_over_the_grid_matches_returns_computed_by_hand(policy_dir):
 
 
 # ---------------------------------------------------------------------------------------------- learning
-class ScoreLog(BaseCallback):
-    def __init__(self) -> None:
-        super().__init__()
-        self.scores: list[float] = []
-
-    def _on_step(self) -> bool:
-        return True
-
-    def _on_rollout_end(self) -> None:
-        store = self.model._store
-        self.scores.append(float(store.scores[store.dones].mean()))
-
-
 def test_ppo_raises_the_reward_and_keeps_the_reference_frozen(policy_dir):
     model = PPO(policy_dir, env_id("Lower"), n_envs=16, n_steps=8, batch_size=128, learning_rate=1e-3,
                 kl_coef=0.01, seed=0)
-    ref_before = {k: v.clone() for k, v in model.policy.reference.state_dict().items()}
     pol_before = model.policy.gpt.wte.weight.detach().clone()
-    log = ScoreLog()
-    model.learn(16 * 8 * 25, callback=log)
-    first, last = np.mean(log.scores[:4]), np.mean(log.scores[-4:])
-    assert last > first + 0.2, log.scores
-    for k, v in model.policy.reference.state_dict().items():
-        assert torch.equal(v, ref_before[k]), k
+    scores = learn_with_frozen_reference(model, 16 * 8 * 25)
+    assert np.mean(scores[-4:]) > np.mean(scores[:4]) + 0.2, scores
     assert not torch.equal(model.policy.gpt.wte.weight, pol_before)
     values = model.logger.name_to_value
     assert values["rollout/kl"] > 0 and values["train/skipped_batches"] == 0

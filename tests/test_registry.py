@@ -16,6 +16,8 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import rlfl.envs.prompts as prompts_module
 import rlfl.envs.registry as registry
+from conftest import step_text
+
 from rlfl.envs import (BUILTIN_IDS, CallableReward, GoldSentiment, PromptList, TextGenerationEnv,
                        TextGenerationVectorEnv, hh_prompts, imdb_prompts, register_reward_env,
                        synthetic_review_prompts)
@@ -37,16 +39,6 @@ def data_dir(name: str) -> Path:
 
 def has_great(prompt: str, completion: str) -> float:
     return float("great" in completion)
-
-
-def write(env, text: str, stop: bool = True):
-    """Step the bytes of ``text`` (then <|endoftext|>); return the last step's result."""
-    out = None
-    for t in list(text.encode()) + ([EOT] if stop else []):
-        out = env.step(t)
-        if out[2] or out[3]:
-            break
-    return out
 
 
 @pytest.fixture
@@ -73,10 +65,10 @@ def test_register_and_make_a_custom_env_in_a_few_lines(fresh_id):
     assert isinstance(env.unwrapped, TextGenerationEnv)
     obs, info = env.reset(seed=0)
     assert info["prompt"] == "The film was" and obs["input_ids"].shape == (32 + 8,)
-    _, reward, terminated, truncated, info = write(env, " great")
+    _, reward, terminated, truncated, info = step_text(env, " great")
     assert (reward, terminated, truncated, info["completion"]) == (1.0, True, False, " great")
     env.reset(seed=1)
-    _, reward, terminated, truncated, info = write(env, " terrible", stop=False)  # 8 tokens: truncated
+    _, reward, terminated, truncated, info = step_text(env, " terrible", stop=False)  # 8 tokens: truncated
     assert (reward, terminated, truncated, info["completion"]) == (0.0, False, True, " terribl")
     assert env.unwrapped.gold_judge is None
     checked(env)
@@ -90,7 +82,7 @@ def test_spec_holds_plain_values_and_make_overrides_them(fresh_id):
     assert spec.kwargs == {"tokenizer": "bytes", "max_new_tokens": 5, "max_prompt_tokens": 32, "chat_template": False}
     env = gymnasium.make(fresh_id, max_new_tokens=3, reward=lambda p, c: 2.0, max_prompt_tokens=4)
     env.reset(seed=0)
-    _, reward, _, truncated, _ = write(env, "xyz", stop=False)
+    _, reward, _, truncated, _ = step_text(env, "xyz", stop=False)
     assert reward == 2.0 and truncated and env.unwrapped.observation_space["input_ids"].shape == (7,)
     assert env.unwrapped.spec.kwargs["max_new_tokens"] == 3
 
@@ -103,7 +95,7 @@ def test_custom_env_with_a_reward_model_path_and_a_gold_judge(fresh_id, tmp_path
     assert gymnasium.spec(fresh_id).kwargs["reward"] == str(path)  # a path is a plain value: it is loaded at make
     env = gymnasium.make(fresh_id)
     env.reset(seed=0)
-    _, reward, _, _, info = write(env, "abcd", stop=False)
+    _, reward, _, _, info = step_text(env, "abcd", stop=False)
     expected = env.unwrapped.reward.score([info["prompt"]], ["abcd"])[0]
     assert np.isfinite(reward) and reward == expected
     assert env.unwrapped.gold_judge.score(["x"], [" great"])[0] > 0
@@ -133,9 +125,9 @@ def test_min_new_tokens_and_fixed_length_pass_through_make_and_the_registered_sp
     assert gymnasium.spec(fresh_id).kwargs["min_new_tokens"] == 2
     env = gymnasium.make(fresh_id)
     env.reset(seed=0)
-    _, reward, terminated, _, info = write(env, "")  # <|endoftext|> first: an ordinary token under min_new_tokens
+    _, reward, terminated, _, info = step_text(env, "")  # <|endoftext|> first: an ordinary token under min_new_tokens
     assert not terminated and env.unwrapped.min_new_tokens == 2
-    _, reward, terminated, _, info = write(env, "x")  # the second token; the stop after it ends the episode
+    _, reward, terminated, _, info = step_text(env, "x")  # the second token; the stop after it ends the episode
     assert terminated and info["completion"] == "<|endoftext|>x"
     venv = gymnasium.make_vec(fresh_id, num_envs=3, min_new_tokens=0, stop_tokens=[])  # make's kwargs win
     assert venv.min_new_tokens == 0 and venv.stop_tokens == []
@@ -220,10 +212,10 @@ def test_import_is_light_and_synthetic_reviews_needs_no_data(tmp_path):
 def test_synthetic_reviews_passes_both_checkers_and_rewards_gold_sentiment():
     env = checked(gymnasium.make("rlfl/SyntheticReviews-v0"))
     env.reset(seed=0, options={"prompt": "The food was"})
-    _, reward, terminated, _, _ = write(env, " great.")
+    _, reward, terminated, _, _ = step_text(env, " great.")
     assert terminated and reward == pytest.approx(gold_sentiment("The food was great.")) and reward > 0.5
     env.reset(seed=0, options={"prompt": "The food was"})
-    assert write(env, " awful.")[1] < -0.5
+    assert step_text(env, " awful.")[1] < -0.5
     # Seeded: the same seed draws the same prompt.
     assert env.reset(seed=5)[1]["prompt"] == env.reset(seed=5)[1]["prompt"]
 
@@ -239,7 +231,7 @@ def test_synthetic_reviews_gold_judge_scores_positive_above_negative():
 def test_synthetic_reviews_reward_override_keeps_the_gold_judge(tmp_path):
     env = gymnasium.make("rlfl/SyntheticReviews-v0", reward=lambda p, c: -1.0, max_new_tokens=2, n_prompts=10)
     env.reset(seed=0)
-    assert write(env, "ab", stop=False)[1] == -1.0
+    assert step_text(env, "ab", stop=False)[1] == -1.0
     assert isinstance(env.unwrapped.gold_judge, GoldSentiment)
     from test_rewards import tiny_reward_model
 
@@ -247,7 +239,7 @@ def test_synthetic_reviews_reward_override_keeps_the_gold_judge(tmp_path):
     env = gymnasium.make("rlfl/SyntheticReviews-v0", reward=str(path), max_new_tokens=2)
     assert type(env.unwrapped.reward).__name__ == "RewardModelScorer"
     env.reset(seed=0)
-    assert np.isfinite(write(env, "ab", stop=False)[1])
+    assert np.isfinite(step_text(env, "ab", stop=False)[1])
 
 
 def test_synthetic_reviews_make_vec():
@@ -266,7 +258,7 @@ def test_imdb_positive_passes_both_checkers_with_shared_data():
     env = checked(gymnasium.make("rlfl/ImdbPositive-v0", data_path=str(path), split="test", n_prompts=200,
                                  reward=has_great))
     env.reset(seed=0)
-    assert write(env, " great")[1] == 1.0
+    assert step_text(env, " great")[1] == 1.0
     venv = gymnasium.make_vec("rlfl/ImdbPositive-v0", num_envs=3, data_path=str(path), split="test", n_prompts=200,
                               reward=has_great)
     assert venv.reset(seed=0)[0]["input_ids"].shape == (3, 64 + 48)

@@ -18,7 +18,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-from conftest import shared_file
+from conftest import shared_file, step_text
 from rlfl.envs import TextGenerationVectorEnv  # importing rlfl.envs registers the ids
 from rlfl.envs.verifiable import (LEVELS, AnswerReward, ArithmeticProblems, GSM8KProblems, arithmetic_answer,
                                   arithmetic_problem, evaluate_expression, exact_match, gsm8k_final_answer,
@@ -41,16 +41,6 @@ def python_value(expression: str) -> int:
             terms.append(n)
             signs.append(1 if op == "+" else -1)
     return sum(s * t for s, t in zip(signs, terms))
-
-
-def write(env, text: str, stop: bool = True):
-    """Step the bytes of ``text`` (then <|endoftext|>); return the last step's result."""
-    out = None
-    for t in list(text.encode()) + ([EOT] if stop else []):
-        out = env.step(t)
-        if out[2] or out[3]:
-            break
-    return out
 
 
 # -------------------------------------------------------------------------------- generator and parser
@@ -161,7 +151,7 @@ def test_arithmetic_env_passes_both_checkers_and_rewards_right_answers():
     results = {}
     for completion, stop in [(" 68", True), (" 67", True), (" sixty-eight", False), ("", True)]:
         env.reset(seed=0, options={"prompt": "Q: 23+45=? A:"})
-        _, reward, terminated, truncated, info = write(env, completion, stop)
+        _, reward, terminated, truncated, info = step_text(env, completion, stop)
         results[completion] = (reward, terminated, truncated, info["completion"])
     assert results[" 68"] == (1.0, True, False, " 68")
     assert results[" 67"] == (pytest.approx(0.1), True, False, " 67")
@@ -188,10 +178,10 @@ def test_arithmetic_make_vec_and_options():
     # format_weight 0: the reward is the exact match; reward= replaces it, the gold judge stays
     env = gymnasium.make("rlfl/Arithmetic-v0", format_weight=0.0, correct_weight=1.0)
     env.reset(seed=0, options={"prompt": "Q: 2+2=? A:"})
-    assert write(env, " 5")[1] == 0.0
+    assert step_text(env, " 5")[1] == 0.0
     env = gymnasium.make("rlfl/Arithmetic-v0", reward=lambda p, c: -1.0)
     env.reset(seed=0)
-    assert write(env, " 5")[1] == -1.0 and env.unwrapped.gold_judge.name == "exact_match"
+    assert step_text(env, " 5")[1] == -1.0 and env.unwrapped.gold_judge.name == "exact_match"
 
 
 def test_import_stays_light(tmp_path):
@@ -255,7 +245,7 @@ def test_gsm8k_env_reads_the_real_file_and_scores_the_final_number():
     prompt = info["prompt"]
     assert prompt.startswith("Question: ") and prompt.endswith("\nAnswer:") and len(env.unwrapped.prompt_texts) == 50
     answer = env.unwrapped.gold_judge.answers.answer(prompt)
-    _, reward, terminated, _, info = write(env, f" #### {answer}")
+    _, reward, terminated, _, info = step_text(env, f" #### {answer}")
     assert terminated and reward == 1.0 and info["completion"] == f" #### {answer}"
     judge = env.unwrapped.gold_judge
     assert judge.score([prompt] * 2, [f"so it is {answer}", f"#### {int(answer) + 1}"]).tolist() == [1.0, 0.0]
