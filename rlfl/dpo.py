@@ -55,9 +55,8 @@ from torch import nn
 from rlfl import checkpoint as ckpt
 from rlfl.chat_template import end_token, is_chat_checkpoint
 from rlfl.config import to_dict
-from rlfl.evaluate import encode_prompt
+from rlfl.evaluate import encode_prompt, greedy_answers
 from rlfl.files import atomic_write_text
-from rlfl.generate import SamplingConfig, generate
 from rlfl.model import GPT
 from rlfl.preference_data import PreferencePair, load_reward_data
 from rlfl.reward import RewardBatcher, RewardExamples
@@ -301,19 +300,6 @@ def load_pairs(spec: str, *, flag: str, on_bad_line: str, seed: int,
 
 
 # ---------------------------------------------------------------------------------------------- stage
-def _greedy_answers(model: GPT, tokenizer: Tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[str]:
-    """Greedy answers to encoded prompts, up to the first stop token (which is left out)."""
-    if not prompts:
-        return []
-    room = model.config.block_size - max(len(p) for p in prompts)
-    if room < 1:
-        return ["" for _ in prompts]
-    stop = (tokenizer.eot_id, end_token(tokenizer))
-    out = generate(model, prompts, SamplingConfig(max_new_tokens=min(max_new_tokens, room), greedy=True,
-                                                  stop_tokens=stop), pad_id=tokenizer.pad_id)
-    return [tokenizer.decode(t[:-1] if done else t) for t, done in zip(out.tokens, out.finished)]
-
-
 def dpo(cfg: DPOConfig) -> Path:
     """Tune ``cfg.init_from`` with DPO/IPO on ``cfg.data``; returns the new checkpoint directory (stage "dpo")."""
     tc = cfg.train
@@ -374,11 +360,11 @@ def dpo(cfg: DPOConfig) -> Path:
     picked = [val_ex.seqs[2 * i][: val_ex.starts[2 * i]].tolist() for i in range(min(cfg.num_samples, len(val_ex)))]
     resumed = trainer.step > 0
     before = {} if resumed else trainer.evaluate()
-    answers_before = [] if resumed else _greedy_answers(model, tokenizer, picked, cfg.sample_tokens)
+    answers_before = [] if resumed else greedy_answers(model, tokenizer, picked, max_new_tokens=cfg.sample_tokens)
     summary = trainer.fit()
     if runtime.is_main:
         after = {k: v for k, v in summary.items() if k.startswith("val/")}
-        answers = _greedy_answers(model, tokenizer, picked, cfg.sample_tokens)
+        answers = greedy_answers(model, tokenizer, picked, max_new_tokens=cfg.sample_tokens)
         report = {"loss_type": cfg.loss_type, "beta": cfg.beta, "chat_template": chat,
                   "val_before": before or None, "val_after": after or None,
                   "samples": [{"prompt": tokenizer.decode(p), "answer": a,

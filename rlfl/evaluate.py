@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rlfl.chat_template import chat_prompt
+from rlfl.chat_template import chat_prompt, end_token
 from rlfl.compare_stats import distinct_n
 from rlfl.generate import SamplingConfig, ban_stop_tokens, generate
 from rlfl.model import GPT
@@ -87,6 +87,20 @@ def sample_completions(model: GPT, tokenizer: Any, prompts: Sequence[list[int]],
             on_batch(len(chunk))
     return out
 
+
+
+def greedy_answers(model: GPT, tokenizer: Any, prompts: Sequence[list[int]], *, max_new_tokens: int) -> list[str]:
+    """Greedy answers to encoded prompts, each up to its first stop token (``<|end|>`` or ``<|endoftext|>``,
+    left out): the before/after samples of the fine-tuning stages. [] when the longest prompt fills the context."""
+    if not prompts:
+        return []
+    room = model.config.block_size - max(len(p) for p in prompts)
+    if room < 1:
+        return []
+    stop = (end_token(tokenizer), tokenizer.eot_id)
+    out = generate(model, list(prompts), SamplingConfig(max_new_tokens=min(max_new_tokens, room), greedy=True,
+                                                        stop_tokens=stop), pad_id=tokenizer.pad_id)
+    return [tokenizer.decode(t[:-1] if done else t) for t, done in zip(out.tokens, out.finished)]
 
 @torch.no_grad()
 def completion_logprobs(model: GPT, samples: Sequence[Sample], *, pad_id: int, batch_size: int = 64,

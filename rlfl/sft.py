@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from rlfl import checkpoint as ckpt
-from rlfl.chat_template import chat_prompt, end_token
+from rlfl.chat_template import chat_prompt
 from rlfl.config import to_dict
 from rlfl.files import atomic_write_text
-from rlfl.generate import SamplingConfig, generate
+from rlfl.evaluate import greedy_answers
 from rlfl.sft_data import SFTBatcher, read_sft, split_examples, tokenize_conversations
 from rlfl.tokenizer import Tokenizer
 from rlfl.trainer import TrainConfig, Trainer, finetune_defaults, setup_runtime
@@ -80,20 +80,12 @@ def sft_loss(model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
 
 
 def sample_answers(model: nn.Module, tokenizer: Tokenizer, conversations: list[list[dict]], *,
-                   max_new_tokens: int, seed: int = 0) -> list[dict[str, str]]:
+                   max_new_tokens: int) -> list[dict[str, str]]:
     """Greedy answers of ``model`` to the prompts of held-out conversations (everything before the last turn)."""
-    if not conversations:
-        return []
     prompts = [chat_prompt(tokenizer, conv[:-1]) for conv in conversations]
-    room = model.config.block_size - max(len(p) for p in prompts)
-    if room < 1:
-        return []
-    stop = (end_token(tokenizer), tokenizer.eot_id)
-    out = generate(model, prompts, SamplingConfig(max_new_tokens=min(max_new_tokens, room), greedy=True, seed=seed,
-                                                  stop_tokens=stop), pad_id=tokenizer.pad_id)
+    answers = greedy_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
     return [{"prompt": conv[-2]["content"] if len(conv) > 1 else "", "reference": conv[-1]["content"],
-             "answer": tokenizer.decode([t for t in tokens if t not in stop])}
-            for conv, tokens in zip(conversations, out.tokens)]
+             "answer": answer} for conv, answer in zip(conversations, answers)]
 
 
 def _write_json(path: Path, data: Any) -> None:
