@@ -622,7 +622,7 @@ def stage_arms(run: CompareRun) -> None:
                             gold=run.judges["gold"], chat_template=cfg.chat_template)
     for seed in cfg.seeds:
         for arm in cfg.arms:
-            (_train_rl if arm.curves else _train_dpo)(run, arm, seed)
+            (_train_dpo if arm.algorithm == "dpo" else _train_rl)(run, arm, seed)
 
 
 def _train_rl(run: CompareRun, arm: Arm, seed: int) -> None:
