@@ -218,12 +218,13 @@ def format_summary(results: dict[str, Any]) -> str:
     """
     from rlfl.compare_stats import format_ci
 
-    lines = [f"{'policy':<8}{'gold mean':>22}{'gold - SFT':>24}{'positive':>10}{'KL to SFT (nats)':>22}"
+    w = max(8, 1 + max(len(name) for name in results["policies"]))  # arm names such as rlaif_grpo
+    lines = [f"{'policy':<{w}}{'gold mean':>22}{'gold - SFT':>24}{'positive':>10}{'KL to SFT (nats)':>22}"
              f"{'length':>8}{'real words':>12}"]
     for name, p in results["policies"].items():
         diff = "-" if name == "sft" else format_ci(p["gold_diff_vs_sft"], 3)
         words = f"{p['in_vocab_rate']:.3f}" if "in_vocab_rate" in p else "-"
-        lines.append(f"{name:<8}{format_ci(p['gold_mean'], 3):>22}{diff:>24}{p['gold_positive_rate'][0]:>10.2f}"
+        lines.append(f"{name:<{w}}{format_ci(p['gold_mean'], 3):>22}{diff:>24}{p['gold_positive_rate'][0]:>10.2f}"
                      f"{format_ci(p['kl'], 2):>22}{p['length']:>8.1f}{words:>12}")
     human, ai, ag = results["labels"]["human"], results["labels"]["ai"], results["labels"]["agreement"]
     kappa = "n/a" if ag["kappa"] is None else f"{ag['kappa']:.2f}"

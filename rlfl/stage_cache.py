@@ -38,10 +38,14 @@ def check_settings(path: str | os.PathLike, settings: dict[str, Any]) -> None:
     path = Path(path)
     if path.is_file():
         recorded = read_json(path, fix=f"delete {path.parent} (or pass a new output folder) to build it again")
+        fix = f"pass a new output folder (or delete {path.parent})"
         for key in sorted(set(settings) | set(recorded)):
+            if key not in recorded:
+                raise ValueError(f"{path}: {path.parent} was built without the setting {key} (an older version), "
+                                 f"so {key}={settings[key]!r} cannot be added to it; {fix}")
             if settings.get(key) != recorded.get(key):
                 raise ValueError(f"{path}: {path.parent} was built with {key}={recorded.get(key)!r}, not "
-                                 f"{settings.get(key)!r}; pass a new output folder (or delete {path.parent})")
+                                 f"{settings.get(key)!r}; {fix}")
         return
     atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
 

@@ -69,3 +69,14 @@ def test_embed_judge_without_the_extra_is_refused_before_any_stage(tmp_path, mon
                                          r"--ai-judge lexicon"):
         quickstart(QuickstartConfig(out=str(tmp_path / "qs"), **{**TINY, "ai_judge": "embed"}))
     assert not (tmp_path / "qs" / "task").exists()
+
+
+def test_summary_columns_fit_long_arm_names():
+    ci = [0.5, 0.4, 0.6]
+    policy = {"gold_mean": ci, "gold_diff_vs_sft": ci, "gold_positive_rate": ci, "kl": ci, "length": 12.0}
+    results = {"policies": {"sft": policy, "rlaif_grpo": policy},
+               "labels": {"human": {"n": 4, "simulated": True, "source": "sim"}, "ai": {"n": 4, "source": "ai"},
+                          "agreement": {"raw": 0.5, "kappa": None}}}
+    header, sft, grpo = format_summary(results).splitlines()[:3]
+    assert grpo.startswith("rlaif_grpo ") and len(sft) == len(grpo) == len(header)
+    assert header.index("gold mean") + len("gold mean") == sft.index("]") + 1  # the first interval ends under it
