@@ -7,6 +7,11 @@ so concurrent users share the decode loop and every row still gets exactly its s
 batch never see each other: left padding is masked). Seeded sampled rows run alone, because a batch
 draws all its samples from one RNG stream.
 
+A caller that streams (``rlfl serve`` with ``"stream": true``) passes ``on_tokens``: the worker then gives
+`generate` an ``on_step`` hook that hands every row's token and logits to its own request's callback as the
+step happens, so streamed rows share batches with the others, and a row whose caller has gone (its callback
+returns False) ends there while the batch goes on for everyone else.
+
 Example:
     >>> from rlfl.checkpoint import load_checkpoint                          # doctest: +SKIP
     >>> c = load_checkpoint("runs/sft")                                      # doctest: +SKIP
@@ -21,10 +26,13 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlfl.chat_template import end_token
+import torch
+
+from rlfl.chat_template import stop_tokens
 from rlfl.generate import SamplingConfig, generate
 from rlfl.model import GPT
 from rlfl.tokenizer import Tokenizer
@@ -33,8 +41,9 @@ log = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------------------ sampling helpers
 def stop_token_ids(tokenizer: Tokenizer) -> tuple[int, ...]:
-    """The token ids that end a served completion: ``<|endoftext|>`` and the chat template's ``<|end|>``."""
-    return (tokenizer.eot_id, end_token(tokenizer))
+    """The token ids that end a served completion: the end-of-text token and, for a tokenizer that can chat, its
+    end-of-turn token (``<|end|>``, ``<|im_end|>``; `rlfl.chat_template.stop_tokens`)."""
+    return stop_tokens(tokenizer)
 
 
 def sampling_config(
@@ -76,6 +85,10 @@ class GenerationError(RuntimeError):
         self.status = status
 
 
+TokenCallback = Callable[[int, int, torch.Tensor], bool | None]
+"""``on_tokens(row, token, logits)`` of `BatchingEngine.submit`; False ends the row."""
+
+
 @dataclass
 class _Job:
     prompts: list[list[int]]
@@ -84,6 +97,8 @@ class _Job:
     done: threading.Event = field(default_factory=threading.Event)
     error: GenerationError | None = None
     pending: int = 0
+    on_tokens: TokenCallback | None = None
+    callback_error: Exception | None = None  # the first exception on_tokens raised, raised again by submit
 
 
 @dataclass
@@ -123,8 +138,17 @@ class BatchingEngine:
         with self._stats_lock:
             return dict(self._stats)
 
-    def submit(self, prompts: list[list[int]], config: SamplingConfig, timeout: float | None = None) -> list[Completion]:
+    def submit(self, prompts: list[list[int]], config: SamplingConfig, timeout: float | None = None,
+               on_tokens: TokenCallback | None = None) -> list[Completion]:
         """Complete ``prompts`` with ``config`` (blocking); each row's budget is clamped to the context left.
+
+        ``on_tokens(row, token, logits)``, when given, is called on the worker thread at each step of each row
+        of this request, as the step happens: ``row`` indexes ``prompts``, ``token`` is the id the row took (a
+        stop token too, after which the row gets no more calls, nor after its budget) and ``logits`` the
+        (vocab,) float logits it was picked from, before temperature, top-k and top-p. It holds up the whole
+        batch, so it should only hand the work to another thread. Returning False ends that row there: its
+        Completion keeps the tokens so far and the batch goes on for the other rows. An exception does the
+        same, and submit raises it once the request's other rows are done.
 
         Raises ValueError when a prompt leaves no room for one new token, GenerationError when the
         generate call failed or the engine is closed.
@@ -132,7 +156,8 @@ class BatchingEngine:
         for i, p in enumerate(prompts):
             if len(p) >= self.block_size:
                 raise ValueError(f"prompt {i} is {len(p)} tokens; the model's context is {self.block_size} tokens")
-        job = _Job(prompts=prompts, config=config, results=[None] * len(prompts), pending=len(prompts))
+        job = _Job(prompts=prompts, config=config, results=[None] * len(prompts), pending=len(prompts),
+                   on_tokens=on_tokens)
         with self._close_lock:
             if self._closed:
                 raise GenerationError("the server is shutting down", status=503)
@@ -141,6 +166,8 @@ class BatchingEngine:
             raise GenerationError(f"no answer within {timeout} s", status=503)
         if job.error is not None:
             raise job.error
+        if job.callback_error is not None:
+            raise job.callback_error
         return job.results  # type: ignore[return-value]
 
     def close(self) -> None:
@@ -229,11 +256,15 @@ class BatchingEngine:
         return batches
 
     def _generate(self, batch: list[_Row]) -> None:
+        batch = [r for r in batch if r.job.error is None]  # a request that already failed is answered
+        if not batch:
+            return
         jobs = list({id(r.job): r.job for r in batch}.values())
         config = dataclasses.replace(batch[0].config, max_new_tokens=max(r.max_new for r in batch))
+        hook = _StepHook(batch) if any(r.job.on_tokens is not None for r in batch) else None
         t0 = time.perf_counter()
         try:
-            out = generate(self.model, [r.prompt for r in batch], config, pad_id=self.pad_id)
+            out = generate(self.model, [r.prompt for r in batch], config, pad_id=self.pad_id, on_step=hook)
         except Exception as exc:
             log.warning("serve worker: generate failed for %d rows: %s", len(batch), exc)
             self._fail(jobs, GenerationError(f"generation failed: {exc}"))
@@ -247,8 +278,10 @@ class BatchingEngine:
             s["generate_seconds"] += seconds
         log.debug("serve worker: %d rows from %d requests, up to %d new tokens, %.3f s",
                   len(batch), len(jobs), config.max_new_tokens, seconds)
-        for row, tokens, stopped in zip(batch, out.tokens, out.finished):
-            if len(tokens) > row.max_new:  # ran past this row's own budget: cut back, no stop within it
+        for b, (row, tokens, stopped) in enumerate(zip(batch, out.tokens, out.finished)):
+            if hook is not None and b in hook.cut:  # ended by its callback
+                tokens, stopped = tokens[: hook.cut[b]], False
+            elif len(tokens) > row.max_new:  # ran past this row's own budget: cut back, no stop within it
                 tokens, stopped = tokens[: row.max_new], False
             elif stopped:
                 tokens = tokens[:-1]
@@ -256,3 +289,43 @@ class BatchingEngine:
             row.job.pending -= 1
             if row.job.pending == 0 and row.job.error is None:
                 row.job.done.set()
+
+
+class _StepHook:
+    """``generate``'s ``on_step`` for a batch with ``on_tokens`` callbacks (see `BatchingEngine.submit`).
+
+    It hands each row's token and logits to the row's own callback until the row ends: at a stop token, at its
+    own budget (the call runs to the batch's longest), or when its callback returns False or raises; ``cut``
+    then records how many tokens that row keeps. Returning False once every row has ended stops the call
+    early (rows whose callers have all gone cost nothing more); rows that ended normally are complete by
+    then, so their results are the same as without the hook.
+    """
+
+    def __init__(self, batch: list[_Row]) -> None:
+        self.batch = batch
+        self.step = 0
+        self.ended = [False] * len(batch)
+        self.cut: dict[int, int] = {}  # batch row -> tokens kept, for rows ended by their callback
+
+    def __call__(self, tokens: torch.Tensor, logits: torch.Tensor) -> bool:
+        for b, (row, token) in enumerate(zip(self.batch, tokens.tolist())):
+            if self.ended[b]:
+                continue
+            last = token in row.config.stop_tokens or self.step + 1 >= row.max_new
+            if row.job.on_tokens is not None and not self._hand(row, token, logits[b]) and not last:
+                self.cut[b], last = self.step + 1, True
+            self.ended[b] = last
+        self.step += 1
+        return not all(self.ended)
+
+    @staticmethod
+    def _hand(row: _Row, token: int, logits: torch.Tensor) -> bool:
+        """Call the row's callback; False when it ends the row (False returned, or an exception kept for submit)."""
+        job = row.job
+        try:
+            return job.on_tokens(row.index, token, logits) is not False  # type: ignore[misc]
+        except Exception as exc:
+            log.debug("serve worker: on_tokens of row %d raised %r; the row ends", row.index, exc)
+            if job.callback_error is None:
+                job.callback_error = exc
+            return False

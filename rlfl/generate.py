@@ -14,6 +14,8 @@ How a call runs:
    ignored) so the batch keeps a fixed shape. The loop exits as soon as every row is finished. With
    ``min_new_tokens`` the stop tokens' logits are masked (`ban_stop_tokens`) until the rows have that many
    new tokens, as Hugging Face's ``min_new_tokens`` does, so no completion is shorter.
+5. ``on_step``, when given, sees every step as it happens (the server streams text with it): the token each
+   row took and the logits it was picked from. Returning False ends the loop there; raising aborts the call.
 
 `use_cache=False` recomputes the whole prefix each step with the same masks and positions; it is the
 slow reference the tests compare the cache against.
@@ -31,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -168,11 +171,17 @@ def generate(
     pad_id: int,
     use_cache: bool = True,
     return_logprobs: bool = False,
+    on_step: Callable[[torch.Tensor, torch.Tensor], bool | None] | None = None,
 ) -> Generation:
     """Complete a batch of token-id prompts (of any lengths) with one batched, KV-cached decode loop.
 
     The model is put in eval mode for the call and its previous mode restored afterwards. Raises
     ValueError when the longest prompt + max_new_tokens exceeds the model's block_size.
+
+    ``on_step(tokens, logits)`` is called after every step with the (B,) ids the rows took (``pad_id`` for a
+    row that had already stopped) and the (B, V) float logits they were picked from (before temperature,
+    top-k and top-p; stop tokens masked before ``min_new_tokens``). Returning False ends generation after
+    that step: the result then holds the steps taken so far. Without it the loop is exactly as before.
     """
     cfg = model.config
     _validate_prompts(prompts, cfg.vocab_size, pad_id)
@@ -235,6 +244,8 @@ def generate(
             newly = torch.isin(token, stop) & ~done
             out_len.masked_fill_(newly, step + 1)
             done |= newly
+            if on_step is not None and on_step(token, logits) is False:
+                break
             if stop.numel() and bool(done.all()):
                 break
     finally:
@@ -242,7 +253,7 @@ def generate(
 
     log.debug("generated %d rows x %d steps (longest prompt %d, cache=%s)", B, cur - P, P, use_cache)
     completions = ids[:, P:cur].tolist()
-    out_len_list = out_len.tolist()
+    out_len_list = out_len.clamp(max=cur - P).tolist()  # rows still running when on_step ended the loop
     return Generation(
         tokens=[row[:n] for row, n in zip(completions, out_len_list)],
         finished=done.tolist(),
@@ -256,18 +267,19 @@ class TextTokenizer(Protocol):
     eot_id: int
     pad_id: int
 
-    def encode(self, text: str) -> list[int]: ...
+    def encode_prompts(self, texts: list[str]) -> list[list[int]]: ...
     def decode(self, ids: list[int]) -> str: ...
 
 
 def generate_text(model: GPT, tokenizer: TextTokenizer, prompts: list[str], config: SamplingConfig) -> list[str]:
     """Complete text prompts; <|endoftext|> is always a stop token and stop tokens are not in the text.
 
-    An empty prompt starts from <|endoftext|>, GPT-2's document separator, so the model samples a fresh
-    document.
+    Prompts are encoded by ``tokenizer.encode_prompts``: a begin-of-text token in front where the tokenizer adds
+    one (Llama-3), and an empty prompt without it starts from <|endoftext|>, GPT-2's document separator, so the
+    model samples a fresh document.
     """
     stops = config.stop_tokens if tokenizer.eot_id in config.stop_tokens else (*config.stop_tokens, tokenizer.eot_id)
     config = dataclasses.replace(config, stop_tokens=stops)
-    encoded = [tokenizer.encode(p) or [tokenizer.eot_id] for p in prompts]
+    encoded = tokenizer.encode_prompts(prompts)
     out = generate(model, encoded, config, pad_id=tokenizer.pad_id)
     return [tokenizer.decode(t[:-1] if done else t) for t, done in zip(out.tokens, out.finished)]

@@ -5,37 +5,39 @@ the chat template, stopping at ``<|end|>``) and ``GET /health`` (liveness plus b
 Bodies and errors follow OpenAI's shapes, so the ``openai`` client or plain ``curl`` work as they are.
 
 How a request flows:
-1. An HTTP thread (one per connection, ``ThreadingHTTPServer``) parses and validates the JSON body,
-   encodes the prompt(s) and puts a job on the engine's queue; a bad request is answered 400 right there.
-2. ONE worker thread owns the model. It takes the first job, waits at most ``batch_wait_ms`` for more
-   (up to ``max_batch_size`` rows), groups the rows by sampling settings and runs one batched
-   ``rlfl.generate.generate`` call per group. Rows of different lengths and ``max_tokens`` share a call:
-   the call runs to the longest budget and each row is cut back to its own, which is exact because rows
-   of a batch never see each other (left padding is masked).
+1. An HTTP thread (one per connection, ``ThreadingHTTPServer``) parses and validates the JSON body
+   (`rlfl.serve_requests`), encodes the prompt(s) and puts a job on the engine's queue; a bad request is
+   answered 400 right there.
+2. ONE worker thread owns the model (`rlfl.batching.BatchingEngine`). It takes the first job, waits at most
+   ``batch_wait_ms`` for more (up to ``max_batch_size`` rows), groups the rows by sampling settings and runs
+   one batched ``rlfl.generate.generate`` call per group. Rows of different lengths and ``max_tokens`` share
+   a call: the call runs to the longest budget and each row is cut back to its own, which is exact because
+   rows of a batch never see each other (left padding is masked).
 3. Seeded sampling is the one thing that does not batch: ``generate`` draws a batch's samples from one
    RNG stream, so a seeded row's output would depend on who else was in its batch. Seeded rows therefore
    run alone with the seed ``seed + row index`` (row = prompt index * n + choice index), which makes a
    seeded request reproducible whatever the server load. Greedy rows (temperature 0) batch freely.
-4. ``stop`` strings are looked for in the decoded text after generation (the engine knows only stop
-   token ids: ``<|endoftext|>`` and ``<|end|>``), so a row keeps decoding past a stop string until its
-   budget or a stop token; the text returned is cut at the first stop string.
+4. ``stop`` strings are looked for in the decoded text (the engine knows only stop token ids:
+   ``<|endoftext|>`` and ``<|end|>``); the text returned is cut at the first stop string.
 
 ``max_tokens`` is clamped to ``max_tokens_limit`` and to the room the prompt leaves in the context
 (``finish_reason`` then says "length"); a prompt with no room at all is a 400.
 
-Log-probabilities (``/v1/completions`` only, OpenAI's legacy shape): ``"logprobs": k`` (0 to
-``max_logprobs``) adds ``choices[i].logprobs = {"tokens", "token_logprobs", "top_logprobs", "text_offset"}``
-with the k most likely tokens at each generated position, and ``"echo": true`` puts the prompt in front of
-the text (and its tokens in front of the logprobs; the first prompt token has ``null`` log-probs). They are
-log-probabilities of the PLAIN softmax at temperature 1, before top-k/top-p and whatever the request's
-temperature, so a judge reads the model's own distribution. They come from one teacher-forced forward over
-prompt + generated tokens (`rlfl.evaluate.position_logprobs`, the code LMJudge uses in-process), run on the HTTP thread
-after generation: the batching engine returns tokens only, and a forward of the finished sequence computes
-exactly the distributions the sampler drew from (up to float rounding between batch shapes). A row that
-ended on a stop token lists that token last in ``tokens`` although it is not in the text; the engine
-reports only *that* a stop token ended the row, so the likelier of ``<|endoftext|>`` and ``<|end|>`` at
-that position is named (exact for greedy rows). Token strings are the token's UTF-8 text, or
-``bytes:\\xNN...`` for a token that is not valid UTF-8 on its own (OpenAI's convention).
+Log-probabilities (``"logprobs"``, ``"top_logprobs"``, ``"echo"``) are those of the plain softmax at
+temperature 1, in OpenAI's shapes; `rlfl.serve_logprobs` says how they are computed.
+
+Streaming (``"stream": true``) answers with server-sent events, as OpenAI does: ``data: {chunk}`` lines
+(``chat.completion.chunk`` objects whose choices carry a ``delta``, the role first; ``text_completion``
+chunks with ``text``), ``finish_reason`` in each choice's last chunk, with ``stream_options.include_usage``
+a last chunk with the ``usage`` and no choices, then ``data: [DONE]``. Every check runs before the first
+byte, so a bad request is the same 400 as without streaming. A streamed request is a job of the same
+batching engine, so it shares batches, seeds and ``/health`` counters with the others, and its deltas join
+to exactly the whole answer; the tokens reach the HTTP thread through `generate`'s ``on_step`` hook as
+each step happens (`rlfl.serve_stream`). A client that disconnects makes the next write fail, which ends
+its rows (the batch goes on for everyone else); it is logged as one line.
+
+The socket plumbing (a thread per connection with a read timeout, the browser guards) is `rlfl.serve_http`,
+which the labelling page (`rlfl.feedback.web`) shares.
 
 Example:
     >>> cfg = ServeConfig(checkpoint="runs/sft", port=0)                    # doctest: +SKIP
@@ -45,48 +47,59 @@ Example:
 
 from __future__ import annotations
 
-import difflib
-import ipaddress
 import hmac
 import json
 import logging
-import math
 import os
-import socket
-import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from rlfl.batching import (
-    BatchingEngine,
-    Completion,
-    GenerationError,
-    sampling_config,
-    stop_token_ids,
-)
+from rlfl.batching import BatchingEngine, GenerationError, stop_token_ids
 from rlfl.chat_template import chat_prompt
 from rlfl.checkpoint import Checkpoint, load_checkpoint
-from rlfl.config import is_int, is_number
-from rlfl.evaluate import position_logprobs
-from rlfl.generate import SamplingConfig
-from rlfl.tokenizer import Tokenizer
+from rlfl.serve_http import (
+    READ_TIMEOUT,
+    BackgroundServer,
+    _Server,
+    _Server6,
+    browser_refusal,
+    is_loopback,
+    loopback_hosts,
+    run_until_interrupted,
+)
+from rlfl.serve_logprobs import (
+    TokenLogprob,
+    answer_logprobs,
+    chat_logprobs_arg,
+    logprobs_arg,
+    logprobs_json,
+    prompt_logprobs,
+    token_text,
+)
+from rlfl.serve_requests import (
+    MAX_ROWS_PER_REQUEST,
+    Request,
+    RequestError,
+    check_fields,
+    check_room,
+    finish,
+    sampling_args,
+    stream_args,
+)
+from rlfl.serve_stream import ChoiceStream, Piece, stream_rows
+
+__all__ = ["RunningServer", "ServeConfig", "run_until_interrupted", "serve", "start_server", "token_text"]
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 16 * 1024 * 1024
-MAX_ROWS_PER_REQUEST = 256  # len(prompt list) * n: one request can't monopolise the worker for ever
-MAX_STOP_STRINGS = 16
-
-
-READ_TIMEOUT = 30.0  # seconds a client may stay silent in the middle of a request (or idle between requests)
 
 
 @dataclass
@@ -150,196 +163,9 @@ class ServeConfig:
                              f"empty; export {self.api_key_env}=YOUR_KEY or leave out --api-key-env")
 
 
-def is_loopback(host: str) -> bool:
-    """True for ``localhost`` and any loopback IP (127.0.0.0/8, ::1); host names are not resolved."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+_Producer = Callable[[Callable[[dict[str, Any]], None]], None]  # a streamed answer: send(chunk) per chunk
 
 
-def loopback_hosts(host: str, port: int) -> set[str] | None:
-    """The Host headers a server bound to ``host``:``port`` accepts: its loopback names with the port (and without
-    it on port 80), or None (any) for a server bound to a public address. Refusing other names is the guard
-    against DNS rebinding: a web page whose domain resolves to 127.0.0.1 sends its own name as the Host."""
-    if not is_loopback(host):
-        return None
-    names = ("127.0.0.1", "localhost", "[::1]", f"[{host}]" if ":" in host else host)
-    return {f"{h.lower()}:{port}" for h in names} | ({h.lower() for h in names} if port == 80 else set())
-
-
-def browser_refusal(headers: Any, hosts: set[str] | None, *, write: bool) -> tuple[int, str] | None:
-    """Why a request that a web page in a browser could have sent must be refused, as (status, message); None if
-    it may go on. Every request: a Host outside ``hosts`` (`loopback_hosts`). Writes (POST and the like), before
-    their body is read: another Origin than the server's own, ``Sec-Fetch-Site: cross-site``, and any
-    Content-Type but application/json (a page can send text/plain or a form without a CORS preflight).
-    Programs (curl, the openai package, urllib) send no Origin and are not affected."""
-    if hosts is not None and headers.get("Host", "").lower() not in hosts:
-        return 403, (f"unexpected Host header {headers.get('Host')!r}; use a loopback address such as "
-                     "http://127.0.0.1:PORT/")
-    if not write:
-        return None
-    origin = headers.get("Origin")
-    if origin is not None and origin.lower() != f"http://{headers.get('Host', '')}".lower():
-        return 403, f"cross-origin request from {origin!r} refused"
-    if headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
-        return 403, "cross-site request refused"
-    ctype = headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-    if ctype != "application/json":
-        return 415, f"Content-Type must be application/json, got {ctype or 'none'!r}"
-    return None
-
-
-# ------------------------------------------------------------------------------------ request parsing
-class RequestError(Exception):
-    """A client error answered with OpenAI's error body."""
-
-    def __init__(self, message: str, param: str | None = None, status: int = 400,
-                 kind: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.message, self.param, self.status, self.kind = message, param, status, kind
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": None}}
-
-
-def _is_finite(x: object) -> bool:
-    """A finite JSON number (Python's json reads NaN and Infinity, which no sampling setting can be)."""
-    return is_number(x) and math.isfinite(x)
-
-
-SAMPLING_FIELDS = ("max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "n")
-# Fields OpenAI clients commonly send: accepted, and ignored as long as they ask for nothing we don't do.
-_HARMLESS: dict[str, Callable[[Any], bool]] = {
-    "model": lambda v: v is None or isinstance(v, str),
-    "user": lambda v: v is None or isinstance(v, str),
-    "stream": lambda v: v in (None, False),
-    "stream_options": lambda v: v is None,
-    "presence_penalty": lambda v: v in (None, 0),
-    "frequency_penalty": lambda v: v in (None, 0),
-    "logit_bias": lambda v: v in (None, {}),
-    "logprobs": lambda v: v in (None, False, 0),
-    "top_logprobs": lambda v: v in (None, 0),
-    "echo": lambda v: v in (None, False),
-    "best_of": lambda v: v in (None, 1),
-    "suffix": lambda v: v in (None, ""),
-}
-
-
-def _check_fields(body: Any, endpoint: str, own: tuple[str, ...]) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise RequestError(f"the request body must be a JSON object, got {type(body).__name__}")
-    known = set(own) | set(SAMPLING_FIELDS) | set(_HARMLESS)
-    for key, value in body.items():
-        if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise RequestError(f"unknown field '{key}' for {endpoint}{hint}", param=key)
-        if key in _HARMLESS and key not in own and not _HARMLESS[key](value):
-            what = "streaming is not supported; send \"stream\": false" if key == "stream" else \
-                f"'{key}'={json.dumps(value)} is not supported by this server; leave it out"
-            raise RequestError(what, param=key)
-    return body
-
-
-def _sampling(body: dict[str, Any], tokenizer: Tokenizer, default_max: int, limit: int) -> tuple[SamplingConfig, list[str], int]:
-    """Validate the shared sampling fields; return the config, the stop strings and n."""
-    def get(name: str, default: Any) -> Any:
-        value = body.get(name)
-        return default if value is None else value
-
-    max_tokens = get("max_tokens", default_max)
-    if not is_int(max_tokens) or max_tokens < 1:
-        raise RequestError(f"'max_tokens' must be an integer >= 1, got {json.dumps(max_tokens)}", "max_tokens")
-    temperature = get("temperature", 1.0)
-    if not _is_finite(temperature) or temperature < 0:
-        raise RequestError(f"'temperature' must be a finite number >= 0 (0 = greedy), got {json.dumps(temperature)}",
-                           "temperature")
-    top_p = get("top_p", 1.0)
-    if not _is_finite(top_p) or not 0 < top_p <= 1:
-        raise RequestError(f"'top_p' must be a finite number in (0, 1], got {json.dumps(top_p)}", "top_p")
-    top_k = body.get("top_k")
-    if top_k is not None and (not is_int(top_k) or top_k < 1):
-        raise RequestError(f"'top_k' must be an integer >= 1 (or null to disable it), got {json.dumps(top_k)}", "top_k")
-    seed = body.get("seed")
-    if seed is not None and (not is_int(seed) or not 0 <= seed < 2**62):
-        raise RequestError(f"'seed' must be an integer in [0, 2^62), got {json.dumps(seed)}", "seed")
-    n = get("n", 1)
-    if not is_int(n) or not 1 <= n <= MAX_ROWS_PER_REQUEST:
-        raise RequestError(f"'n' must be an integer in [1, {MAX_ROWS_PER_REQUEST}], got {json.dumps(n)}", "n")
-    stop = get("stop", [])
-    stops = [stop] if isinstance(stop, str) else stop
-    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops) or len(stops) > MAX_STOP_STRINGS:
-        raise RequestError(f"'stop' must be a non-empty string or a list of at most {MAX_STOP_STRINGS} of them, "
-                           f"got {json.dumps(stop)}", "stop")
-    config = sampling_config(tokenizer, max_new_tokens=min(max_tokens, limit), temperature=float(temperature),
-                             top_p=float(top_p), top_k=top_k, seed=seed)
-    return config, stops, n
-
-
-def _check_room(ids: list[int], block_size: int, param: str) -> None:
-    if len(ids) >= block_size:
-        raise RequestError(f"the prompt is {len(ids)} tokens but the model's context is {block_size} tokens "
-                           f"(at least one must be left to generate); shorten '{param}'", param)
-
-
-def _finish(tokenizer: Tokenizer, c: Completion, stops: list[str]) -> tuple[str, str, int]:
-    """Text, finish_reason and completion-token count of one row, cut at the first stop string."""
-    text = tokenizer.decode(c.tokens)
-    cuts = [i for i in (text.find(s) for s in stops) if i >= 0]
-    if not cuts:
-        return text, "stop" if c.stopped else "length", len(c.tokens) + c.stopped
-    # count the tokens up to the one that completed the stop string (binary search on decoded prefixes)
-    lo, hi = 1, len(c.tokens)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if any(s in tokenizer.decode(c.tokens[:mid]) for s in stops):
-            hi = mid
-        else:
-            lo = mid + 1
-    return text[: min(cuts)], "stop", lo
-
-
-# ------------------------------------------------------------------------------------ log-probabilities
-def token_text(tokenizer: Tokenizer, token_id: int) -> str:
-    """How a token is named in ``logprobs``: its UTF-8 text, or ``bytes:\\xNN...`` when it is not valid UTF-8 alone.
-
-    Example:
-        >>> from rlfl.tokenizer import byte_tokenizer
-        >>> tok = byte_tokenizer()
-        >>> token_text(tok, tok.encode("A")[0]), token_text(tok, 0xE2), token_text(tok, tok.eot_id)
-        ('A', 'bytes:\\\\xe2', '<|endoftext|>')
-    """
-    raw = tokenizer.decode_bytes([token_id])
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
-
-
-@torch.no_grad()
-def _text_offsets(tokenizer: Tokenizer, ids: list[int], base: int) -> list[int]:
-    """Character offset of each token in the decoded text, counted from ``base``."""
-    out, acc = [], b""
-    for t in ids:
-        out.append(base + len(acc.decode("utf-8", errors="replace")))
-        acc += tokenizer.decode_bytes([t])
-    return out
-
-
-def _logprobs_arg(body: dict[str, Any], limit: int) -> int | None:
-    k = body.get("logprobs")
-    if k is None or k is False:
-        return None
-    if not is_int(k) or not 0 <= k <= limit:
-        raise RequestError(f"'logprobs' must be an integer in [0, {limit}] (top tokens listed per position), "
-                           f"got {json.dumps(k)}", "logprobs")
-    return k
-
-
-# ------------------------------------------------------------------------------------ HTTP
 class _App:
     """What the handlers share: the engine, the tokenizer and the response builders."""
 
@@ -365,99 +191,104 @@ class _App:
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "model": self.model_name, "context": self.block_size, **self.engine.stats()}
 
-    def _run(self, prompts: list[list[int]], config: SamplingConfig, n: int) -> list[Completion]:
-        rows = [p for p in prompts for _ in range(n)]
-        if len(rows) > MAX_ROWS_PER_REQUEST:
-            raise RequestError(f"{len(prompts)} prompts x n={n} = {len(rows)} completions; one request may ask for "
-                               f"at most {MAX_ROWS_PER_REQUEST}, split it", "n")
-        try:
-            return self.engine.submit(rows, config)
-        except GenerationError as exc:
-            raise RequestError(str(exc), status=exc.status, kind="server_error") from exc
-
-    def completions(self, body: Any) -> dict[str, Any]:
-        body = _check_fields(body, "/v1/completions", ("prompt", "logprobs", "echo"))
+    # -- requests ---------------------------------------------------------------------------------------
+    def completions(self, body: Any) -> dict[str, Any] | _Producer:
+        body = check_fields(body, "/v1/completions", ("prompt", "logprobs", "echo"))
         prompt = body.get("prompt")
         texts = [prompt] if isinstance(prompt, str) else prompt
         if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
             raise RequestError("'prompt' must be a string or a non-empty list of strings", "prompt")
-        config, stops, n = _sampling(body, self.tokenizer, 16, self.limit)
-        top = _logprobs_arg(body, self.max_logprobs)
+        config, stops, n = sampling_args(body, self.tokenizer, 16, self.limit)
+        top = logprobs_arg(body, self.max_logprobs)
         echo = body.get("echo")
         if echo not in (None, False, True):
             raise RequestError(f"'echo' must be true or false, got {json.dumps(echo)}", "echo")
-        ids = [self.tokenizer.encode(t) or [self.tokenizer.eot_id] for t in texts]  # "" starts a fresh document
+        ids = self.tokenizer.encode_prompts(texts)  # bos in front where the tokenizer adds one; "" starts a document
         for p in ids:
-            _check_room(p, self.block_size, "prompt")
-        results = self._run(ids, config, n)
-        choices, counts = self._choices(results, stops, lambda text: {"text": text})
-        rows = [i for i in range(len(ids)) for _ in range(n)]  # the prompt of each choice
-        if echo:
-            for choice, i in zip(choices, rows):
-                choice["text"] = texts[i] + choice["text"]
-        if top is not None:
-            logprobs = self._logprobs([ids[i] for i in rows], [texts[i] for i in rows], results, counts, top, bool(echo))
-            for choice, lp in zip(choices, logprobs):
-                choice["logprobs"] = lp
-        return self._response("cmpl", "text_completion", choices, sum(map(len, ids)), sum(counts))
+            check_room(p, self.block_size, "prompt")
+        return self._answer(Request(False, ids, texts, config, stops, n, top, bool(echo), *stream_args(body)))
 
-    def _logprobs(self, prompts: list[list[int]], texts: list[str], results: list[Completion], counts: list[int],
-                  top: int, echo: bool) -> list[dict[str, Any]]:
-        """OpenAI's legacy logprobs object of each choice (see the module docstring)."""
-        tok = self.tokenizer
-        # the tokens each choice reports: those its text (and usage) counted, the stop token included
-        reported = [(c.tokens + [-1] if c.stopped else c.tokens)[:k] for c, k in zip(results, counts)]
-        seqs = [p + r[:-1] for p, r in zip(prompts, reported)]  # the last token is predicted, never fed
-        starts = [0 if echo else len(p) - 1 for p in prompts]
-        stops = list(stop_token_ids(tok))
-        out: list[dict[str, Any]] = [{} for _ in seqs]
-        with self._logprob_lock:
-            for i, lp in position_logprobs(self.model, seqs, starts, pad_id=tok.pad_id, batch_size=self.max_batch_size):
-                lp = lp.cpu()
-                targets = (prompts[i][1:] if echo else []) + reported[i]
-                if targets[-1] == -1:  # the stop token: the engine says that one ended the row, not which
-                    targets[-1] = stops[int(lp[-1, stops].argmax())]
-                chosen = lp.gather(1, torch.tensor(targets)[:, None])[:, 0].tolist()
-                k = min(top, lp.shape[1])
-                values, ids = lp.topk(k, dim=-1) if k else (lp[:, :0], lp[:, :0].long())
-                tops = [{token_text(tok, t): v for t, v in zip(row_ids, row_vals)}
-                        for row_ids, row_vals in zip(ids.tolist(), values.tolist())]
-                tokens = (prompts[i][:1] if echo else []) + targets
-                base = 0 if echo else len(texts[i])
-                out[i] = {"tokens": [token_text(tok, t) for t in tokens],
-                          "token_logprobs": ([None] if echo else []) + chosen,
-                          "top_logprobs": ([None] if echo else []) + tops,
-                          "text_offset": _text_offsets(tok, tokens, base)}
-        return out
-
-    def chat(self, body: Any) -> dict[str, Any]:
-        body = _check_fields(body, "/v1/chat/completions", ("messages", "max_completion_tokens"))
+    def chat(self, body: Any) -> dict[str, Any] | _Producer:
+        body = check_fields(body, "/v1/chat/completions",
+                            ("messages", "max_completion_tokens", "logprobs", "top_logprobs"))
         if body.get("max_completion_tokens") is not None:  # OpenAI's newer name for max_tokens
             body = {**body, "max_tokens": body["max_completion_tokens"]}
         try:
             ids = chat_prompt(self.tokenizer, body.get("messages"))
         except ValueError as exc:
             raise RequestError(str(exc), "messages") from None
-        _check_room(ids, self.block_size, "messages")
-        config, stops, n = _sampling(body, self.tokenizer, self.limit, self.limit)
-        choices, counts = self._choices(self._run([ids], config, n), stops,
-                                        lambda text: {"message": {"role": "assistant", "content": text}})
-        return self._response("chatcmpl", "chat.completion", choices, len(ids), sum(counts))
+        check_room(ids, self.block_size, "messages")
+        config, stops, n = sampling_args(body, self.tokenizer, self.limit, self.limit)
+        top = chat_logprobs_arg(body, self.max_logprobs)
+        return self._answer(Request(True, [ids], [""], config, stops, n, top, False, *stream_args(body)))
 
-    def _choices(self, results: list[Completion], stops: list[str], shape: Callable[[str], dict]) -> tuple[list, list[int]]:
-        """OpenAI's choices (the text placed by ``shape``) and the completion tokens each used."""
-        choices, counts = [], []
-        for i, c in enumerate(results):
-            text, reason, k = _finish(self.tokenizer, c, stops)
-            choices.append({"index": i, **shape(text), "logprobs": None, "finish_reason": reason})
-            counts.append(k)
-        return choices, counts
+    def _answer(self, req: Request) -> dict[str, Any] | _Producer:
+        """The whole answer, or (``stream``) the function that streams it; every check has passed by now."""
+        rows = len(req.prompts) * req.n
+        if rows > MAX_ROWS_PER_REQUEST:
+            raise RequestError(f"{len(req.prompts)} prompts x n={req.n} = {rows} completions; one request may ask "
+                               f"for at most {MAX_ROWS_PER_REQUEST}, split it", "n")
+        if req.stream:
+            return lambda send: self._stream(req, send)
+        try:
+            results = self.engine.submit([req.prompts[i] for i in req.rows], req.config)
+        except GenerationError as exc:
+            raise RequestError(str(exc), status=exc.status, kind="server_error") from exc
+        ends = [finish(self.tokenizer, c, req.stops) for c in results]
+        counts = [k for _, _, k in ends]
+        logprobs = None
+        if req.top is not None:
+            with self._logprob_lock:
+                logprobs = answer_logprobs(self.model, self.tokenizer, req, results, counts,
+                                           batch_size=self.max_batch_size)
+        choices = []
+        for i, ((text, reason, _), p) in enumerate(zip(ends, req.rows)):
+            choice: dict[str, Any] = {"index": i}
+            if req.chat:
+                choice["message"] = {"role": "assistant", "content": text}
+            else:
+                choice["text"] = req.texts[p] + text if req.echo else text
+            choice["logprobs"] = None if logprobs is None else self._logprobs_json(req, logprobs[i], p)
+            choices.append({**choice, "finish_reason": reason})
+        return {**req.head(chunk=False), "model": self.model_name, "choices": choices, "usage": req.usage(counts)}
 
-    def _response(self, prefix: str, obj: str, choices: list, prompt_tokens: int, completion_tokens: int) -> dict:
-        return {"id": f"{prefix}-{uuid.uuid4().hex}", "object": obj, "created": int(time.time()),
-                "model": self.model_name, "choices": choices,
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens}}
+    def _logprobs_json(self, req: Request, entries: list[TokenLogprob], prompt: int, before: bytes = b"") -> dict:
+        base = 0 if req.echo else len(req.texts[prompt])
+        return logprobs_json(self.tokenizer, entries, chat=req.chat, base=base, before=before)
+
+    def _stream(self, req: Request, send: Callable[[dict[str, Any]], None]) -> None:
+        """Generate ``req``'s choices and send them as chunks (see "Streaming" in the module docstring)."""
+        tok = self.tokenizer
+        head = {**req.head(chunk=True), "model": self.model_name, **({"usage": None} if req.include_usage else {})}
+        choices = [ChoiceStream(tok, req.stops, stop_token_ids(tok), with_stop_token=not req.chat) for _ in req.rows]
+        listed = [b""] * len(choices)  # the bytes of the tokens each choice's logprobs listed so far
+
+        def emit(i: int, piece: Piece) -> None:
+            choice: dict[str, Any] = {"index": i}
+            if req.chat:
+                choice["delta"] = {"content": piece.text} if piece.text or piece.finish_reason is None else {}
+            else:
+                choice["text"] = piece.text
+            choice["logprobs"] = None
+            if req.top is not None:
+                choice["logprobs"] = self._logprobs_json(req, piece.entries, req.rows[i], before=listed[i])
+                listed[i] += tok.decode_bytes([e.token for e in piece.entries])
+            send({**head, "choices": [{**choice, "finish_reason": piece.finish_reason}]})
+
+        for i, p in enumerate(req.rows):  # the role first (chat), or the prompt (echo)
+            if req.chat:
+                send({**head, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                           "logprobs": None, "finish_reason": None}]})
+            elif req.echo:
+                with self._logprob_lock:
+                    entries = prompt_logprobs(self.model, tok, req.prompts[p], req.top)
+                emit(i, Piece(req.texts[p], entries, None))
+        try:
+            stream_rows(self.engine, [req.prompts[p] for p in req.rows], req.config, choices, req.top, emit)
+        except GenerationError as exc:
+            raise RequestError(str(exc), status=exc.status, kind="server_error") from exc
+        if req.include_usage:
+            send({**head, "choices": [], "usage": req.usage([c.result[1] for c in choices])})  # type: ignore[index]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -465,7 +296,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "rlfl-serve"
     app: _App  # set on the per-server subclass
 
-    def _routes(self) -> dict[str, dict[str, Callable[[], dict[str, Any]]]]:
+    def _routes(self) -> dict[str, dict[str, Callable[[], dict[str, Any] | _Producer]]]:
         app = self.app
         return {
             "/v1/models": {"GET": app.models},
@@ -508,14 +339,20 @@ class _Handler(BaseHTTPRequestHandler):
             if method not in methods:
                 self.close_connection = True  # the body (if any) stays unread
                 raise RequestError(f"{method} is not allowed on {path}; use {', '.join(methods)}", status=405)
-            self._send(200, methods[method]())
+            answer = methods[method]()
         except RequestError as exc:
             if exc.status >= 500:
                 log.warning("%s %s -> %d: %s", method, path, exc.status, exc.message)
             self._send(exc.status, exc.body(), allow=", ".join(methods) if exc.status == 405 else None)
+            return
         except Exception as exc:  # a bug in our code: answer 500 rather than drop the connection
             log.exception("%s %s failed", method, path)
             self._send(500, RequestError(f"internal error: {exc}", status=500, kind="server_error").body())
+            return
+        if isinstance(answer, dict):
+            self._send(200, answer)
+        else:
+            self._send_events(answer, path)
 
     def _check_api_key(self) -> None:
         key = self.app.api_key
@@ -541,6 +378,50 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _send_events(self, produce: _Producer, path: str) -> None:
+        """Answer 200 with server-sent events: ``data: {chunk}`` per chunk ``produce`` sends, then ``data: [DONE]``.
+
+        The body goes out in HTTP/1.1 chunked encoding, so the connection stays reusable. A client that leaves
+        mid-stream makes the next write fail; the error leaves ``produce`` through `stream_rows`, which ends
+        the request's rows at their next step, and is logged as one line, not a traceback. A failure after the
+        headers went out (generation failed, or a bug of ours) can only be told in the stream: an ``error``
+        event (the openai package raises it).
+        """
+        chunked = self.request_version != "HTTP/1.0"
+        self.close_connection = self.close_connection or not chunked
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Transfer-Encoding" if chunked else "Connection", "chunked" if chunked else "close")
+        self.end_headers()
+
+        def write(data: bytes) -> None:
+            self.wfile.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
+
+        def event(obj: dict[str, Any]) -> None:
+            write(b"data: " + json.dumps(obj).encode("utf-8") + b"\n\n")
+
+        try:
+            try:
+                produce(event)
+                write(b"data: [DONE]\n\n")
+            except (ConnectionError, TimeoutError):
+                raise
+            except RequestError as exc:  # generation failed (already logged by the worker) or the server stops
+                log.warning("POST %s -> %d mid-stream: %s", path, exc.status, exc.message)
+                self.close_connection = True
+                event(exc.body())
+            except Exception as exc:  # a bug in our code
+                log.exception("POST %s failed mid-stream", path)
+                self.close_connection = True
+                event(RequestError(f"internal error: {exc}", status=500, kind="server_error").body())
+            if chunked:
+                write(b"")  # the last chunk
+        except (ConnectionError, TimeoutError) as exc:
+            self.close_connection = True
+            log.info("%s: client left mid-stream (%s); generation stopped", self.address_string(),
+                     type(exc).__name__)
+
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         self._dispatch("GET")
 
@@ -558,80 +439,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's signature
         log.debug("%s %s", self.address_string(), format % args)
-
-
-class _Server(ThreadingHTTPServer):
-    """The HTTP server of `rlfl serve` and `rlfl label serve`: a thread per connection, each with a read timeout.
-
-    Without the timeout a client that sends half a request (or opens a connection and says nothing) holds a
-    thread for ever, and a few hundred such connections exhaust the process; with it the connection is closed
-    after ``read_timeout`` silent seconds and the thread ends.
-    """
-
-    daemon_threads = True
-    request_queue_size = 128  # the listen backlog; socketserver's 5 resets a burst of concurrent clients
-
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], *,
-                 read_timeout: float = READ_TIMEOUT) -> None:
-        self.read_timeout = read_timeout
-        super().__init__(address, handler)
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        conn, addr = super().get_request()
-        conn.settimeout(self.read_timeout)  # the handler's reads raise TimeoutError after that long
-        return conn, addr
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        exc = sys.exc_info()[1]
-        if isinstance(exc, (TimeoutError, ConnectionError)):  # a slow or vanished client, not a bug of ours
-            log.info("%s: connection closed (%s)", client_address[0], type(exc).__name__)
-            return
-        super().handle_error(request, client_address)
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-class BackgroundServer:
-    """An HTTP server answering on a daemon thread: ``url``, ``port``, ``wait()``, ``shutdown()``, a context manager.
-
-    The base of `RunningServer` and of the labelling page's server; a subclass releases its own resources in
-    ``_close`` (called once, after the socket is closed).
-    """
-
-    def __init__(self, httpd: ThreadingHTTPServer, host: str, *, name: str, description: str, path: str = "") -> None:
-        self._httpd = httpd
-        self.description = description  # for the log line: "stopped <description> at <url>"
-        self.host = host
-        self.port: int = httpd.server_address[1]
-        self.url = f"http://{f'[{host}]' if ':' in host else host}:{self.port}{path}"
-        self._stopped = False
-        self._thread = threading.Thread(target=httpd.serve_forever, name=name, daemon=True)
-        self._thread.start()
-
-    def wait(self, timeout: float | None = None) -> None:
-        """Block until the server stops (or ``timeout`` seconds pass)."""
-        self._thread.join(timeout)
-
-    def _close(self) -> None:
-        """Release what the subclass holds beyond the socket."""
-
-    def shutdown(self) -> None:
-        """Stop accepting requests, close the socket and what the server holds; safe to call twice."""
-        if self._stopped:
-            return
-        self._stopped = True
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._close()
-        log.info("stopped %s at %s", self.description, self.url)
-
-    def __enter__(self) -> "BackgroundServer":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.shutdown()
 
 
 class RunningServer(BackgroundServer):
@@ -667,17 +474,6 @@ def start_server(config: ServeConfig, *, checkpoint: Checkpoint | None = None) -
     log.info("serving %s (context %d tokens) at %s/v1 (batches of up to %d, waiting %g ms)",
              app.model_name, app.block_size, server.url, config.max_batch_size, config.batch_wait_ms)
     return server
-
-
-def run_until_interrupted(server: Any) -> None:
-    """Block until Ctrl-C, then shut ``server`` down (anything with ``wait(timeout)`` and ``shutdown()``)."""
-    try:
-        while True:
-            server.wait(1.0)  # short joins so Ctrl-C reaches the main thread promptly
-    except KeyboardInterrupt:
-        log.info("interrupted")
-    finally:
-        server.shutdown()
 
 
 def serve(config: ServeConfig) -> None:

@@ -10,7 +10,7 @@ import urllib.request
 import pytest
 from conftest import printable_checkpoint
 
-from rlfl.batching import BatchingEngine, GenerationError, sampling_config
+from rlfl.batching import BatchingEngine, GenerationError, sampling_config, stop_token_ids
 from rlfl.chat_template import chat_prompt
 from rlfl.checkpoint import load_checkpoint
 from rlfl.generate import SamplingConfig, generate
@@ -147,12 +147,16 @@ def test_bad_chat_messages_and_too_long_prompt(server):
     assert body["choices"][0]["finish_reason"] in ("stop", "length") and body["usage"]["completion_tokens"] <= 3
 
 
-def test_harmless_openai_fields_are_accepted_and_streaming_refused(server):
+def test_harmless_openai_fields_are_accepted_and_stream_fields_checked(server):
     body = complete(server, "x", model="whatever", user="u1", stream=False, max_tokens=2, logprobs=None,
                     presence_penalty=0, frequency_penalty=0)
     assert len(body["choices"]) == 1
-    status, body, _ = call(server, "/v1/completions", {"prompt": "x", "stream": True})
-    assert status == 400 and body["error"]["param"] == "stream" and "streaming is not supported" in body["error"]["message"]
+    status, body, _ = call(server, "/v1/completions", {"prompt": "x", "stream": "yes"})
+    assert status == 400 and body["error"]["param"] == "stream" and "true or false" in body["error"]["message"]
+    for options, why in (({"include_usage": True}, "only allowed with"), ({"include_usage": 1}, "true/false")):
+        status, body, _ = call(server, "/v1/completions", {"prompt": "x", "stream": why == "true/false",
+                                                           "stream_options": options})
+        assert status == 400 and body["error"]["param"] == "stream_options" and why in body["error"]["message"]
 
 
 def test_unknown_path_and_wrong_method(server):
@@ -239,6 +243,89 @@ def test_failing_generation_does_not_kill_the_worker(ref):
         engine.submit([[1, 2]], SamplingConfig(max_new_tokens=3, greedy=True))
 
 
+# ------------------------------------------------------------------------------------ on_tokens (streaming)
+class Recorder:
+    """An ``on_tokens`` callback that records each row's tokens and whether the logits picked them (greedy), and
+    ends a row by returning False (or raising) after ``leave_after`` tokens."""
+
+    def __init__(self, leave_after: int | None = None, raise_on_leave: bool = False) -> None:
+        self.tokens: dict[int, list[int]] = {}
+        self.argmax_agrees = True
+        self.leave_after, self.raise_on_leave = leave_after, raise_on_leave
+
+    def __call__(self, row: int, token: int, logits) -> bool:
+        self.tokens.setdefault(row, []).append(token)
+        self.argmax_agrees &= int(logits.argmax()) == token
+        if self.leave_after is not None and len(self.tokens[row]) >= self.leave_after:
+            if self.raise_on_leave:
+                raise ConnectionResetError("client gone")
+            return False
+        return True
+
+
+def _greedy(ref, n: int) -> SamplingConfig:
+    return sampling_config(ref.tokenizer, max_new_tokens=n, temperature=0)
+
+
+def test_on_tokens_sees_every_token_as_chosen_and_changes_no_result(ref):
+    tok = ref.tokenizer
+    prompts, config = [tok.encode("The movie"), tok.encode("It was")], _greedy(ref, 10)
+    engine = BatchingEngine(ref.model, pad_id=tok.pad_id, max_batch_size=4, batch_wait_ms=0)
+    try:
+        plain = engine.submit(prompts, config)
+        seen = Recorder()
+        streamed = engine.submit(prompts, config, on_tokens=seen)
+        seeded = sampling_config(tok, max_new_tokens=10, temperature=1.5, seed=5)
+        assert engine.submit(prompts * 2, seeded, on_tokens=Recorder()) == engine.submit(prompts * 2, seeded)
+    finally:
+        engine.close()
+    assert streamed == plain and len(plain[0].tokens) > 3
+    for i, c in enumerate(plain):  # every token, the stop token too, and nothing after it
+        assert seen.tokens[i][: len(c.tokens)] == c.tokens and len(seen.tokens[i]) == len(c.tokens) + c.stopped
+        assert not c.stopped or seen.tokens[i][-1] in stop_token_ids(tok)
+    assert seen.argmax_agrees  # each row got its own logits row, the one its token was picked from
+
+
+def test_two_streamed_jobs_share_a_batch_and_a_row_that_leaves_spares_the_other(ref):
+    tok = ref.tokenizer
+    engine = BatchingEngine(ref.model, pad_id=tok.pad_id, max_batch_size=2, batch_wait_ms=10_000)
+    stays, leaves = Recorder(), Recorder(leave_after=3)
+    try:
+        out = _concurrently(lambda job: engine.submit(*job), [
+            ([tok.encode("Hello")], _greedy(ref, 40), None, stays),
+            ([tok.encode("A long prompt")], _greedy(ref, 60), None, leaves)])
+        stats = engine.stats()
+    finally:
+        engine.close()
+    [kept], [left] = out
+    assert (stats["requests"], stats["generate_calls"], stats["batched_calls"], stats["max_rows_per_call"]) == (
+        2, 1, 1, 2)  # one batch, one generate call
+    assert leaves.tokens == {0: left.tokens} and len(left.tokens) == 3 and not left.stopped  # no calls after False
+    text, reason = direct(ref, tok.encode("Hello"), 40, temperature=0)
+    assert tok.decode(kept.tokens) == text and reason == "length" and len(stays.tokens[0]) == 40
+
+
+def test_an_exception_in_on_tokens_is_raised_by_submit_and_spares_the_batch(ref):
+    tok = ref.tokenizer
+    engine = BatchingEngine(ref.model, pad_id=tok.pad_id, max_batch_size=2, batch_wait_ms=10_000)
+
+    def submit(job):
+        try:
+            return engine.submit(*job)
+        except ConnectionResetError as exc:
+            return exc
+
+    try:
+        fails, ok = _concurrently(submit, [([tok.encode("Hi")], _greedy(ref, 30), None,
+                                            Recorder(leave_after=2, raise_on_leave=True)),
+                                           ([tok.encode("Hey")], _greedy(ref, 30), None, Recorder())])
+        assert engine.stats()["batched_calls"] == 1 and engine.stats()["errors"] == 0
+    finally:
+        engine.close()
+    assert isinstance(fails, ConnectionResetError) and "client gone" in str(fails)
+    assert (tok.decode(ok[0].tokens), "length") == direct(ref, tok.encode("Hey"), 30, temperature=0)
+
+
 def test_public_bind_needs_allow_public(ckpt_dir):
     with pytest.raises(ValueError, match="--allow-public") as err:
         ServeConfig(checkpoint=str(ckpt_dir), host="0.0.0.0")
@@ -318,9 +405,10 @@ def test_logprobs_count_what_the_text_counts_after_a_stop_string(server):
 def test_bad_logprobs_and_echo_are_400(server, field, value):
     status, body, _ = call(server, "/v1/completions", {"prompt": "x", field: value})
     assert status == 400 and body["error"]["param"] == field, body
-    status, body, _ = call(server, "/v1/chat/completions", {"messages": [{"role": "user", "content": "x"}],
-                                                            "logprobs": True})
-    assert status == 400 and body["error"]["param"] == "logprobs"  # chat logprobs: not offered
+    chat = {"messages": [{"role": "user", "content": "x"}]}
+    for wrong in ({"logprobs": 5}, {"logprobs": True, "top_logprobs": 21}, {"top_logprobs": 2}):
+        status, body, _ = call(server, "/v1/chat/completions", {**chat, **wrong})
+        assert status == 400 and body["error"]["param"] == list(wrong)[-1], (wrong, body)
     with pytest.raises(ValueError, match="max_logprobs"):
         ServeConfig(checkpoint="x", max_logprobs=-1)
 

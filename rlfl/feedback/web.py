@@ -58,7 +58,7 @@ from rlfl.feedback.page import render_page
 from rlfl.feedback.store import ORDERS, Label, LabelStore, check_annotator, open_label_store
 
 # The HTTP server classes of `rlfl serve` (threaded, daemon threads, a deep listen backlog, IPv6 aware).
-from rlfl.serve import (
+from rlfl.serve_http import (
     BackgroundServer,
     READ_TIMEOUT,
     _Server,
