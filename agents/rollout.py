@@ -61,7 +61,7 @@ class CachedActor:
         self.min_new_tokens = int(min_new_tokens)
         self.stop_ids = torch.tensor(sorted(stop_tokens), dtype=torch.long, device=device)
         # the cache holds keys/values in the dtype attention reads them in: the forwards' (autocast) dtype
-        # on a GPU, float32 on a CPU, whose attention computes in float32 (rlfl.model._masked_attention_cpu)
+        # on a GPU, float32 on a CPU, whose attention computes in float32 (rlfl.attention._masked_attention_cpu)
         with autocast():
             dtype = torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
         if dtype is None or device.type == "cpu":

@@ -85,7 +85,8 @@ class PPOConfig(PPOSettings):
     """`rlfl ppo`: which policy to fine-tune, in which env, against which reward, and how (the `PPOSettings`)."""
 
     algorithm: ClassVar[type[PPO]] = PPO  # what trains: GRPOConfig and RLOOConfig name theirs
-    init_from: str = field(default="runs/sft", metadata={"help": "policy checkpoint directory to start from (any stage)"})
+    init_from: str = field(default="runs/sft", metadata={
+        "help": "policy checkpoint directory to start from (any stage), or hf:DIR (a local Hugging Face folder)"})
     env_id: str = field(default="rlfl/SyntheticReviews-v0", metadata={"help": "registered text env id"})
     reward: str | None = field(default=None, metadata={
         "help": "reward-model checkpoint directory (`rlfl reward train`); default: the env's own reward"})

@@ -75,7 +75,7 @@ ENV_OPTIONS = ("max_new_tokens", "max_prompt_tokens", "stop_tokens", "min_new_to
 @lru_cache(maxsize=8)
 def _load_tokenizer(spec: str) -> Any:
     # Cached: a GPT-2 tokenizer takes a second to build, and a run makes many envs from one spec.
-    from rlfl.tokenizer import load_tokenizer
+    from rlfl.tokenizer_spec import load_tokenizer
 
     return load_tokenizer(spec)
 
@@ -128,7 +128,7 @@ def build_reward_env(*, reward: Any, prompts: Any, tokenizer: Any = "bytes", gol
 
     ``reward`` and ``gold`` are anything `as_reward_source` accepts (callable, source, checkpoint path);
     ``prompts`` a list of strings or a prompt source; ``tokenizer`` a spec for
-    `rlfl.tokenizer.load_tokenizer` or a Tokenizer; ``options`` the env's keyword arguments
+    `rlfl.tokenizer_spec.load_tokenizer` or a Tokenizer; ``options`` the env's keyword arguments
     (``max_new_tokens``, ``max_prompt_tokens``, ``stop_tokens``, ``min_new_tokens``, ``chat_template``,
     ``reward_shaping``, ``render_mode``). ``env_id`` only names the env in error messages. The env gets a ``gold_judge``
     attribute (a reward source, or None).

@@ -57,7 +57,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from rlfl.chat_template import END, chat_prompt, end_token
+from rlfl.chat_template import chat_prompt, stop_tokens
 from rlfl.envs.prompts import PromptList
 from rlfl.envs.rewards import as_reward_source, check_scores
 from rlfl.tokenizer import Tokenizer
@@ -74,11 +74,9 @@ RENDER_MODES = ("ansi", "human")
 
 # ---------------------------------------------------------------------------------------------- helpers
 def default_stop_tokens(tokenizer: Tokenizer) -> list[int]:
-    """``<|endoftext|>`` and, when the tokenizer has it, the chat template's ``<|end|>``."""
-    stops = [tokenizer.eot_id]
-    if END in tokenizer.special_tokens:
-        stops.append(end_token(tokenizer))
-    return stops
+    """The end-of-text token and, for a tokenizer that can chat, its end-of-turn token (see
+    `rlfl.chat_template.stop_tokens`)."""
+    return list(stop_tokens(tokenizer))
 
 
 def _short(text: str) -> str:
@@ -127,10 +125,7 @@ class PromptPool:
             if not isinstance(t, str):
                 raise ValueError(f"prompts[{i}]: expected a string, got {type(t).__name__}")
         self.texts = texts
-        if chat_template:
-            encoded = [self._encode(t) for t in texts]
-        else:
-            encoded = [ids or [tokenizer.eot_id] for ids in tokenizer.encode_batch(texts)]
+        encoded = [self._encode(t) for t in texts] if chat_template else tokenizer.encode_prompts(texts)
         self.ids, self.lengths, cut = self._pad(encoded)
         if cut.size:
             i = int(cut[0])
@@ -143,7 +138,7 @@ class PromptPool:
     def _encode(self, text: str) -> list[int]:
         if self.chat_template:
             return chat_prompt(self.tokenizer, [{"role": "user", "content": text}])
-        return self.tokenizer.encode(text) or [self.tokenizer.eot_id]
+        return self.tokenizer.encode_prompt(text)
 
     def _pad(self, encoded: list[list[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(M, P) left-padded ids, (M,) kept lengths, and the indices of prompts that were cut."""
@@ -451,8 +446,8 @@ class TextGenerationEnv(EpisodeFacts, gymnasium.Env):
     Episode options (keywords, validated by `EpisodeBatch`; the vector env takes the same):
         max_new_tokens: the episode is truncated after this many tokens (default 32).
         max_prompt_tokens: longer prompts are left-truncated, with a warning (default 32).
-        max_prompt_tokens: longer prompts are left-truncated (with a warning).
-        stop_tokens: token ids that end the episode (default ``<|endoftext|>`` and ``<|end|>``); an empty
+        stop_tokens: token ids that end the episode (default `default_stop_tokens`: ``<|endoftext|>`` and
+            ``<|end|>``, or a Hugging Face tokenizer's eos and end-of-turn token); an empty
             list: none, every episode runs exactly ``max_new_tokens`` tokens (fixed-length episodes).
         min_new_tokens: a stop token among the first ``min_new_tokens`` tokens does not end the episode (it
             stays in the completion as an ordinary token), so no completion ends shorter; default 0.

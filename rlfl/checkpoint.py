@@ -40,7 +40,8 @@ from safetensors.torch import load_file, save_file
 
 from rlfl.device import pick_device
 from rlfl.files import atomic_write_bytes, read_json
-from rlfl.model import GPT, GPTConfig
+from rlfl.hf_models import hf_folder, load_hf_parts, read_hf_config
+from rlfl.model import GPT, GPTConfig, trunk, unwrap
 from rlfl.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -89,33 +90,11 @@ def _move_into_place(staging: Path, directory: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module under DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
-
-
-def trunk(model: torch.nn.Module) -> GPT:
-    """The GPT inside ``model``: the model itself, or the ``.gpt`` of a GPT-plus-heads module.
-
-    Stages whose network is a GPT with extra heads (a reward model's scalar head, PPO's value head) wrap
-    it as a module with a ``gpt`` attribute; every other parameter of that module is a "head" and is stored
-    in the same ``model.safetensors`` under ``heads.``, so there is still one checkpoint format.
-    """
-    core = unwrap(model)
-    if isinstance(core, GPT):
-        return core
-    gpt = getattr(core, "gpt", None)
-    if not isinstance(gpt, GPT):
-        raise TypeError(f"{type(core).__name__} is neither a GPT nor a module with a .gpt trunk")
-    return gpt
-
-
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     core, gpt = unwrap(model), trunk(model)
     state = dict(gpt.state_dict())
-    # the LM head shares its tensor with the token embedding; safetensors refuses shared storage
-    state.pop("lm_head.weight", None)
+    if gpt.config.tie_embeddings:  # the LM head shares its tensor with the token embedding; safetensors refuses
+        state.pop("lm_head.weight", None)  # shared storage (an untied head is a tensor of its own and is kept)
     if core is not gpt:
         state.update({f"heads.{k}": v for k, v in core.state_dict().items() if not k.startswith("gpt.")})
     return {k: v.detach().contiguous().cpu() for k, v in state.items()}
@@ -164,6 +143,10 @@ def save_checkpoint(
         "parent": parent,
         **(extra or {}),
     }
+    from rlfl.lora import lora_record  # LoRA adapters: record them, so load_checkpoint rebuilds the layers
+
+    if (lora := lora_record(model)) is not None:
+        config["lora"] = lora
     save_file(_weights(model), str(staging / WEIGHTS_FILE), metadata={"step": str(int(step)), "stage": stage})
     tokenizer.save(staging)
     if trainer_state is not None:
@@ -185,13 +168,19 @@ def _reason(exc: BaseException) -> str:
 
 
 def is_checkpoint(directory: str | Path) -> bool:
-    """True when ``directory`` holds an rlfl checkpoint (possibly one mid-save)."""
+    """True when ``directory`` holds an rlfl checkpoint (possibly one mid-save), or is ``hf:PATH`` of a folder
+    with a config.json (a Hugging Face model, see `load_checkpoint`)."""
+    if (folder := hf_folder(directory)) is not None:
+        return (folder / CONFIG_FILE).is_file()
     d = Path(directory)
     return (d / CONFIG_FILE).is_file() or (d / STAGING / COMMITTED).is_file()
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
-    """The ``config.json`` of a checkpoint, with a clear error when it is not one."""
+    """The ``config.json`` of a checkpoint, with a clear error when it is not one (for ``hf:PATH``, the config a
+    checkpoint of that Hugging Face model would have)."""
+    if (folder := hf_folder(directory)) is not None:
+        return read_hf_config(folder)
     d = Path(directory)
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: checkpoint directory not found; pass a directory written by rlfl pretrain/sft")
@@ -202,10 +191,24 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     return read_json(path, fix="the checkpoint is corrupt: rerun the stage that wrote it, or restore it from a copy")
 
 
+def parent_spec(init_from: str | os.PathLike) -> str:
+    """How a checkpoint records the checkpoint it started from: an ``hf:PATH`` spec as given, a directory as its
+    absolute path."""
+    return os.fspath(init_from) if hf_folder(init_from) is not None else str(Path(init_from).resolve())
+
+
 def load_checkpoint(
     directory: str | Path, *, device: str | torch.device = "cpu", with_state: bool = False
 ) -> Checkpoint:
-    """Open any stage's checkpoint directory: model (eval mode), tokenizer, config, optional trainer state."""
+    """Open any stage's checkpoint directory: model (eval mode), tokenizer, config, optional trainer state.
+
+    ``hf:PATH`` opens a local Hugging Face folder instead (GPT-2, Llama, Qwen2/2.5/3, SmolLM2: config.json,
+    safetensors weights and tokenizer.json; `rlfl.hf_models`), so every stage's ``--init-from`` takes one. It
+    has no trainer state and its config's stage is "hf".
+    """
+    if (folder := hf_folder(directory)) is not None:
+        model, tokenizer, config = load_hf_parts(folder)
+        return Checkpoint(model=model.to(pick_device(device)).eval(), tokenizer=tokenizer, config=config, path=folder)
     d = Path(directory)
     config = read_config(d)
     from rlfl.tokenizer import Tokenizer as _Tok
@@ -222,6 +225,10 @@ def load_checkpoint(
     except (KeyError, TypeError) as exc:
         raise ValueError(f"{d / CONFIG_FILE}: its 'model' field does not describe a model ({type(exc).__name__}: "
                          f"{exc}); the checkpoint is corrupt") from None
+    if config.get("lora") is not None:  # a LoRA stage's adapters, stored beside the base weights
+        from rlfl.lora import apply_lora_record
+
+        apply_lora_record(model, config["lora"], source=str(d / CONFIG_FILE))
     weights_path = d / WEIGHTS_FILE
     if not weights_path.is_file():
         raise FileNotFoundError(f"{weights_path}: missing; the checkpoint is incomplete")
@@ -236,7 +243,8 @@ def load_checkpoint(
                          "use an earlier checkpoint, or rerun with a lower --lr")
     heads = {k[len("heads."):]: state.pop(k) for k in list(state) if k.startswith("heads.")}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k != "lm_head.weight"]
+    if model.config.tie_embeddings:
+        missing = [k for k in missing if k != "lm_head.weight"]
     if missing or unexpected:
         raise ValueError(f"{weights_path}: weights do not fit the model config (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]}); the checkpoint is corrupt")

@@ -86,6 +86,17 @@ class SampleArgs:
     device: str = field(default="cpu", metadata={"help": "cpu | cuda"})
 
 
+@dataclass
+class ExportArgs:
+    """`rlfl export`: write a checkpoint as a Hugging Face model folder."""
+
+    checkpoint: str = field(default="runs/sft", metadata={"help": "checkpoint directory of any stage (or hf:DIR)"})
+    format: str = field(default="hf", metadata={
+        "help": "hf: config.json + model.safetensors + generation_config.json + tokenizer, for transformers"})
+    out: str | None = field(default=None, metadata={"help": "folder to write (created; written atomically)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace --out when it exists and is not empty"})
+
+
 # ------------------------------------------------------------------------------------ commands
 def _documents(c: CorpusArgs):
     """Documents of the corpus the flags describe, plus a name for logs."""
@@ -106,7 +117,7 @@ def _documents(c: CorpusArgs):
 
 def cmd_data_prepare(a: PrepareArgs) -> None:
     from rlfl.data import prepare_corpus
-    from rlfl.tokenizer import load_tokenizer
+    from rlfl.tokenizer_spec import load_tokenizer
 
     tokenizer = load_tokenizer(a.tokenizer)
     docs, name = _documents(a.corpus)
@@ -204,7 +215,7 @@ def cmd_sample(a: SampleArgs) -> None:
         encoded = [chat_prompt(tok, [{"role": "user", "content": p}]) for p in prompts]
         stops = stop_token_ids(tok)
     else:
-        encoded = [tok.encode(p) or [tok.eot_id] for p in prompts]
+        encoded = tok.encode_prompts(prompts)
         stops = (tok.eot_id,)
     ids = [e for e in encoded for _ in range(a.num_samples)]
     room = c.model.config.block_size - max(len(p) for p in ids)
@@ -221,6 +232,17 @@ def cmd_sample(a: SampleArgs) -> None:
             print(f"--- sample {i + 1} ---\nuser: {prompt}\nassistant: {answer}")
         else:
             print(f"--- sample {i + 1} ---\n{prompt}{tok.decode(completion)}")
+
+
+def cmd_export(a: ExportArgs) -> None:
+    from rlfl.export import export_hf
+
+    if a.format != "hf":
+        raise ValueError(f"--format {a.format!r} is not supported; the one export format is 'hf' (Hugging Face)")
+    if not a.out:
+        raise ValueError("rlfl export needs --out DIR, the folder to write the model into")
+    out = export_hf(a.checkpoint, a.out, overwrite=a.overwrite)
+    print(f"exported {a.checkpoint} -> {out}")
 
 
 # ------------------------------------------------------------------------------------ parser
@@ -268,6 +290,8 @@ def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], None], str]
         ("rloo",): (RLOOConfig, cmd_ppo, ("fine-tune a policy with RLOO: GRPO's groups with a leave-one-out baseline "
                                           "and the KL in the reward")),
         ("sample",): (SampleArgs, cmd_sample, "generate text from a checkpoint"),
+        ("export",): (ExportArgs, cmd_export, ("write a checkpoint as a Hugging Face folder (gpt2, llama, qwen2 or "
+                                               "qwen3) that transformers' from_pretrained opens")),
         ("serve",): (ServeConfig, serve, "OpenAI-compatible HTTP server over a checkpoint (127.0.0.1 by default)"),
         ("chat",): (ChatConfig, chat, "chat with a checkpoint in the terminal"),
         ("judge",): (JudgeConfig, judge, ("label preference pairs with an AI judge (lm:CKPT | http:URL | embed[:DIR] | "

@@ -324,26 +324,27 @@ def _pieces(text: str, max_chars: int) -> list[str]:
 
 
 def _encode_chunks(docs: list[Document], tokenizer: Tokenizer, *, max_chars: int = 4 << 20) -> Iterator[list[int]]:
-    """Token ids of the documents, each followed by EOT, encoded a few MB of text at a time."""
+    """Token ids of the documents, each as BOS (where the tokenizer adds one) + text + EOT, a few MB at a time."""
     pieces: list[str] = []
-    ends_doc: list[bool] = []
+    bounds: list[tuple[bool, bool]] = []  # per piece: (first, last) piece of its document
+    bos = tokenizer.bos_prefix
     size = 0
 
     def flush() -> list[int]:
         ids: list[int] = []
-        for piece_ids, last in zip(tokenizer.encode_batch(pieces), ends_doc):
-            ids.extend(piece_ids)
+        for piece_ids, (first, last) in zip(tokenizer.encode_batch(pieces), bounds):
+            ids.extend(bos + piece_ids if first else piece_ids)
             if last:
                 ids.append(tokenizer.eot_id)
         pieces.clear()
-        ends_doc.clear()
+        bounds.clear()
         return ids
 
     for doc in docs:
         parts = _pieces(doc.text, max_chars)
         for i, part in enumerate(parts):
             pieces.append(part)
-            ends_doc.append(i == len(parts) - 1)
+            bounds.append((i == 0, i == len(parts) - 1))
             size += len(part)
             if size >= max_chars:
                 yield flush()

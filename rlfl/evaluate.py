@@ -60,8 +60,7 @@ class Sample:
 
 def encode_prompt(tokenizer: Any, text: str, *, chat: bool, max_prompt_tokens: int) -> list[int]:
     """A prompt's ids as the env encodes them: chat turn or plain text, left-truncated to ``max_prompt_tokens``."""
-    ids = chat_prompt(tokenizer, [{"role": "user", "content": text}]) if chat else (tokenizer.encode(text)
-                                                                                    or [tokenizer.eot_id])
+    ids = chat_prompt(tokenizer, [{"role": "user", "content": text}]) if chat else tokenizer.encode_prompt(text)
     return ids[-max_prompt_tokens:]
 
 

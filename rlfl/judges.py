@@ -167,7 +167,7 @@ class LMJudge(_ChoiceJudge):
         self.n_params = sum(p.numel() for p in self.model.parameters())
 
     def _choice_logprobs(self, texts: list[str], answer: AnswerTokens) -> np.ndarray:
-        seqs = [self.tokenizer.encode(t) for t in texts]
+        seqs = self.tokenizer.encode_prompts(texts)
         out = np.empty((len(seqs), 2))
         for i, lp in position_logprobs(self.model, seqs, [len(s) - 1 for s in seqs], pad_id=self.tokenizer.pad_id,
                                        batch_size=self.batch_size):
@@ -192,7 +192,7 @@ def completions_url(base_url: str) -> str:
 class HTTPJudge(_ChoiceJudge):
     """LMJudge's prompts over an OpenAI-compatible ``/v1/completions`` endpoint (see the module docstring).
 
-    ``tokenizer`` (a Tokenizer or a `rlfl.tokenizer.load_tokenizer` spec) is the served model's: with it the
+    ``tokenizer`` (a Tokenizer or a `rlfl.tokenizer_spec.load_tokenizer` spec) is the served model's: with it the
     answer tokens follow that tokenizer and, with ``context``, long prompts are cut exactly as LMJudge cuts
     them; without it " A"/" B" and " Yes"/" No" are taken to be single tokens (true of GPT-2-style BPEs).
     An answer token missing from the ``top_logprobs`` returned is given the smallest listed log-probability
@@ -204,7 +204,7 @@ class HTTPJudge(_ChoiceJudge):
                  tokenizer: Any = None, context: int | None = None, batch_size: int = 16,
                  name: str | None = None) -> None:
         if isinstance(tokenizer, str):
-            from rlfl.tokenizer import load_tokenizer
+            from rlfl.tokenizer_spec import load_tokenizer
 
             tokenizer = load_tokenizer(tokenizer)
         if not timeout > 0 or retries < 0 or backoff < 0 or top_logprobs < 1 or batch_size < 1:

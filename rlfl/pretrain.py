@@ -2,9 +2,13 @@
 
 This stage only supplies what is specific to language modelling: random windows of the token stream
 as batches, next-token cross-entropy as the loss, bits-per-byte as the eval metric and a short text
-sample at each eval. ``init_from`` continues from any rlfl checkpoint (domain adaptation) or from
-GPT-2 weights in a Hugging Face style directory; the shards must then be tokenized with the same
-tokenizer, which is checked by fingerprint.
+sample at each eval. ``init_from`` continues from any rlfl checkpoint (domain adaptation), from GPT-2
+weights in a Hugging Face style directory (``gpt2:DIR``) or from a local Hugging Face folder (``hf:DIR``);
+the shards must then be tokenized with the same tokenizer, which is checked by fingerprint.
+
+A new model is GPT-2-style by default. The architecture fields are GPTConfig's own (same names, help and
+defaults), so ``--position-embedding rope --norm rmsnorm --mlp swiglu --n-kv-head 2`` pretrains a
+Llama-style model, which `rlfl export` writes as a Hugging Face llama folder.
 
 Example (the README's main job, from Python):
     >>> from rlfl.pretrain import PretrainConfig, pretrain
@@ -18,8 +22,9 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -37,23 +42,54 @@ from rlfl.trainer import TrainConfig, Trainer, setup_runtime
 log = logging.getLogger(__name__)
 
 
+# Metadata key of the PretrainConfig fields that are GPTConfig fields of the same name.
+_GPT_CONFIG_FIELD = "gpt_config"
+
+
+def _model_option(name: str, default: Any = MISSING, *, new_model_only: bool = True) -> Any:
+    """A field for `GPTConfig.<name>`: GPTConfig's help and (unless ``default`` is given) default, defined there once.
+
+    ``new_model_only`` notes in the help that the option shapes a new model and is ignored with --init-from.
+    `new_model_config` passes every such field to GPTConfig.
+    """
+    source = GPTConfig.__dataclass_fields__[name]
+    help_text = source.metadata["help"] + (" New model only." if new_model_only else "")
+    return field(default=source.default if default is MISSING else default,
+                 metadata={"help": help_text, _GPT_CONFIG_FIELD: True})
+
+
 @dataclass
 class PretrainConfig:
     """What to pretrain on and the shape of a new model; the optimisation lives in ``train``."""
 
     data: str = field(default="runs/data", metadata={"help": "token shards directory written by `rlfl data prepare`"})
     init_from: str | None = field(default=None, metadata={
-        "help": "start from this rlfl checkpoint dir (continued pretraining) or gpt2:DIR (HF-style GPT-2 weights); "
-                "unset = a new model"})
-    n_layer: int = field(default=4, metadata={"help": "transformer blocks of a new model"})
-    n_head: int = field(default=4, metadata={"help": "attention heads of a new model"})
-    n_embd: int = field(default=128, metadata={"help": "embedding width of a new model"})
+        "help": "start from this rlfl checkpoint dir (continued pretraining), gpt2:DIR (HF-style GPT-2 weights) or "
+                "hf:DIR (a local Hugging Face folder: GPT-2, Llama / SmolLM2, Qwen2 / 2.5 / 3); unset = a new model"})
+    n_layer: int = _model_option("n_layer", 4)
+    n_head: int = _model_option("n_head", 4)
+    n_embd: int = _model_option("n_embd", 128)
     block_size: int = field(default=64, metadata={"help": "training context length (<= the model's maximum)"})
-    dropout: float = field(default=0.0, metadata={"help": "dropout of a new model"})
-    bias: bool = field(default=True, metadata={"help": "biases in linear layers and LayerNorms of a new model"})
-    n_experts: int = field(default=0, metadata={"help": "mixture-of-experts MLPs with this many experts (0 = dense)"})
-    moe_top_k: int = field(default=2, metadata={"help": "experts each token is routed to (MoE only)"})
-    aux_loss_weight: float = field(default=0.01, metadata={"help": "weight of the MoE load-balancing loss"})
+    dropout: float = _model_option("dropout", new_model_only=False)
+    bias: bool = _model_option("bias")
+    layer_norm_eps: float = _model_option("layer_norm_eps")
+    n_experts: int = _model_option("n_experts")
+    moe_top_k: int = _model_option("moe_top_k")
+    aux_loss_weight: float = _model_option("aux_loss_weight")
+    position_embedding: str = _model_option("position_embedding")
+    rope_theta: float = _model_option("rope_theta")
+    norm: str = _model_option("norm")
+    mlp: str = _model_option("mlp")
+    intermediate_size: int | None = _model_option("intermediate_size")
+    n_kv_head: int | None = _model_option("n_kv_head")
+    head_size: int | None = _model_option("head_size")
+    qkv_bias: bool | None = _model_option("qkv_bias")
+    attn_proj_bias: bool | None = _model_option("attn_proj_bias")
+    mlp_bias: bool | None = _model_option("mlp_bias")
+    qk_norm: bool = _model_option("qk_norm")
+    tie_embeddings: bool = _model_option("tie_embeddings")
+    # (GPTConfig.rope_scaling is no setting here: it stretches an existing model's positions, which an hf:DIR
+    # folder's config sets; a new model is trained at its own --block-size.)
     sample_tokens: int = field(default=64, metadata={"help": "tokens of the text sample logged at each eval (0 = none)"})
     sample_prompt: str = field(default="\n", metadata={"help": "prompt of the eval-time sample"})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "training loop settings"})
@@ -63,6 +99,8 @@ class PretrainConfig:
             raise ValueError(f"block_size={self.block_size} must be >= 1; pass --block-size 64 or similar")
         if self.sample_tokens < 0:
             raise ValueError(f"sample_tokens={self.sample_tokens} must be >= 0")
+        if self.init_from is None:
+            new_model_config(self, vocab_size=1)  # a bad architecture option fails here, before any data is read
 
 
 def _grow_vocab(model: GPT, n_vocab: int) -> None:
@@ -79,15 +117,23 @@ def _grow_vocab(model: GPT, n_vocab: int) -> None:
     model.config.vocab_size = n_vocab
 
 
+def new_model_config(cfg: PretrainConfig, vocab_size: int) -> GPTConfig:
+    """The GPTConfig of a new model: the architecture fields of ``cfg``, at context ``cfg.block_size``.
+
+    Example:
+        >>> new_model_config(PretrainConfig(n_layer=2, norm="rmsnorm", mlp="swiglu", n_kv_head=2), 300).kv_heads
+        2
+    """
+    options = {f.name: getattr(cfg, f.name) for f in fields(cfg) if f.metadata.get(_GPT_CONFIG_FIELD)}
+    return GPTConfig(vocab_size=vocab_size, block_size=cfg.block_size, **options)
+
+
 def build_model(cfg: PretrainConfig, tokenizer: Tokenizer) -> tuple[GPT, str | None]:
-    """The model to train and its parent checkpoint: new, from an rlfl checkpoint, or from GPT-2 weights."""
+    """The model to train and its parent checkpoint: new, from an rlfl checkpoint, GPT-2 weights or an hf:DIR folder."""
     init = cfg.init_from
     if init is None:
         torch.manual_seed(cfg.train.seed)  # the same init on every rank and every run
-        config = GPTConfig(vocab_size=tokenizer.n_vocab, block_size=cfg.block_size, n_layer=cfg.n_layer,
-                           n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias,
-                           n_experts=cfg.n_experts, moe_top_k=cfg.moe_top_k, aux_loss_weight=cfg.aux_loss_weight)
-        return GPT(config), None
+        return GPT(new_model_config(cfg, tokenizer.n_vocab)), None
     if init.startswith("gpt2:"):
         if tokenizer.kind != "gpt2":
             raise ValueError(f"--init-from {init}: GPT-2 weights need shards tokenized with the GPT-2 BPE, but "
@@ -102,7 +148,8 @@ def build_model(cfg: PretrainConfig, tokenizer: Tokenizer) -> tuple[GPT, str | N
                              f"{source.tokenizer.fingerprint[:12]}) differs from the one {cfg.data} was tokenized with "
                              f"('{tokenizer.name}', {tokenizer.fingerprint[:12]}); re-run `rlfl data prepare "
                              f"--tokenizer {init}` so the corpus uses the checkpoint's tokenizer")
-        model, parent = source.model, str(Path(init).resolve())
+        # an hf:DIR spec is recorded as given (resolving it as a path would make it /cwd/hf:DIR)
+        model, parent = source.model, ckpt.parent_spec(init)
     if cfg.dropout != model.config.dropout:
         for m in model.modules():
             if isinstance(m, nn.Dropout):
@@ -146,7 +193,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         return {"val/bpb": ev["val/loss"] / math.log(2) / bytes_per_token}
 
     def sample_fn(m: nn.Module) -> list[str]:
-        prompt = tokenizer.encode(cfg.sample_prompt) or [tokenizer.eot_id]
+        prompt = tokenizer.encode_prompt(cfg.sample_prompt)
         out = generate(m, [prompt], SamplingConfig(max_new_tokens=min(cfg.sample_tokens, m.config.block_size - len(prompt)),
                                                     temperature=0.8, top_k=50, seed=tc.seed,
                                                     stop_tokens=(tokenizer.eot_id,)), pad_id=tokenizer.pad_id)

@@ -160,8 +160,8 @@ def _sample(policy: ckpt.Checkpoint, prompts: Sequence[str], *, seed: int, max_n
     """One plain-softmax completion per prompt, batched; stop at ``<|endoftext|>`` / ``<|end|>`` like the env."""
     tok, model = policy.tokenizer, policy.model
     stops = tuple(default_stop_tokens(tok))
-    encoded = [chat_prompt(tok, [{"role": "user", "content": p}]) if chat else (tok.encode(p) or [tok.eot_id])
-               for p in prompts]
+    encoded = ([chat_prompt(tok, [{"role": "user", "content": p}]) for p in prompts] if chat
+               else tok.encode_prompts(prompts))
     out = _Samples([], [], [])
     for k, start in enumerate(range(0, len(encoded), batch_size)):
         # one seed per chunk: the same (seed, batch_size) gives the same samples

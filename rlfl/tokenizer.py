@@ -1,7 +1,7 @@
 """Tokenizers: a thin layer over `tiktoken.Encoding`.
 
 Every tokenizer in rlfl is a `tiktoken.Encoding` underneath, so encoding runs at tiktoken's (Rust) speed
-whatever the vocabulary came from. Three kinds exist:
+whatever the vocabulary came from. These kinds exist:
 
 - ``bytes``: the 256 single bytes plus our special tokens (ids 256..261). No training, no files; good for
   tests and for tiny models where a 262-row embedding is a feature.
@@ -9,6 +9,12 @@ whatever the vocabulary came from. Three kinds exist:
   the original ``encoder.json`` + ``vocab.bpe`` pair). ``<|endoftext|>`` keeps id 50256; our other
   special tokens follow at 50257.. .
 - ``bpe``: a byte-level BPE trained on your corpus by `train_bpe` (the trainer lives in `rlfl.bpe`).
+- ``hf``: a Hugging Face byte-level BPE (``tokenizer.json`` + ``tokenizer_config.json``) read by
+  `rlfl.hf_tokenizer.load_hf_tokenizer`. Its `Conventions` carry what differs from ours: its
+  end-of-text/pad/begin-of-text tokens, Unicode normalization, added words and Jinja chat template.
+
+A command-line spec (``--tokenizer bytes``, ``gpt2:PATH``, ``hf:DIR``, a folder) becomes a tokenizer through
+`rlfl.tokenizer_spec.load_tokenizer`; rank files are read by `rlfl.bpe_files`.
 
 Special tokens (`SPECIAL_TOKENS`) are only produced by ``encode(text, allow_special=True)``. By default
 special-token text inside user text ("<|endoftext|>" typed by a user) is encoded as ordinary text, never
@@ -18,6 +24,10 @@ otherwise slip into training data.
 A tokenizer is saved as ``tokenizer.json`` (description + fingerprint) and, for kinds with learned ranks,
 ``tokenizer.tiktoken`` (tiktoken's own format: ``base64(token) rank`` per line), so a checkpoint directory
 carries the exact tokenization it was trained with.
+
+Plain text that starts a sequence (a prompt to continue, a pretraining document) goes through
+`Tokenizer.encode_prompt` / `Tokenizer.encode_prompts`: they put the begin-of-text token in front when the
+tokenizer's conventions say so (Llama-3), and are plain `encode` for rlfl's own tokenizers.
 
 Example:
     >>> tok = byte_tokenizer()
@@ -30,17 +40,21 @@ Example:
 from __future__ import annotations
 
 import base64
-import binascii
+import functools
 import hashlib
 import json
 import logging
 import os
+import re
+import unicodedata
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import tiktoken
 
 from rlfl.bpe import MAX_VOCAB_SIZE, learn_bpe_ranks
+from rlfl.bpe_files import read_gpt2_encoder, read_tiktoken_ranks
 from rlfl.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -57,23 +71,86 @@ _FORMAT_VERSION = 1
 # below this many characters in all, encode_batch loops instead of starting tiktoken's thread pool (measured
 # with the GPT-2 BPE: 64 x 200 chars loop 2.7 ms vs threads 5.7 ms; 8 x 2,000 equal; 64 x 2,000 threads 1.5x faster)
 _THREADED_CHARS = 16_000
-_GPT2_NAMES = ("gpt2", "r50k_base")
-_KINDS = ("bytes", "bpe", "gpt2", "tiktoken")
-_SPEC_FORMS = (
-    "'bytes', 'gpt2:/path/to/r50k_base.tiktoken', 'gpt2:/dir/with/encoder.json+vocab.bpe', "
-    "a directory holding tokenizer.json, or a tiktoken encoding name such as 'gpt2'"
-)
+_KINDS = ("bytes", "bpe", "gpt2", "tiktoken", "hf")
+NORMALIZERS = ("NFC", "NFD", "NFKC", "NFKD")
+
+
+@dataclass(frozen=True)
+class Conventions:
+    """How a tokenizer marks up text beyond its ranks; the defaults are rlfl's own (every kind but ``hf``).
+
+    Example:
+        >>> Conventions(eos_token="<|im_end|>", normalizer="NFC").pad_token
+        '<|pad|>'
+    """
+
+    eos_token: str = field(default="<|endoftext|>", metadata={
+        "help": "special token that ends a document (`Tokenizer.eot_id`)"})
+    pad_token: str = field(default="<|pad|>", metadata={"help": "special token that pads batches (`Tokenizer.pad_id`)"})
+    bos_token: str | None = field(default=None, metadata={
+        "help": "special token that begins a sequence, if the tokenizer has one (`Tokenizer.bos_id`)"})
+    add_bos: bool = field(default=False, metadata={
+        "help": "whether the source tokenizer puts bos_token in front of every encoded text (HF add_bos_token)"})
+    normalizer: str | None = field(default=None, metadata={
+        "help": f"Unicode normalization applied before encoding: None or one of {', '.join(NORMALIZERS)}"})
+    added_tokens: tuple[str, ...] = field(default=(), metadata={
+        "help": "non-special added words, matched in any text (special tokens only with allow_special=True)"})
+    chat_template: str | None = field(default=None, metadata={
+        "help": "Jinja chat template (a Hugging Face tokenizer's); None renders chats in rlfl's own format"})
+
+    def __post_init__(self) -> None:
+        if self.normalizer is not None and self.normalizer not in NORMALIZERS:
+            raise ValueError(f"normalizer {self.normalizer!r} is not supported; use None or one of {', '.join(NORMALIZERS)}")
+        object.__setattr__(self, "added_tokens", tuple(self.added_tokens))
+        if self.add_bos and self.bos_token is None:
+            raise ValueError("add_bos is true but bos_token is None; name the begin-of-text token or set add_bos false")
+        for name in ("eos_token", "pad_token"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name} must be a non-empty special-token string, got {getattr(self, name)!r}")
+
+    @property
+    def is_default(self) -> bool:
+        """Whether these are rlfl's own conventions (then they are left out of saved files and fingerprints)."""
+        return self == Conventions()
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (`Conventions.from_json` reads it back)."""
+        out = asdict(self)
+        out["added_tokens"] = list(self.added_tokens)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> "Conventions":
+        """Read `to_json`'s dict; a one-line ValueError names ``where`` and the bad key."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{where}: 'conventions' must be an object; re-save the tokenizer")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown conventions key {unknown[0]!r} (known: {', '.join(sorted(known))}); "
+                             f"re-save the tokenizer")
+        try:
+            return cls(**{**data, "added_tokens": tuple(data.get("added_tokens", ()))})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: bad 'conventions' ({e}); re-save the tokenizer") from None
 
 
 class Tokenizer:
     """A thin layer over `tiktoken.Encoding` that knows its kind, special tokens and how to save itself.
 
-    Build one with `byte_tokenizer`, `gpt2_tokenizer`, `train_bpe`, `tokenizer_from_name` or
-    `load_tokenizer` rather than calling the constructor directly.
+    Build one with `byte_tokenizer`, `gpt2_tokenizer`, `train_bpe`, `rlfl.hf_tokenizer.load_hf_tokenizer` or
+    `rlfl.tokenizer_spec.load_tokenizer` rather than calling the constructor directly.
     """
 
     def __init__(
-        self, *, kind: str, name: str, pat_str: str, ranks: dict[bytes, int], special_tokens: dict[str, int]
+        self,
+        *,
+        kind: str,
+        name: str,
+        pat_str: str,
+        ranks: dict[bytes, int],
+        special_tokens: dict[str, int],
+        conventions: Conventions | None = None,
     ) -> None:
         self.kind = kind
         self.name = name
@@ -84,6 +161,18 @@ class Tokenizer:
         )
         self._pat_str = pat_str
         self._special = dict(special_tokens)
+        self._conv = conventions if conventions is not None else Conventions()
+        for name in ("eos_token", "pad_token", "bos_token"):
+            token = getattr(self._conv, name)
+            if token is not None and token not in self._special and not self._conv.is_default:
+                raise ValueError(f"{name} {token!r} is not one of the tokenizer's special tokens")
+        missing = [t for t in self._conv.added_tokens if t not in self._special]
+        if missing:
+            raise ValueError(f"added token {missing[0]!r} has no id among the special tokens")
+        # rlfl's own tokenizers take tiktoken's plain calls (the fast path, unchanged); others normalize
+        # and always match their added words.
+        self._plain = self._conv.normalizer is None and not self._conv.added_tokens
+        self._added = frozenset(self._conv.added_tokens)
         self._fingerprint: str | None = None
 
     # ---------------------------------------------------------------- properties
@@ -94,18 +183,39 @@ class Tokenizer:
 
     @property
     def eot_id(self) -> int:
-        """Id of ``<|endoftext|>``."""
-        return self._special_id("<|endoftext|>")
+        """Id of the end-of-text token (``<|endoftext|>`` for rlfl's own tokenizers, eos_token for ``hf``)."""
+        return self._special_id(self._conv.eos_token)
 
     @property
     def pad_id(self) -> int:
-        """Id of ``<|pad|>``."""
-        return self._special_id("<|pad|>")
+        """Id of the padding token (``<|pad|>`` for rlfl's own tokenizers; pad_token, else eos, for ``hf``)."""
+        return self._special_id(self._conv.pad_token)
+
+    @property
+    def bos_id(self) -> int | None:
+        """Id of the begin-of-sequence token, or None when the tokenizer has none (rlfl's own never do)."""
+        return None if self._conv.bos_token is None else self._special_id(self._conv.bos_token)
+
+    @property
+    def bos_prefix(self) -> list[int]:
+        """The ids put in front of plain text that starts a sequence: ``[bos_id]`` when the conventions' ``add_bos``
+        says so (Llama-3 style tokenizers), else ``[]`` (rlfl's own tokenizers, GPT-2, Qwen2)."""
+        return [self._special_id(self._conv.bos_token)] if self._conv.add_bos else []
+
+    @property
+    def conventions(self) -> Conventions:
+        """End-of-text/pad/begin tokens, normalization, added words and chat template (see `Conventions`)."""
+        return self._conv
 
     @property
     def special_tokens(self) -> dict[str, int]:
         """Special-token text -> id (a copy)."""
         return dict(self._special)
+
+    @property
+    def mergeable_ranks(self) -> dict[bytes, int]:
+        """Token bytes -> rank (= id) of every mergeable token (a copy; special tokens not included)."""
+        return dict(self._ranks)
 
     @property
     def pat_str(self) -> str:
@@ -114,10 +224,14 @@ class Tokenizer:
 
     @property
     def fingerprint(self) -> str:
-        """sha256 hex of (pattern, ranks, special tokens): equal iff two tokenizers tokenize identically."""
+        """sha256 hex of (pattern, ranks, special tokens, non-default conventions): equal iff two tokenizers
+        tokenize (texts and chats) identically."""
         if self._fingerprint is None:
             h = hashlib.sha256()
-            h.update(json.dumps({"pat_str": self._pat_str, "special": sorted(self._special.items())}).encode())
+            head: dict[str, Any] = {"pat_str": self._pat_str, "special": sorted(self._special.items())}
+            if not self._conv.is_default:  # rlfl's own tokenizers keep the fingerprints they always had
+                head["conventions"] = self._conv.to_json()
+            h.update(json.dumps(head).encode())
             for token, rank in sorted(self._ranks.items(), key=lambda kv: kv[1]):
                 # Length-prefix each token so b"ab"+b"c" and b"a"+b"bc" cannot hash alike.
                 h.update(b"%d:%d:" % (rank, len(token)) + token)
@@ -135,9 +249,12 @@ class Tokenizer:
     # ---------------------------------------------------------------- encode / decode
     def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
         """Text -> ids. Special-token text is ordinary text unless ``allow_special=True``."""
-        if allow_special:
-            return self.enc.encode(text, allowed_special="all")
-        return self.enc.encode_ordinary(text)
+        if self._plain:
+            if allow_special:
+                return self.enc.encode(text, allowed_special="all")
+            return self.enc.encode_ordinary(text)
+        allowed = self.enc.special_tokens_set if allow_special else self._added
+        return self.enc.encode(self._normalize(text, allowed), allowed_special=allowed, disallowed_special=())
 
     def encode_batch(self, texts: list[str], *, num_threads: int = 2) -> list[list[int]]:
         """Many texts -> ids (in parallel threads when there is enough text); special-token text is ordinary.
@@ -147,9 +264,48 @@ class Tokenizer:
         per-step reward calls of a PPO rollout score 1-3 short texts).
         """
         texts = list(texts)
-        if num_threads <= 1 or sum(map(len, texts)) < _THREADED_CHARS:
-            return [self.enc.encode_ordinary(t) for t in texts]
-        return self.enc.encode_ordinary_batch(texts, num_threads=num_threads)
+        threaded = num_threads > 1 and sum(map(len, texts)) >= _THREADED_CHARS
+        if self._plain:
+            if not threaded:
+                return [self.enc.encode_ordinary(t) for t in texts]
+            return self.enc.encode_ordinary_batch(texts, num_threads=num_threads)
+        texts = [self._normalize(t, self._added) for t in texts]
+        if not threaded:
+            return [self.enc.encode(t, allowed_special=self._added, disallowed_special=()) for t in texts]
+        return self.enc.encode_batch(texts, num_threads=num_threads, allowed_special=self._added, disallowed_special=())
+
+    def encode_prompts(self, texts: Sequence[str], *, num_threads: int = 2) -> list[list[int]]:
+        """Plain texts that start a sequence (prompts to continue, sampled text), as the model expects them.
+
+        `bos_prefix` goes in front, and an empty text without it becomes ``[eot_id]`` (GPT-2's document
+        separator: the model starts a fresh document). For rlfl's own tokenizers this is `encode_batch` with that
+        one rule. Special-token text stays ordinary text. Chat prompts come from `rlfl.chat_template` instead.
+
+        Example:
+            >>> byte_tokenizer().encode_prompts(["hi", ""])
+            [[104, 105], [256]]
+        """
+        prefix = self.bos_prefix
+        return [(prefix + ids) or [self.eot_id] for ids in self.encode_batch(list(texts), num_threads=num_threads)]
+
+    def encode_prompt(self, text: str) -> list[int]:
+        """One plain text that starts a sequence, as `encode_prompts` encodes it.
+
+        Example:
+            >>> byte_tokenizer().encode_prompt("hi")
+            [104, 105]
+        """
+        return self.encode_prompts([text], num_threads=1)[0]
+
+    def _normalize(self, text: str, keep: frozenset[str] | set[str]) -> str:
+        """Apply the Unicode normalizer to everything but the tokens in ``keep`` (matched first, as HF does)."""
+        form = self._conv.normalizer
+        if form is None:
+            return text
+        if not keep:
+            return unicodedata.normalize(form, text)
+        parts = _token_splitter(frozenset(keep)).split(text)  # odd parts are the kept tokens
+        return "".join(p if i % 2 else unicodedata.normalize(form, p) for i, p in enumerate(parts))
 
     def decode_bytes(self, ids: Sequence[int] | Any) -> bytes:
         """Ids -> the raw bytes they stand for (accepts lists, numpy arrays and torch tensors)."""
@@ -196,6 +352,8 @@ class Tokenizer:
             "fingerprint": self.fingerprint,
             "ranks_file": ranks_file,
         }
+        if not self._conv.is_default:
+            meta["conventions"] = self._conv.to_json()
         atomic_write_bytes(directory / TOKENIZER_JSON, (json.dumps(meta, indent=2) + "\n").encode())
 
     @classmethod
@@ -210,9 +368,12 @@ class Tokenizer:
             raise ValueError(f"{path}: not valid JSON ({e}); re-save the tokenizer") from None
         if not isinstance(meta, dict):
             raise ValueError(f"{path}: expected a JSON object; re-save the tokenizer")
-        for field in ("kind", "name", "pat_str", "special_tokens", "fingerprint"):
-            if field not in meta:
-                raise ValueError(f"{path}: missing field {field!r}; re-save the tokenizer")
+        if "kind" not in meta and "model" in meta:
+            raise ValueError(f"{path}: a Hugging Face tokenizer.json, not rlfl's; load it with "
+                             f"load_tokenizer('hf:{Path(directory)}')")
+        for name in ("kind", "name", "pat_str", "special_tokens", "fingerprint"):
+            if name not in meta:
+                raise ValueError(f"{path}: missing field {name!r}; re-save the tokenizer")
         if meta["kind"] not in _KINDS:
             raise ValueError(f"{path}: unknown kind {meta['kind']!r} (expected one of {', '.join(_KINDS)})")
         if meta["kind"] == "bytes":
@@ -220,6 +381,7 @@ class Tokenizer:
         else:
             ranks_name = meta.get("ranks_file") or RANKS_FILE
             ranks = read_tiktoken_ranks(Path(directory) / ranks_name)
+        conventions = Conventions.from_json(meta["conventions"], str(path)) if "conventions" in meta else None
         try:
             tok = cls(
                 kind=meta["kind"],
@@ -227,6 +389,7 @@ class Tokenizer:
                 pat_str=meta["pat_str"],
                 ranks=ranks,
                 special_tokens={str(k): int(v) for k, v in meta["special_tokens"].items()},
+                conventions=conventions,
             )
         except (ValueError, TypeError, AttributeError) as e:
             raise ValueError(f"{path}: inconsistent tokenizer description ({e}); re-save the tokenizer") from None
@@ -348,173 +511,11 @@ def train_bpe(
                      special_tokens=specials)
 
 
-def tokenizer_from_name(
-    name: str, *, get_encoding: Callable[[str], tiktoken.Encoding] | None = None
-) -> Tokenizer:
-    """A tiktoken encoding by name (``tiktoken.get_encoding``), plus our special tokens after its own.
-
-    This needs tiktoken's download (or its cache); offline it raises a ValueError that says how to pass a
-    local ranks file instead. ``get_encoding`` replaces tiktoken's loader (for tests and custom registries).
-    """
-    known = tiktoken.list_encoding_names()
-    if name not in known:
-        raise ValueError(f"unknown tokenizer {name!r}; accepted: {_SPEC_FORMS} (tiktoken names: {', '.join(known)})")
-    loader = get_encoding if get_encoding is not None else tiktoken.get_encoding
-    try:
-        enc = loader(name)
-    except Exception as e:  # requests' errors, OSError, hash mismatches: all mean "could not fetch"
-        logger.debug("tiktoken.get_encoding(%r) failed: %r", name, e)
-        hint = (
-            "pass a local ranks file: --tokenizer gpt2:/path/to/r50k_base.tiktoken"
-            if name in _GPT2_NAMES
-            else "run once online so tiktoken caches it (TIKTOKEN_CACHE_DIR), or pass --tokenizer "
-            "gpt2:/path/to/r50k_base.tiktoken or a directory holding tokenizer.json"
-        )
-        why = type(e).__name__
-        raise ValueError(f"could not download tiktoken encoding {name!r} (offline? {why}); {hint}") from None
-    # tiktoken keeps ranks and specials in private attributes; they have been stable since tiktoken 0.1 and
-    # are the only way to rebuild the Encoding with our special tokens added.
-    ranks: dict[bytes, int] = enc._mergeable_ranks
-    own: dict[str, int] = dict(enc._special_tokens)
-    next_id = max([*ranks.values(), *own.values()]) + 1
-    for s in SPECIAL_TOKENS:
-        if s not in own:
-            own[s] = next_id
-            next_id += 1
-    kind = "gpt2" if name in _GPT2_NAMES else "tiktoken"
-    return Tokenizer(kind=kind, name=name, pat_str=enc._pat_str, ranks=ranks, special_tokens=own)
-
-
-def load_tokenizer(spec: str) -> Tokenizer:
-    """A tokenizer from a command-line spec.
-
-    Accepted: ``"bytes"``; ``"gpt2:PATH"`` (PATH = a ranks file, or a directory holding
-    ``r50k_base.tiktoken`` or ``encoder.json`` + ``vocab.bpe``); a directory holding ``tokenizer.json``
-    (e.g. a checkpoint); a tiktoken encoding name (needs network or tiktoken's cache).
-    """
-    spec = str(spec)
-    if spec == "bytes":
-        return byte_tokenizer()
-    if spec.startswith("gpt2:"):
-        path = Path(spec[len("gpt2:"):]).expanduser()
-        if path.is_file():
-            return gpt2_tokenizer(path)
-        if path.is_dir():
-            if (path / "r50k_base.tiktoken").is_file():
-                return gpt2_tokenizer(path / "r50k_base.tiktoken")
-            if (path / "encoder.json").is_file() and (path / "vocab.bpe").is_file():
-                return gpt2_tokenizer(encoder_json=path / "encoder.json", vocab_bpe=path / "vocab.bpe")
-            raise FileNotFoundError(f"{path}: holds neither r50k_base.tiktoken nor encoder.json+vocab.bpe")
-        raise FileNotFoundError(f"{path}: no such file or directory (from --tokenizer {spec})")
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        if (path / TOKENIZER_JSON).is_file():
-            return Tokenizer.load(path)
-        raise FileNotFoundError(f"{path / TOKENIZER_JSON}: no such file; accepted tokenizer specs: {_SPEC_FORMS}")
-    if spec in tiktoken.list_encoding_names():
-        return tokenizer_from_name(spec)
-    raise ValueError(f"unknown tokenizer {spec!r}; accepted: {_SPEC_FORMS}")
-
-
-# -------------------------------------------------------------------- file formats
-def read_tiktoken_ranks(path: str | os.PathLike) -> dict[bytes, int]:
-    """Read a tiktoken ranks file (``base64(token) rank`` per line) without tiktoken's download cache."""
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file (expected a tiktoken ranks file)") from None
-    ranks: dict[bytes, int] = {}
-    for lineno, line in enumerate(data.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            b64, rank_text = line.split()
-            ranks[base64.b64decode(b64, validate=True)] = int(rank_text)
-        except (ValueError, binascii.Error):
-            raise ValueError(
-                f"{path} line {lineno}: expected 'base64token rank', got {line[:60]!r}; is this a .tiktoken file?"
-            ) from None
-    _check_ranks(ranks, path)
-    return ranks
-
-
-def read_gpt2_encoder(encoder_json: str | os.PathLike, vocab_bpe: str | os.PathLike) -> dict[bytes, int]:
-    """Convert GPT-2's original ``encoder.json`` + ``vocab.bpe`` into tiktoken ranks (bytes -> rank).
-
-    GPT-2 stored tokens as printable unicode strings, one character per byte (`_gpt2_byte_decoder`). The
-    merges in vocab.bpe must agree with the ids in encoder.json (merge i produces id 256 + i), because
-    tiktoken treats a token's rank as its merge priority; we check that rather than trust it.
-    """
-    encoder_json, vocab_bpe = Path(encoder_json), Path(vocab_bpe)
-    decoder = _gpt2_byte_decoder()
-
-    def to_bytes(s: str, where: str) -> bytes:
-        try:
-            return bytes(decoder[c] for c in s)
-        except KeyError as e:
-            raise ValueError(f"{where}: character {e.args[0]!r} is not in GPT-2's byte alphabet") from None
-
-    try:
-        encoder = json.loads(encoder_json.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{encoder_json}: no such file (expected GPT-2's encoder.json)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{encoder_json}: not valid JSON ({e})") from None
-    if not isinstance(encoder, dict):
-        raise ValueError(f"{encoder_json}: expected a JSON object of token -> id")
-    ranks = {to_bytes(tok, str(encoder_json)): int(i) for tok, i in encoder.items() if tok != "<|endoftext|>"}
-    try:
-        merges = vocab_bpe.read_text(encoding="utf-8").split("\n")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{vocab_bpe}: no such file (expected GPT-2's vocab.bpe)") from None
-    n = 0
-    for lineno, line in enumerate(merges, 1):
-        if not line or line.startswith("#version"):
-            continue
-        parts = line.split(" ")
-        if len(parts) != 2:
-            raise ValueError(f"{vocab_bpe} line {lineno}: expected two tokens separated by a space, got {line!r}")
-        merged = to_bytes(parts[0], f"{vocab_bpe} line {lineno}") + to_bytes(parts[1], f"{vocab_bpe} line {lineno}")
-        if ranks.get(merged) != 256 + n:
-            raise ValueError(
-                f"{vocab_bpe} line {lineno}: merge gives id {ranks.get(merged)} in {encoder_json.name}, "
-                f"expected {256 + n}; the two files are not from the same tokenizer"
-            )
-        n += 1
-    if n + 256 != len(ranks):
-        raise ValueError(
-            f"{vocab_bpe}: {n} merges but {encoder_json.name} has {len(ranks)} tokens (expected {n + 256})"
-        )
-    _check_ranks(ranks, encoder_json)
-    return ranks
-
-
-def _gpt2_byte_decoder() -> dict[str, int]:
-    """GPT-2's printable-character alphabet: char -> byte.
-
-    Printable Latin-1 bytes stand for themselves; the 68 others (controls, space, 0x7f-0xa0, 0xad) are
-    shifted to U+0100.. in byte order, so that every byte has a visible, non-space character.
-    """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table = {chr(b): b for b in printable}
-    shifted = 0
-    for b in range(256):
-        if b not in printable:
-            table[chr(256 + shifted)] = b
-            shifted += 1
-    return table
-
-
-def _check_ranks(ranks: dict[bytes, int], path: Path) -> None:
-    """Catch rank tables tiktoken would choke on (or silently mis-encode with)."""
-    missing = [b for b in range(256) if bytes([b]) not in ranks]
-    if missing:
-        raise ValueError(
-            f"{path}: byte 0x{missing[0]:02x} has no token ({len(missing)} bytes missing); not a byte-level BPE"
-        )
-    if len(set(ranks.values())) != len(ranks):
-        raise ValueError(f"{path}: two tokens share a rank; the ranks file is corrupt")
+# -------------------------------------------------------------------- helpers
+@functools.lru_cache(maxsize=32)
+def _token_splitter(tokens: frozenset[str]) -> re.Pattern[str]:
+    """A regex whose split() keeps ``tokens`` (longest first) as the odd parts."""
+    return re.compile("(" + "|".join(re.escape(t) for t in sorted(tokens, key=len, reverse=True)) + ")")
 
 
 def _byte_ranks() -> dict[bytes, int]:

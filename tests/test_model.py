@@ -132,7 +132,7 @@ def test_all_ones_mask_matches_fused_causal_path():
 
 
 def test_masked_cpu_attention_gradients_match_the_fused_causal_path():
-    # a mask on a CPU goes through plain matmuls (rlfl.model._masked_attention_cpu): same values and gradients
+    # a mask on a CPU goes through plain matmuls (rlfl.attention._masked_attention_cpu): same values and gradients
     torch.manual_seed(0)
     model = tiny_model()
     idx = torch.randint(0, 300, (3, 11))

@@ -27,10 +27,9 @@ from rlfl.tokenizer import (
     Tokenizer,
     byte_tokenizer,
     gpt2_tokenizer,
-    load_tokenizer,
-    tokenizer_from_name,
     train_bpe,
 )
+from rlfl.tokenizer_spec import load_tokenizer, tokenizer_from_name
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 GPT2_DIR = DATA / "tokenizers" / "gpt2"
