@@ -8,6 +8,10 @@ already has). A frozen copy of the starting weights is kept as the **reference**
 penalty; it is part of the policy's state (so it is saved and restored with it) but has no gradient and no
 optimizer state, so its weights never move.
 
+With LoRA (policy_kwargs ``lora={"lora_rank": 8, ...}``, `rlfl.lora`) the GPT's weights are frozen and only its
+adapters and the value head train, so the starting weights never move: the reference is then the policy's own
+GPT with its adapters switched off (`rlfl.lora.FrozenBase`), one copy of the weights instead of two.
+
 This class is all SB3 needs: ``stable_baselines3.PPO(TransformerPolicy, env, policy_kwargs={"checkpoint":
 "runs/sft"})`` and ``A2C`` train with it as is (one full forward of the window per env step: correct,
 and slow). `rlfl.agents.PPO` uses the same policy through its batched paths: `sequence_outputs` (one
@@ -35,6 +39,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any
@@ -48,6 +53,7 @@ from torch import nn
 
 from rlfl.checkpoint import load_checkpoint
 from rlfl.generate import ban_stop_tokens
+from rlfl.lora import FrozenBase, LoRASettings, apply_lora, merge_lora
 from rlfl.model import GPT, GPTConfig
 
 logger = logging.getLogger(__name__)
@@ -91,6 +97,10 @@ class TransformerPolicy(ActorCriticPolicy):
         reference_checkpoint: the KL reference (default: the starting weights of ``checkpoint``).
         gpt_config: instead of a checkpoint, the architecture alone (a `GPTConfig` dict); the weights come
             from ``set_parameters`` / ``PPO.load``. This is what a saved PPO zip records.
+        lora: LoRA adapters as a dict of `rlfl.lora.LoRASettings` fields (default: none, every weight trains).
+            A LoRA checkpoint given as ``checkpoint`` starts as its merged weights either way.
+        shared_reference: whether the reference is the policy's own frozen base with its adapters switched off
+            (default: with ``lora`` and no ``reference_checkpoint``); a saved policy records it.
         optimizer_class / optimizer_kwargs: default AdamW (fused kernel) with eps 1e-5 and no weight decay.
     """
 
@@ -103,6 +113,8 @@ class TransformerPolicy(ActorCriticPolicy):
         checkpoint: str | Path | None = None,
         reference_checkpoint: str | Path | None = None,
         gpt_config: dict[str, Any] | None = None,
+        lora: dict[str, Any] | None = None,
+        shared_reference: bool | None = None,
         optimizer_class: type[torch.optim.Optimizer] = torch.optim.AdamW,
         optimizer_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
@@ -122,6 +134,17 @@ class TransformerPolicy(ActorCriticPolicy):
         self._checkpoint = None if checkpoint is None else str(checkpoint)
         self._reference_checkpoint = None if reference_checkpoint is None else str(reference_checkpoint)
         self._gpt_config = gpt_config
+        if isinstance(lora, LoRASettings):
+            lora = dataclasses.asdict(lora.lora_settings())
+        self._lora = LoRASettings.from_dict(dict(lora), source="policy_kwargs lora") if lora else None
+        if self._lora is not None and self._lora.lora_rank == 0:
+            self._lora = None
+        if shared_reference is None:
+            shared_reference = self._lora is not None and reference_checkpoint is None
+        if shared_reference and (self._lora is None or reference_checkpoint is not None):
+            raise ValueError("shared_reference=True makes the policy's frozen base the reference: it needs LoRA "
+                             "(policy_kwargs lora with lora_rank >= 1) and no reference_checkpoint")
+        self.shared_reference = bool(shared_reference)
         self.tokenizer = None  # set from the checkpoint (None when built from gpt_config alone)
         super().__init__(observation_space, action_space, lr_schedule, net_arch=[], ortho_init=False,
                          optimizer_class=optimizer_class,
@@ -133,7 +156,7 @@ class TransformerPolicy(ActorCriticPolicy):
         n_actions = int(self.action_space.n)
         if self._checkpoint is not None:
             saved = load_checkpoint(self._checkpoint)
-            gpt, self.tokenizer = saved.model, saved.tokenizer
+            gpt, self.tokenizer = merge_lora(saved.model), saved.tokenizer  # a LoRA checkpoint: its merged weights
             self.net = PolicyNetwork(gpt)
             value_state = {k[len("value."):]: v for k, v in saved.heads.items() if k.startswith("value.")}
             if value_state:
@@ -145,13 +168,19 @@ class TransformerPolicy(ActorCriticPolicy):
         if self.net.gpt.config.vocab_size != n_actions:
             raise ValueError(f"the policy's vocabulary has {self.net.gpt.config.vocab_size} tokens but the env's action "
                              f"space has {n_actions}; build the env with the policy's tokenizer")
+        if self._lora is not None:  # the GPT freezes, its adapters and the value head train
+            apply_lora(self.net, self._lora)
         if self._reference_checkpoint is not None:
-            reference = load_checkpoint(self._reference_checkpoint).model
+            reference = merge_lora(load_checkpoint(self._reference_checkpoint).model)
             if reference.config.vocab_size != n_actions:
                 raise ValueError(f"{self._reference_checkpoint}: the reference's vocabulary ({reference.config.vocab_size}) "
                                  f"differs from the policy's ({n_actions}); use a checkpoint with the same tokenizer")
-        else:
+        elif self.shared_reference:
+            reference = FrozenBase(self.net.gpt)  # the same weights with the adapters off: no copy
+        else:  # a copy of the starting weights (a saved policy's reference weights are loaded into it)
             reference = copy.deepcopy(self.net.gpt)
+            if self._lora is not None:
+                reference = merge_lora(reference)
         self.reference = reference.requires_grad_(False).eval()
         self.action_dist = CategoricalDistribution(n_actions)
         trainable = [p for p in self.net.parameters() if p.requires_grad]
@@ -164,6 +193,9 @@ class TransformerPolicy(ActorCriticPolicy):
             data.pop(key, None)
         # the architecture, not a path: a saved policy must load where the checkpoint is not
         data["gpt_config"] = self._gpt_config
+        if self._lora is not None:
+            data["lora"] = dataclasses.asdict(self._lora)
+            data["shared_reference"] = self.shared_reference
         return data
 
     def train(self, mode: bool = True) -> TransformerPolicy:

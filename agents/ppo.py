@@ -40,6 +40,11 @@ actor bans their logits, and the training forwards of policy and reference ban t
 the first epoch's probability ratios are exactly 1 and the KL is 0 before the policy moves), and fixed-length
 episodes (the env's ``stop_tokens=[]``: every completion runs ``max_new_tokens``).
 
+LoRA (``lora_rank=8``, ``--lora-rank 8``; `rlfl.lora`): the policy's GPT is frozen and only adapters on the
+``lora_target_modules`` layers and the value head train (the optimizer holds nothing else). The KL reference
+is then the same network with its adapters switched off (`rlfl.lora.FrozenBase`): one copy of the base
+weights in memory instead of two, and the reference log-probs equal the starting policy's exactly.
+
 Under torchrun every process steps its own env rows and the ranks average each minibatch's gradients and
 share the statistics an update reads (`rlfl.agents.distributed`): ``torchrun --nproc_per_node=N -m rlfl
 ppo ...``, or a script that joins the process group before building `PPO`. ``num_timesteps`` then counts
@@ -175,6 +180,11 @@ class PPO(OnPolicyAlgorithm):
         s = self.settings
         learning_rate = schedule if callable(schedule) else LRSchedule(s.lr_schedule, s.learning_rate)
         policy_kwargs = dict(policy_kwargs or {})
+        if s.lora_rank:  # LoRA is a setting (recorded with the others); the policy builds the adapters
+            policy_kwargs["lora"] = dataclasses.asdict(s.lora_settings())
+        elif policy_kwargs.get("lora"):
+            raise ValueError(f"{type(self).__name__} takes LoRA as settings (lora_rank=8, lora_alpha=..., "
+                             "lora_target_modules=[...]), not as policy_kwargs['lora']")
         if isinstance(policy, (str, Path)) and str(policy) not in self.policy_aliases:
             if not is_checkpoint(policy):
                 raise FileNotFoundError(f"{policy}: not an rlfl checkpoint directory; pass the policy to train "
@@ -213,6 +223,8 @@ class PPO(OnPolicyAlgorithm):
         self.policy_kwargs = {k: v for k, v in self.policy_kwargs.items()
                               if k not in ("checkpoint", "reference_checkpoint")}
         self.policy_kwargs["gpt_config"] = self.policy.gpt.config.to_dict()
+        if "lora" in self.policy_kwargs:  # a saved zip's reference: the frozen base, or a copy of its own
+            self.policy_kwargs["shared_reference"] = self.policy.shared_reference
         broadcast_module(self.policy)  # under torchrun: every rank starts from rank 0's value head
         self._amp_dtype = resolve_precision(self.precision, self.device)
         if self.value_lr_scale != 1.0:
@@ -298,8 +310,9 @@ class PPO(OnPolicyAlgorithm):
     def resume_state(self) -> dict[str, Any]:
         """Everything `from_resume_state` needs to continue this run, as tensors and plain values only.
 
-        The weights (policy, value head and the frozen reference), the optimizer's moments, the step counters,
-        the KL coefficient, the reward statistics and the settings that rebuild the algorithm. Saved with
+        The weights (policy, value head and the frozen reference, which with LoRA is the policy's own frozen base
+        and so is stored once), the optimizer's moments, the step counters, the KL coefficient, the reward
+        statistics and the settings that rebuild the algorithm. Saved with
         ``torch.save`` it loads with ``torch.load(weights_only=True)``, which never runs code from the file
         (unlike SB3's zip, whose ``data`` entry is unpickled by ``PPO.load``).
         """
@@ -311,6 +324,7 @@ class PPO(OnPolicyAlgorithm):
             "algorithm": type(self).__name__,
             "settings": settings,
             "gpt_config": self.policy.gpt.config.to_dict(),
+            "shared_reference": self.policy.shared_reference,
             "obs_length": int(self.observation_space["input_ids"].shape[-1]),
             "parent_checkpoint": None if self.parent_checkpoint is None else str(self.parent_checkpoint),
             "num_timesteps": int(self.num_timesteps), "n_updates": int(self._n_updates),
@@ -359,8 +373,9 @@ class PPO(OnPolicyAlgorithm):
         if settings["learning_rate"] is None:
             raise ValueError(f"{path}: the run's learning rate was a custom schedule, which a resume file does not "
                              "hold; pass learning_rate= to from_resume_state")
-        model = cls("TransformerPolicy", env, device=device, policy_kwargs={"gpt_config": state["gpt_config"]},
-                    _init_setup_model=False, **settings)
+        policy_kwargs = {"gpt_config": state["gpt_config"], "shared_reference": state.get("shared_reference")}
+        model = cls("TransformerPolicy", env, device=device, policy_kwargs=policy_kwargs, _init_setup_model=False,
+                    **settings)
         if env is None:  # the spaces of the env it was trained in
             vocab, length = int(state["gpt_config"]["vocab_size"]), int(state["obs_length"])
             box = spaces.Box(0, vocab - 1, shape=(length,), dtype=np.int64)

@@ -4,7 +4,9 @@ default, help and check.
 `rlfl.agents.PPO` takes them as keyword arguments (SB3 style: ``PPO("runs/sft", env, kl_coef=0.1)``);
 `rlfl.agents.train.PPOConfig` (what ``rlfl ppo`` and config files read) inherits them, so each one is a
 command-line flag (``--kl-coef``); a PPO run's resume state and its checkpoint's ``train_config`` record all of
-them. Adding a setting means adding a field here (and reading it where PPO uses it).
+them. Adding a setting means adding a field here (and reading it where PPO uses it). The LoRA settings
+(``lora_rank``, ``lora_alpha``, ``lora_dropout``, ``lora_target_modules``) are inherited from
+`rlfl.lora.LoRASettings`, the one definition every fine-tuning stage shares.
 
 Example:
     >>> s = PPOSettings(kl_coef=0.1, adaptive_kl=True, kl_target=5.0)
@@ -27,12 +29,16 @@ from typing import Any
 from rlfl.agents.kl import ESTIMATORS, KL_HORIZON
 from rlfl.agents.schedules import SCHEDULES
 
+from rlfl.lora import LoRASettings
+
 PRECISIONS = ("float32", "bfloat16", "auto")
 
 
 @dataclass
-class PPOSettings:
-    """How PPO learns: rollout and update sizes, the learning rate, the KL penalty, the losses, reward shaping."""
+class PPOSettings(LoRASettings):
+    """How PPO learns: rollout and update sizes, the learning rate, the KL penalty, the losses, reward shaping, and
+    the LoRA adapters (`rlfl.lora.LoRASettings`: with ``lora_rank`` > 0 only the adapters and the value head train,
+    and the frozen base with the adapters switched off is the KL reference)."""
 
     n_steps: int = field(default=32, metadata={"help": "tokens per row per rollout (rollout = n_steps * n_envs)"})
     batch_size: int = field(default=512, metadata={"help": "tokens per minibatch (about)"})
@@ -82,6 +88,8 @@ class PPOSettings:
         "help": "float32 | bfloat16 | auto (bfloat16 where the hardware has it natively: recent CPUs and GPUs)"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+
         def need(ok: bool, name: str, what: str) -> None:
             if not ok:
                 raise ValueError(f"{type(self).__name__}.{name}={getattr(self, name)!r}: {what}; fix "

@@ -22,6 +22,9 @@ tokens and the stop token the policy would end it with (``<|end|>`` in chat, els
 too long for ``block_size`` loses the start of its prompt (the same tokens on both sides) and, if the
 completions alone do not fit, their ends. Only completion tokens count in the loss.
 
+**LoRA** (``--lora-rank 8``, `rlfl.lora`): only the adapters train, and unless ``--reference`` names another
+checkpoint the reference is the frozen base itself with the adapters switched off (one copy of the weights).
+
 Example (at the start the policy is its reference, so every pair's loss is log 2):
     >>> import math
     >>> lp = torch.tensor([-3.0, -5.0])
@@ -57,6 +60,7 @@ from rlfl.chat_template import end_token, is_chat_checkpoint
 from rlfl.config import to_dict
 from rlfl.evaluate import encode_prompt, greedy_answers
 from rlfl.files import atomic_write_text
+from rlfl.lora import FrozenBase, LoRASettings, apply_lora, merge_lora
 from rlfl.model import GPT
 from rlfl.preference_data import PreferencePair, load_reward_data
 from rlfl.reward import RewardBatcher, RewardExamples
@@ -75,7 +79,7 @@ class DPOConfig:
     """What policy to tune with DPO/IPO, on which pairs; the optimisation lives in ``train``."""
 
     init_from: str = field(default="runs/sft", metadata={
-        "help": "checkpoint directory of the starting policy (any stage)"})
+        "help": "checkpoint directory of the starting policy (any stage), or hf:DIR (a local Hugging Face folder)"})
     reference: str | None = field(default=None, metadata={
         "help": "checkpoint directory of the frozen reference (default: the starting policy's weights)"})
     data: str = field(default="", metadata={
@@ -103,6 +107,7 @@ class DPOConfig:
         "help": "train with dropout off, so log-ratios measure the weights rather than dropout noise"})
     num_samples: int = field(default=2, metadata={"help": "held-out prompts answered (greedy) before and after"})
     sample_tokens: int = field(default=64, metadata={"help": "max new tokens of each before/after answer"})
+    lora: LoRASettings = field(default_factory=LoRASettings, metadata={"help": "LoRA adapters (off by default)"})
     train: TrainConfig = field(default_factory=lambda: finetune_defaults("runs/dpo"),
                                metadata={"help": "training loop settings"})
 
@@ -126,6 +131,9 @@ class DPOConfig:
             raise ValueError(f"block_size={self.block_size}; pass 0 (the model's context) or 2 or more")
         if self.num_samples < 0 or self.sample_tokens < 1:
             raise ValueError("num_samples must be >= 0 and sample_tokens >= 1; fix --num-samples/--sample-tokens")
+        if self.disable_dropout and self.lora.lora_dropout:
+            raise ValueError(f"lora_dropout={self.lora.lora_dropout} has no effect with --disable-dropout (the "
+                             "default); pass --no-disable-dropout to train with it, or drop --lora-dropout")
 
 
 # ---------------------------------------------------------------------------------------------- loss
@@ -185,7 +193,8 @@ class DPOLoss:
     front: the reference runs the very function the policy runs on the very same tensors (and under the same
     autocast), so while the two have the same weights they agree bit for bit (the loss is exactly log 2 at
     step 0 on a deterministic device); nothing has to be kept per example or recomputed on resume; and the
-    cost is one forward without backward, about a quarter of a step.
+    cost is one forward without backward, about a quarter of a step. With LoRA the default reference is
+    `rlfl.lora.FrozenBase` of the policy: the same weights with the adapters switched off, not a copy.
     """
 
     def __init__(self, reference: nn.Module, *, beta: float, loss_type: str = "sigmoid",
@@ -305,7 +314,8 @@ def dpo(cfg: DPOConfig) -> Path:
     tc = cfg.train
     runtime = setup_runtime(tc)
     source, block = ckpt.load_for_finetuning(cfg.init_from, cfg.block_size)
-    model, tokenizer = source.model, source.tokenizer
+    # a LoRA checkpoint starts as its merged weights; this stage's own adapters (if any) go on top
+    model, tokenizer = apply_lora(merge_lora(source.model), cfg.lora, seed=tc.seed), source.tokenizer
     chat = is_chat_checkpoint(source.config) if cfg.chat_template is None else cfg.chat_template
 
     read = {"on_bad_line": cfg.on_bad_line, "seed": tc.seed}
@@ -332,8 +342,14 @@ def dpo(cfg: DPOConfig) -> Path:
     if reference is not None and reference.model.config.block_size < block:
         raise ValueError(f"--reference {cfg.reference}: context {reference.model.config.block_size} is shorter than "
                          f"--block-size {block}; pass --block-size {reference.model.config.block_size} or less")
-    # the default reference is the starting weights, copied before the Trainer (which may resume) touches them
-    ref_model = reference.model if reference is not None else _frozen_copy(model).to(runtime.device)
+    # the default reference is the starting weights: with LoRA the frozen base itself (the adapters switched off,
+    # no copy), else a copy made before the Trainer (which may resume) touches them
+    if reference is not None:
+        ref_model: nn.Module = reference.model
+    elif cfg.lora.lora_rank:
+        ref_model = FrozenBase(model)
+    else:
+        ref_model = _frozen_copy(model).to(runtime.device)
     if cfg.disable_dropout:
         for m in model.modules():
             if isinstance(m, nn.Dropout):
@@ -351,7 +367,7 @@ def dpo(cfg: DPOConfig) -> Path:
         loss_fn=DPOLoss(ref_model, beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing),
         tokens_per_batch=batcher.tokens_per_batch,
         eval_batch_fn=val_batcher.batch_at if val_batcher else None,
-        parent=str(Path(cfg.init_from).resolve()),
+        parent=ckpt.parent_spec(cfg.init_from),
         extra_config={"dpo": {**settings, "chat_template": chat},  # as resolved: `is_chat_checkpoint` reads it
                       "data": {"train": len(train_ex), "val": len(val_ex), **counts, "cut_prompts": cut[0],
                                "cut_completions": cut[1]}},

@@ -20,7 +20,8 @@ a tie is a 0.5/0.5 target on ``r_chosen - r_rejected``. Binary labels use the lo
 scalar labels squared error. Eval reports the loss and the pair accuracy. At the end the score mean/std
 over a sample of the training texts, the exact pair accuracy on the whole validation set and the input
 format are recorded under ``"reward"`` in the checkpoint's ``config.json``; ``load_reward_model`` uses the
-mean/std to normalise scores, which makes it a ready reward source for ``rlfl.envs``.
+mean/std to normalise scores, which makes it a ready reward source for ``rlfl.envs``. With ``--lora-rank 8``
+(`rlfl.lora`) the trunk's weights stay frozen and only its LoRA adapters and the scalar head train.
 
 Example:
     >>> from rlfl.reward import RewardTrainConfig, load_reward_model, train_reward_model
@@ -47,6 +48,7 @@ from torch import nn
 
 from rlfl import checkpoint as ckpt
 from rlfl.config import to_dict
+from rlfl.lora import LoRASettings, apply_lora, merge_lora
 from rlfl.model import GPT
 from rlfl.preference_data import LabelData, PreferenceData, load_reward_data
 from rlfl.sft_data import split_examples
@@ -98,7 +100,8 @@ _truncations = _TruncationLog()
 
 def encode_for_reward(tokenizer: Tokenizer, prompts: Sequence[str], completions: Sequence[str], max_len: int
                       ) -> tuple[list[np.ndarray], int]:
-    """Token ids of each ``prompt + completion`` plus ``<|endoftext|>``, left-truncated to ``max_len``.
+    """Token ids of each ``prompt + completion`` plus ``<|endoftext|>``, left-truncated to ``max_len`` (after a
+    BOS for a tokenizer that adds one).
 
     Returns the id arrays and how many were truncated (a warning is logged, rate-limited).
 
@@ -115,8 +118,9 @@ def encode_for_reward(tokenizer: Tokenizer, prompts: Sequence[str], completions:
         raise ValueError(f"max_len={max_len} must be >= 2 (a token and <|endoftext|>); raise --block-size")
     texts = [p + c for p, c in zip(prompts, completions)]
     out, cut = [], 0
+    bos = tokenizer.bos_prefix  # [] unless the tokenizer's model expects a BOS first (Llama 3)
     for ids in tokenizer.encode_batch(texts):
-        ids.append(tokenizer.eot_id)
+        ids = [*bos, *ids, tokenizer.eot_id]
         if len(ids) > max_len:
             ids, cut = ids[-max_len:], cut + 1
         out.append(np.asarray(ids, dtype=np.int64))
@@ -367,7 +371,8 @@ def load_reward_model(path: str | Path, *, device: str = "cpu", normalize: bool 
 class RewardTrainConfig:
     """What reward model to train, on which data; the optimisation lives in ``train``."""
 
-    init_from: str = field(default="runs/base", metadata={"help": "checkpoint directory of the trunk (any stage)"})
+    init_from: str = field(default="runs/base", metadata={
+        "help": "checkpoint directory of the trunk (any stage), or hf:DIR (a local Hugging Face folder)"})
     data: str = field(default="", metadata={
         "help": "pairs JSONL {prompt, chosen, rejected} or labels JSONL {prompt?, text, label} (.gz ok), or "
                 "hh:FILE[,FILE...] (HH-RLHF dialogues), imdb:FILE[,...] (pos/neg review pairs), imdb-labels:FILE"})
@@ -383,6 +388,7 @@ class RewardTrainConfig:
         "help": "max tokens per text (0 = the model's context); longer ones keep their last tokens"})
     freeze_trunk: bool = field(default=False, metadata={"help": "train the head only (the trunk stays as loaded)"})
     stats_samples: int = field(default=4096, metadata={"help": "training texts scored for the recorded mean/std"})
+    lora: LoRASettings = field(default_factory=LoRASettings, metadata={"help": "LoRA adapters (off by default)"})
     train: TrainConfig = field(default_factory=lambda: finetune_defaults("runs/rm"),
                                metadata={"help": "training loop settings"})
 
@@ -401,6 +407,9 @@ class RewardTrainConfig:
             raise ValueError(f"block_size={self.block_size}; pass 0 (the model's context) or 2 or more")
         if self.stats_samples < 2:
             raise ValueError(f"stats_samples={self.stats_samples} must be >= 2; pass e.g. --stats-samples 4096")
+        if self.freeze_trunk and self.lora.lora_rank:
+            raise ValueError("--freeze-trunk trains the head alone and --lora-rank trains adapters in the trunk too; "
+                             "pass one of them")
 
 
 def _split(data: PreferenceData | LabelData, fraction: float, seed: int):
@@ -433,11 +442,12 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
     source = ckpt.load_checkpoint(cfg.init_from)
     tokenizer = source.tokenizer
     torch.manual_seed(tc.seed)  # the head's init: the same on every rank and every run
-    model = RewardModel(source.model)
+    model = RewardModel(merge_lora(source.model))  # a LoRA checkpoint starts as its merged weights
     if "head.weight" in source.heads:  # continuing from a reward model: keep its head
         ckpt.load_into(model, source)
     if cfg.freeze_trunk:
         model.gpt.requires_grad_(False)
+    apply_lora(model, cfg.lora, seed=tc.seed)  # LoRA: adapters and the head train, the trunk's weights do not
     block = cfg.block_size or model.gpt.config.block_size
     if block > model.gpt.config.block_size:
         raise ValueError(f"block_size={block} exceeds the model's maximum context {model.gpt.config.block_size}; "
@@ -479,7 +489,7 @@ def train_reward_model(cfg: RewardTrainConfig) -> Path:
         batch_fn=lambda step, micro: batcher.batch(step * tc.grad_accum + micro),
         loss_fn=loss_fn, tokens_per_batch=batcher.tokens_per_batch,
         eval_batch_fn=val_batcher.batch_at if val_batcher else None,
-        parent=str(Path(cfg.init_from).resolve()),
+        parent=ckpt.parent_spec(cfg.init_from),
         extra_config={"reward_train": {k: v for k, v in to_dict(cfg).items() if k != "train"},
                       "data": {"kind": data.kind, "train": len(train_ex), "val": len(val_ex or []),
                                "skipped": data.skipped, "skip_reasons": data.skip_reasons,

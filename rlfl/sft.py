@@ -4,7 +4,8 @@ The stage supplies only what is specific to SFT: conversations rendered with the
 cross-entropy loss on **assistant tokens only** (prompt and padding targets are -100), optional packing
 of several examples per block (attention kept inside each example), held-out eval loss and a few
 before/after samples on held-out prompts. The result is a checkpoint of the same format, with its parent
-recorded, that any later stage (PPO, serve, sample) opens.
+recorded, that any later stage (PPO, serve, sample) opens. With ``--lora-rank 8`` (`rlfl.lora`) only LoRA
+adapters on the ``--lora-target-modules`` layers train; the checkpoint stores them beside the frozen weights.
 
 Example:
     >>> from rlfl.sft import SFTConfig, sft
@@ -31,6 +32,7 @@ from rlfl.chat_template import chat_prompt
 from rlfl.config import to_dict
 from rlfl.files import atomic_write_text
 from rlfl.evaluate import greedy_answers
+from rlfl.lora import LoRASettings, apply_lora, merge_lora
 from rlfl.sft_data import SFTBatcher, read_sft, split_examples, tokenize_conversations
 from rlfl.tokenizer import Tokenizer
 from rlfl.trainer import TrainConfig, Trainer, finetune_defaults, setup_runtime
@@ -42,7 +44,8 @@ log = logging.getLogger(__name__)
 class SFTConfig:
     """What to fine-tune, on which conversations; the optimisation lives in ``train``."""
 
-    init_from: str = field(default="runs/base", metadata={"help": "checkpoint directory to start from (any stage)"})
+    init_from: str = field(default="runs/base", metadata={
+        "help": "checkpoint directory to start from (any stage), or hf:DIR (a local Hugging Face folder)"})
     data: str = field(default="", metadata={
         "help": "SFT file: JSONL(.gz) of {prompt, response} | {messages} | {instruction, input, output} | "
                 "{question, answer}, or a JSON array (.json/.json.gz)"})
@@ -54,6 +57,7 @@ class SFTConfig:
     pack: bool = field(default=False, metadata={"help": "pack several examples per row (attention stays per example)"})
     num_samples: int = field(default=2, metadata={"help": "held-out prompts sampled before and after training"})
     sample_tokens: int = field(default=64, metadata={"help": "max new tokens of each before/after sample"})
+    lora: LoRASettings = field(default_factory=LoRASettings, metadata={"help": "LoRA adapters (off by default)"})
     train: TrainConfig = field(default_factory=lambda: finetune_defaults("runs/sft"),
                                metadata={"help": "training loop settings"})
 
@@ -97,7 +101,8 @@ def sft(cfg: SFTConfig) -> Path:
     tc = cfg.train
     runtime = setup_runtime(tc)
     source, block = ckpt.load_for_finetuning(cfg.init_from, cfg.block_size)
-    model, tokenizer = source.model, source.tokenizer
+    # a LoRA checkpoint starts as its merged weights; this stage's own adapters (if any) go on top
+    model, tokenizer = apply_lora(merge_lora(source.model), cfg.lora, seed=tc.seed), source.tokenizer
     data = read_sft(cfg.data, on_bad_line=cfg.on_bad_line, max_examples=cfg.max_examples)
     if cfg.val_data:
         train_convs = data.conversations
@@ -123,7 +128,7 @@ def sft(cfg: SFTConfig) -> Path:
         batch_fn=lambda step, micro: batcher.batch(step * tc.grad_accum + micro),
         loss_fn=sft_loss, tokens_per_batch=batcher.tokens_per_batch,
         eval_batch_fn=val_batcher.batch_at if val_batcher else None,
-        parent=str(Path(cfg.init_from).resolve()),
+        parent=ckpt.parent_spec(cfg.init_from),
         extra_config={"sft": {k: v for k, v in to_dict(cfg).items() if k != "train"},
                       "data": {"train_examples": len(train_ex), "val_examples": len(val_ex), "skipped": data.skipped}},
         runtime=runtime,

@@ -50,6 +50,7 @@ from rlfl import checkpoint as ckpt
 from rlfl.config import to_dict
 from rlfl.device import pick_device
 from rlfl.files import atomic_write_text
+from rlfl.lora import describe_lora, lora_record
 from rlfl.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
@@ -353,6 +354,11 @@ class Trainer:
         if saved.config["model"] != mine:
             raise ValueError(f"{self.out_dir}: holds a checkpoint of a different model ({saved.config['model']}); "
                              "pass a new --out-dir, or --no-resume to overwrite it")
+        lora = lora_record(self.model)
+        if saved.config.get("lora") != lora:
+            raise ValueError(f"{self.out_dir}: holds a checkpoint with LoRA {describe_lora(saved.config.get('lora'))}, "
+                             f"this run has LoRA {describe_lora(lora)}; pass the run's --lora-* flags again, a new "
+                             "--out-dir, or --no-resume to overwrite it")
         if saved.config.get("stage") != self.stage:
             raise ValueError(f"{self.out_dir}: holds a '{saved.config.get('stage')}' checkpoint, not '{self.stage}'; "
                              "pass a new --out-dir, or --no-resume to overwrite it")
