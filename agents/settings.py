@@ -64,7 +64,9 @@ class PPOSettings(LoRASettings):
     clip_range_vf: float | None = field(default=0.2, metadata={
         "help": "value clip (null in a config file: unclipped value loss)"})
     normalize_advantage: bool = field(default=True, metadata={"help": "whiten the advantages of each minibatch"})
-    ent_coef: float = field(default=0.0, metadata={"help": "entropy bonus weight"})
+    ent_coef: float = field(default=0.0, metadata={
+        "help": "entropy bonus weight; negative: an entropy penalty, which sharpens the policy so that the KL it "
+                "spends on the reward does not raise the reference's perplexity of its text (e.g. -0.01)"})
     vf_coef: float = field(default=0.1, metadata={"help": "value loss weight"})
     value_lr_scale: float = field(default=1.0, metadata={
         "help": "the value head's learning rate as a multiple of --learning-rate (a linear head on the trunk's "
@@ -106,8 +108,9 @@ class PPOSettings(LoRASettings):
         need(number("learning_rate") >= 0, "learning_rate", "must be >= 0 (0: the weights stay as they are)")
         for name in ("kl_target", "clip_range", "max_grad_norm", "value_lr_scale"):
             need(number(name) > 0, name, "must be > 0")
-        for name in ("kl_coef", "ent_coef", "vf_coef"):
+        for name in ("kl_coef", "vf_coef"):
             need(number(name) >= 0, name, "must be >= 0")
+        number("ent_coef")
         for name in ("gamma", "gae_lambda"):
             need(0.0 <= number(name) <= 1.0, name, "must be in [0, 1]")
         for name in ("target_kl", "clip_range_vf", "reward_clip"):

@@ -102,6 +102,21 @@ def test_drop_equal_groups_leaves_groups_without_signal_out_of_the_update(policy
         assert torch.equal(v, before[k]), k  # every group scored 1.0: nothing to learn, no step taken
 
 
+def test_a_negative_ent_coef_is_an_entropy_penalty(policy_dir):
+    """With a reward that teaches nothing (every completion scores 1), only the entropy term moves the policy:
+    a penalty sharpens it, a bonus flattens it."""
+    entropy = {}
+    for coef in (-0.5, 0.5):
+        model = GRPO(policy_dir, env_id("One", reward=one), n_envs=8, group_size=4, ent_coef=coef,
+                     learning_rate=3e-3, kl_coef=0.0, seed=0)
+        model.learn(8 * 8 * 6)
+        entropy[coef] = model.logger.name_to_value["train/entropy"]
+    start = GRPO(policy_dir, env_id("One", reward=one), n_envs=8, group_size=4, ent_coef=0.5, learning_rate=0.0,
+                 kl_coef=0.0, seed=0)
+    start.learn(8 * 8)
+    assert entropy[-0.5] < start.logger.name_to_value["train/entropy"] < entropy[0.5], entropy
+
+
 # ---------------------------------------------------------------------------------------------- errors, resume
 def test_bad_settings_name_the_setting_and_the_fix(policy_dir):
     with pytest.raises(ValueError, match=r"n_envs=10 is not a multiple of group_size=4.*pass n_envs=8"):
