@@ -76,7 +76,7 @@ def test_ppo_imdb_tiny(tmp_path):
     # the gold judge learnt from TEST labels (BCE), the reward model from TRAIN pairs
     gold, rm = (json.loads((tmp_path / d / "config.json").read_text())["reward"] for d in ("gold", "rm"))
     assert (gold["kind"], gold["loss"], rm["kind"], rm["loss"]) == ("labels", "bce", "pairs", "bt")
-    report = json.loads((tmp_path / "ppo" / "ppo_report.json").read_text())
+    report = json.loads((tmp_path / "grpo" / "ppo_report.json").read_text())
     assert report["env_id"] == "rlfl/ImdbPositive-v0" and report["timesteps"] >= report["total_timesteps"]
 
     # a second run reuses every stage and draws the same evaluation completions
@@ -94,3 +94,12 @@ def test_bench_grpo_arithmetic_smoke(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert "SFT policy: exact match" in r.stdout and "after GRPO: exact match" in r.stdout
     assert (tmp_path / "run" / "grpo" / "eval.csv").is_file() and (tmp_path / "run" / "sft" / "config.json").is_file()
+
+
+def test_bench_lora_smoke_prints_both_modes_and_lora_holds_fewer_parameters():
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_lora.py"), "--smoke", "--threads", "1"],
+                       check=False, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {line.split()[0]: line.split() for line in r.stdout.splitlines() if line.split()[:1] in (["full"], ["lora"])}
+    held = {mode: int(row[2].replace(",", "")) for mode, row in rows.items()}
+    assert "llama" in r.stdout and held["lora"] < 0.6 * held["full"]  # no reference copy, frozen base only
