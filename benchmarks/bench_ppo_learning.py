@@ -173,7 +173,9 @@ def main() -> None:
              f"{args.eval_prompts} held-out prompts x {args.eval_samples}; task prepared in {prep_s:.0f} s")
     cmd = ("python benchmarks/bench_ppo_learning.py " + " ".join(sys.argv[1:])).strip()
     header = ["timesteps", "gold positive rate", "gold mean", "KL (nats)", "ref perplexity", "length"]
-    section = "bench_ppo_learning" + ("" if args.algorithm == "ppo" else f"_{args.algorithm}")
+    seed = args.seed if args.ppo_seed is None else args.ppo_seed
+    section = ("bench_ppo_learning" + ("" if args.algorithm == "ppo" else f"_{args.algorithm}")
+               + (f"_seed{seed}" if seed else ""))  # each replicate keeps its own table
     print(f"written to {record(section, cmd, header, rows, threads=args.threads, notes=notes)}")
 
 
