@@ -18,8 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from rlfl.chat_template import stop_tokens
 from rlfl.checkpoint import Checkpoint, load_checkpoint
-from rlfl.config import is_int
 from rlfl.hf_models import model_type_of, save_hf_model
 from rlfl.hf_tokenizer import save_hf_tokenizer
 from rlfl.model import trunk
@@ -27,28 +27,13 @@ from rlfl.model import trunk
 log = logging.getLogger(__name__)
 
 
-def _token_id(tokenizer: Any, name: str) -> int | None:
-    try:
-        value = getattr(tokenizer, name, None)
-    except ValueError:  # a tokenizer without that special token
-        return None
-    return value if is_int(value) else None
-
-
 def _generation_config(tokenizer: Any) -> dict[str, Any]:
-    """generation_config.json: the end-of-text token (and rlfl's end-of-turn token, if any) stop generation."""
-    eot, end = _token_id(tokenizer, "eot_id"), tokenizer.special_tokens.get("<|end|>")
-    stops = [t for t in (eot, end) if t is not None]
-    out: dict[str, Any] = {"_from_model_config": True}
-    bos = _token_id(tokenizer, "bos_id")
-    if bos is not None or eot is not None:
-        out["bos_token_id"] = bos if bos is not None else eot
-    if stops:
-        out["eos_token_id"] = stops if len(stops) > 1 else stops[0]
-    pad = _token_id(tokenizer, "pad_id")
-    if pad is not None:
-        out["pad_token_id"] = pad
-    return out
+    """generation_config.json: generation stops where rlfl's does (`rlfl.chat_template.stop_tokens`: the
+    end-of-text token, and the end-of-turn token of a tokenizer that can chat)."""
+    stops = list(stop_tokens(tokenizer))
+    bos = tokenizer.bos_id
+    return {"_from_model_config": True, "bos_token_id": stops[0] if bos is None else bos,
+            "eos_token_id": stops if len(stops) > 1 else stops[0], "pad_token_id": tokenizer.pad_id}
 
 
 def export_hf(source: Any, out: str | os.PathLike, *, overwrite: bool = False) -> Path:
