@@ -359,8 +359,12 @@ class ProgressLine(BaseCallback):
         if self.progress:
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=self.total, initial=self.num_timesteps, desc=type(self.model).__name__.lower(),
-                            unit="tok", dynamic_ncols=True)
+            self.bar = tqdm(total=self.total, initial=self.num_timesteps, desc=self._name(), unit="tok",
+                            dynamic_ncols=True)
+
+    def _name(self) -> str:
+        """The algorithm's command name (ppo, grpo, online-dpo; an SB3 algorithm's class name)."""
+        return getattr(self.model, "command", type(self.model).__name__.lower())
 
     def _on_step(self) -> bool:
         if self.bar is not None:
@@ -389,5 +393,4 @@ class ProgressLine(BaseCallback):
         if self.bar is not None:
             self.bar.set_postfix_str(" | ".join(parts), refresh=False)
         else:
-            logger.info("%s %d/%d tok | %s", type(self.model).__name__.lower(), self.num_timesteps, self.total,
-                        " | ".join(parts))
+            logger.info("%s %d/%d tok | %s", self._name(), self.num_timesteps, self.total, " | ".join(parts))

@@ -38,7 +38,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -47,6 +47,22 @@ from rlfl.agents.kl import kl_per_token
 from rlfl.agents.ppo import PPO
 from rlfl.agents.settings import GRPOSettings
 from rlfl.agents.vec_env import TextVecEnv
+
+
+class Completions(NamedTuple):
+    """A group rollout's completions, one per row: ``segments`` (the rows' segments in the rollout store, in row
+    order), ``(steps, rows)`` grids of the reference's and the rollout policy's log-probs of the sampled tokens,
+    ``mine`` (the grid cells of each row's completion) and the per-token KL there, and per row the completion's
+    KL, shaped score (the env's score with PPO's shaping) and length."""
+
+    segments: np.ndarray
+    ref_logp: np.ndarray
+    old_logp: np.ndarray
+    mine: np.ndarray
+    kl_tok: np.ndarray
+    episode_kls: np.ndarray
+    scores: np.ndarray
+    lengths: np.ndarray
 
 
 def group_advantages(rewards: np.ndarray, group_size: int, kind: str = "grpo") -> np.ndarray:
@@ -83,6 +99,7 @@ class GRPO(PPO):
     """
 
     settings_class = GRPOSettings
+    command = "grpo"
     defaults: dict[str, Any] = {}  # a subclass's own defaults for settings the caller leaves unset
 
     def __init__(self, policy: Any, env: Any, **kwargs: Any) -> None:
@@ -104,14 +121,10 @@ class GRPO(PPO):
         with self._autocast():
             return self._collect(env, callback, env.max_new_tokens, first_episodes=True)
 
-    def train(self) -> None:
-        """Epochs of the clipped surrogate over every row's completion, with group-relative advantages."""
-        store, low = self._begin_update()
-        high = low if self.clip_range_high is None else float(self.clip_range_high)
+    def _completions(self, store: Any) -> Completions:
+        """Every row's completion of the last rollout with its log-probs, KL and shaped score."""
         rows = store.num_rows
-
-        # every row's completion: the segment that began at the reset, in row order
-        first = np.flatnonzero(store.seg_t0 == 0)
+        first = np.flatnonzero(store.seg_t0 == 0)  # the segment that began at the reset, in row order
         first = first[np.argsort(store.seg_row[first])]
         assert len(first) == rows and (store.seg_row[first] == np.arange(rows)).all()
         ref_logp, old_logp, _ = self._forward_pass(store, first)
@@ -120,20 +133,38 @@ class GRPO(PPO):
         mine = np.arange(store.steps)[:, None] <= t_end[None, :]  # the (step, row) cells of those completions
         kl_tok = kl_per_token(torch.from_numpy(old_logp), torch.from_numpy(ref_logp), self.kl_estimator).numpy()
         kl_tok = np.where(mine, kl_tok, 0.0)
-        episode_kls = kl_tok.sum(axis=0)
-        beta = self.kl_ctl.beta
         scores = np.where(mine, self._shaped_rewards(store), 0.0).sum(axis=0)
-        rewards = scores - beta * episode_kls if self.kl_penalty == "reward" else scores
+        return Completions(first, ref_logp, old_logp, mine, kl_tok, kl_tok.sum(axis=0), scores,
+                           store.lengths[t_end, np.arange(rows)])
+
+    def _record_groups(self, store: Any, stats: dict[str, Any], c: Completions, beta: float, keep: np.ndarray) -> None:
+        """Log an update of a group algorithm, and move the adaptive KL coefficient."""
+        self.kl_ctl.update(*mean_count(c.episode_kls.tolist()))  # all ranks' completions under torchrun
+        self._record(store, stats, clip_range=self.clip_range(self._current_progress_remaining), beta=beta,
+                     kl_tok=c.kl_tok[c.mine], episode_kls=c.episode_kls.tolist())
+        record = self.logger.record
+        record("train/kept_groups", float(keep.mean()))
+        record("rollout/group_reward_std", float(c.scores.reshape(-1, self.group_size).std(axis=1, ddof=1).mean()))
+        record("rollout/completion_length", float(c.lengths.mean()))
+
+    def train(self) -> None:
+        """Epochs of the clipped surrogate over every row's completion, with group-relative advantages."""
+        store, low = self._begin_update()
+        high = low if self.clip_range_high is None else float(self.clip_range_high)
+        rows = store.num_rows
+        c = self._completions(store)
+        beta = self.kl_ctl.beta
+        rewards = c.scores - beta * c.episode_kls if self.kl_penalty == "reward" else c.scores
         advantages = group_advantages(rewards, self.group_size, self.advantage)
-        groups = scores.reshape(-1, self.group_size)
+        groups = c.scores.reshape(-1, self.group_size)
         keep = np.ones(rows, dtype=bool)
         if self.drop_equal_groups:
             keep = np.repeat(np.ptp(groups, axis=1) > 1e-9, self.group_size)
 
         device = self.device
         adv_t = torch.as_tensor(advantages, dtype=torch.float32, device=device)
-        ref_t = torch.as_tensor(ref_logp.reshape(-1), dtype=torch.float32, device=device)
-        old_t = torch.as_tensor(old_logp.reshape(-1), dtype=torch.float32, device=device)
+        ref_t = torch.as_tensor(c.ref_logp.reshape(-1), dtype=torch.float32, device=device)
+        old_t = torch.as_tensor(c.old_logp.reshape(-1), dtype=torch.float32, device=device)
         max_new = self.n_steps
 
         def grpo_loss(b: Any, logp: torch.Tensor, values: torch.Tensor, log_ratio: torch.Tensor,
@@ -156,19 +187,14 @@ class GRPO(PPO):
             clipped = ((ratio < 1 - low) | (ratio > 1 + high)).float().mean().item()
             return loss, {"pg": loss.item(), "clip": clipped}
 
-        segments = first[keep]
+        segments = c.segments[keep]
         n_tokens = int((store.seg_n - store.seg_j0)[segments].sum())
         n_minibatches = max(1, round(n_tokens / self.batch_size))
         if len(segments):
             stats = self._optimize(store, segments, n_minibatches, old_t, grpo_loss)
         else:
             stats = {k: [] for k in ("pg", "vf", "ent", "approx_kl", "clip")} | {"skipped": 0}
-        self.kl_ctl.update(*mean_count(episode_kls.tolist()))  # all ranks' completions under torchrun
-        self._record(store, stats, clip_range=low, beta=beta, kl_tok=kl_tok[mine], episode_kls=episode_kls.tolist())
-        record = self.logger.record
-        record("train/kept_groups", float(keep.reshape(-1, self.group_size)[:, 0].mean()))
-        record("rollout/group_reward_std", float(groups.std(axis=1, ddof=1).mean()))
-        record("rollout/completion_length", float(store.lengths[t_end, np.arange(rows)].mean()))
+        self._record_groups(store, stats, c, beta, keep.reshape(-1, self.group_size)[:, 0])
 
 
 class RLOO(GRPO):
@@ -178,4 +204,5 @@ class RLOO(GRPO):
     kl_penalty="reward")``; any setting passed explicitly wins.
     """
 
+    command = "rloo"
     defaults = {"advantage": "rloo", "kl_penalty": "reward"}

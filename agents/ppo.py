@@ -149,6 +149,7 @@ class PPO(OnPolicyAlgorithm):
     policy_aliases = {"TransformerPolicy": TransformerPolicy}
     policy: TransformerPolicy
     settings_class: type[PPOSettings] = PPOSettings  # the dataclass of the algorithm's settings
+    command = "ppo"  # the CLI command that runs it (rlfl ppo)
 
     def __init__(
         self,
@@ -367,8 +368,12 @@ class PPO(OnPolicyAlgorithm):
                              f"{RESUME_FORMAT!r}); delete it to start the run over")
         algorithm = state.get("algorithm", "PPO")
         if algorithm != cls.__name__:
+            classes, known = [PPO], {}
+            while classes:  # PPO and every algorithm built on it
+                known[classes[0].__name__] = classes[0].command
+                classes = classes[1:] + classes[0].__subclasses__()
             raise ValueError(f"{path}: the resume state of a {algorithm} run, not a {cls.__name__} one; resume it with "
-                             f"rlfl {algorithm.lower()}, or pass a new --out-dir")
+                             f"rlfl {known.get(algorithm, algorithm.lower())}, or pass a new --out-dir")
         settings = {**state["settings"], **overrides}
         if settings["learning_rate"] is None:
             raise ValueError(f"{path}: the run's learning rate was a custom schedule, which a resume file does not "
@@ -581,8 +586,11 @@ class PPO(OnPolicyAlgorithm):
         return self._store, self.clip_range(self._current_progress_remaining)
 
     def _optimize(self, store: RolloutStore, segments: np.ndarray, n_minibatches: int, old_logp: torch.Tensor,
-                  loss_fn: Any) -> dict[str, Any]:
+                  loss_fn: Any, *, block: int = 1) -> dict[str, Any]:
         """``n_epochs`` passes over ``segments`` in about ``n_minibatches`` shuffled minibatches, with the rails.
+
+        ``block`` > 1 keeps each run of ``block`` consecutive segments in one minibatch (the two completions of a
+        preference pair), shuffling the runs instead of the segments.
 
         ``loss_fn(batch, logp, values, log_ratio, ratio) -> (loss, {"pg", "vf", "clip"})`` is the algorithm's
         loss of one minibatch (``old_logp`` is indexed by grid cell); this loop adds the entropy bonus, skips a
@@ -591,12 +599,17 @@ class PPO(OnPolicyAlgorithm):
         """
         ranks = world()[1]
         if ranks > 1:  # as many minibatches on every rank, none empty: each one's collectives need all ranks
-            n_minibatches = int(min(n_minibatches, all_min([len(segments)])[0]))
+            n_minibatches = int(min(n_minibatches, all_min([len(segments) // block])[0]))
         stats: dict[str, Any] = {k: [] for k in ("pg", "vf", "ent", "approx_kl", "clip")}
         skipped, continue_training, updates = 0, True, 0
         max_log_ratio = math.log(self.ratio_threshold)
         for epoch in range(self.n_epochs):
-            for segs in np.array_split(np.random.permutation(segments), n_minibatches):
+            if block == 1:
+                minibatches = np.array_split(np.random.permutation(segments), n_minibatches)
+            else:
+                runs = segments.reshape(-1, block)
+                minibatches = [runs[k].reshape(-1) for k in np.array_split(np.random.permutation(len(runs)), n_minibatches)]
+            for segs in minibatches:
                 if len(segs) == 0:
                     continue
                 b = store.batch(segs, self.device)
@@ -638,7 +651,7 @@ class PPO(OnPolicyAlgorithm):
                         f"{pieces['pg']:.4g}, value {pieces.get('vf', 0.0):.4g}; NaN/inf on this rank or another "
                         "under torchrun); lower learning_rate or vf_coef, or clip rewards (reward_clip)")
                 for key, value in pieces.items():
-                    stats[key].append(value)
+                    stats.setdefault(key, []).append(value)
                 stats["approx_kl"].append(approx_kl)
                 if self.target_kl is not None and approx_kl > 1.5 * self.target_kl:
                     continue_training = False

@@ -30,6 +30,7 @@ from rlfl.agents.kl import ESTIMATORS, KL_HORIZON
 from rlfl.agents.schedules import SCHEDULES
 
 from rlfl.lora import LoRASettings
+from rlfl.preference_loss import PreferenceLossSettings
 
 PRECISIONS = ("float32", "bfloat16", "auto")
 
@@ -208,3 +209,36 @@ class GRPOSettings(PPOSettings):
         need(self.clip_range_high is None or (isinstance(self.clip_range_high, (int, float))
                                               and math.isfinite(self.clip_range_high) and self.clip_range_high > 0),
              "clip_range_high", "must be a number > 0 (or unset)")
+
+
+@dataclass
+class OnlineDPOSettings(GRPOSettings, PreferenceLossSettings):
+    """How online DPO learns: the group rollout of `GRPOSettings` and the preference loss of offline DPO
+    (`rlfl.preference_loss.PreferenceLossSettings`: ``loss_type``, ``beta``, ``label_smoothing``).
+
+    Each group's best and worst completion by reward form a preference pair; the policy-gradient settings
+    (``advantage``, ``loss_agg``, ``clip_range``, ``clip_range_high``, ``drop_equal_groups``: groups whose
+    completions all scored the same are always left out, having no preference) and the critic's are not read.
+
+    >>> s = OnlineDPOSettings(beta=0.1, group_size=2)
+    >>> s.beta, s.loss_type
+    (0.1, 'sigmoid')
+    >>> OnlineDPOSettings(beta=-1.0)
+    Traceback (most recent call last):
+    ...
+    ValueError: beta=-1.0 must be > 0; pass e.g. --beta 0.1
+    """
+
+    soft_preferences: bool = field(default=True, metadata={
+        "help": "label each pair with the probability sigmoid(r_chosen - r_rejected) that its chosen side is better "
+                "(Bradley-Terry, as a reward model's scores are): DPO's optimum is then the KL-regularised policy "
+                "ref * exp(r / beta); --no-soft-preferences: label 1 (the chosen side always wins), which pushes "
+                "towards the chosen completions without end"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # GRPO's, PPO's and LoRA's checks
+        PreferenceLossSettings.__post_init__(self)
+        if self.soft_preferences and self.label_smoothing:
+            raise ValueError(f"label_smoothing={self.label_smoothing} sets the label of hard preferences, but "
+                             "soft_preferences (the default) labels each pair with its own probability; pass "
+                             "--no-soft-preferences with --label-smoothing")

@@ -61,8 +61,9 @@ from rlfl.agents.callbacks import (
     save_sb3_zip,
 )
 from rlfl.agents.grpo import GRPO, RLOO
+from rlfl.agents.online_dpo import OnlineDPO
 from rlfl.agents.ppo import PPO, RESUME_FILE
-from rlfl.agents.settings import GRPOSettings, PPOSettings
+from rlfl.agents.settings import GRPOSettings, OnlineDPOSettings, PPOSettings
 from rlfl.agents.vec_env import TextVecEnv, make_text_vec_env
 from stable_baselines3.common.callbacks import CallbackList
 from stable_baselines3.common.logger import Logger, make_output_format
@@ -84,7 +85,7 @@ LOG_FORMATS = ("stdout", "csv", "tensorboard", "json", "log")
 class PPOConfig(PPOSettings):
     """`rlfl ppo`: which policy to fine-tune, in which env, against which reward, and how (the `PPOSettings`)."""
 
-    algorithm: ClassVar[type[PPO]] = PPO  # what trains: GRPOConfig and RLOOConfig name theirs
+    algorithm: ClassVar[type[PPO]] = PPO  # what trains: the other algorithms' configs name theirs
     init_from: str = field(default="runs/sft", metadata={
         "help": "policy checkpoint directory to start from (any stage), or hf:DIR (a local Hugging Face folder)"})
     env_id: str = field(default="rlfl/SyntheticReviews-v0", metadata={"help": "registered text env id"})
@@ -199,6 +200,18 @@ class RLOOConfig(GRPOConfig):
     advantage: str = _with_default(GRPOSettings, "advantage", "rloo")
     kl_penalty: str = _with_default(GRPOSettings, "kl_penalty", "reward")
     out_dir: str = _with_default(PPOConfig, "out_dir", "runs/rloo")
+
+
+@dataclass
+class OnlineDPOConfig(PPOConfig, OnlineDPOSettings):
+    """`rlfl online-dpo`: `PPOConfig`'s run trained by `rlfl.agents.OnlineDPO`, with the `OnlineDPOSettings`
+    (pairs of two completions per prompt and no KL term by default: ``beta`` holds the policy near the
+    reference)."""
+
+    algorithm: ClassVar[type[PPO]] = OnlineDPO
+    group_size: int = _with_default(GRPOSettings, "group_size", 2)
+    kl_coef: float = _with_default(PPOSettings, "kl_coef", 0.0)
+    out_dir: str = _with_default(PPOConfig, "out_dir", "runs/online_dpo")
 
 
 
@@ -452,5 +465,5 @@ def _report(cfg: PPOConfig, out: Path, model: PPO, history: list[dict[str, Any]]
     if history:
         s, e = history[0], history[-1]
         log.info("%s: gold %.4f -> %.4f | positive %.3f -> %.3f | kl %.3f | ppl %.2f -> %.2f | %d timesteps",
-                 type(model).__name__.lower(), s["gold_mean"], e["gold_mean"], s["gold_positive_rate"], e["gold_positive_rate"], e["kl"],
+                 model.command, s["gold_mean"], e["gold_mean"], s["gold_positive_rate"], e["gold_positive_rate"], e["kl"],
                  s["perplexity"], e["perplexity"], model.num_timesteps)

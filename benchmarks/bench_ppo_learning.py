@@ -1,4 +1,4 @@
-"""PPO/GRPO/RLOO/DPO learning check: raise the GOLD positive rate of a small SFT policy to >= 0.9 at KL <= 6 nats.
+"""PPO/GRPO/RLOO/online DPO/DPO learning check: raise the GOLD positive rate of a small SFT policy to >= 0.9 at KL <= 6 nats.
 
 The learning target, end to end on the built-in task `rlfl/SyntheticReviews-v0`:
 
@@ -7,8 +7,10 @@ The learning target, end to end on the built-in task `rlfl/SyntheticReviews-v0`:
    words and stops with ``<|end|>``, preference pairs of that policy's samples labelled by the gold judge,
    and a reward model trained on them. Its time is printed but is not part of the PPO budget.
 2. PPO (`rlfl.agents.train.train_ppo`, what ``rlfl ppo`` runs), or with ``--algorithm grpo|rloo`` GRPO or
-   RLOO (``rlfl grpo``/``rlfl rloo``: groups of ``--group-size`` completions per prompt, no critic), trains
-   the SFT policy against the **reward model** (the learned proxy), never the gold judge. With
+   RLOO (``rlfl grpo``/``rlfl rloo``: groups of ``--group-size`` completions per prompt, no critic), or with
+   ``--algorithm online_dpo`` online DPO (``rlfl online-dpo``: DPO's loss on each group's best and worst
+   completion, ``--soft-preferences`` for labels sigmoid(reward difference)), trains the SFT policy against
+   the **reward model** (the learned proxy), never the gold judge. With
    ``--algorithm dpo``, DPO (`rlfl.dpo`, what ``rlfl dpo`` runs) trains it on the task's preference pairs
    (the ones the reward model learnt from) instead, with no reward model and no sampling.
 3. The gold judge (`GoldSentiment`, the generator's own lexicon and rules) scores samples on held-out
@@ -18,13 +20,14 @@ The learning target, end to end on the built-in task `rlfl/SyntheticReviews-v0`:
                                             [--timesteps 409600] [--lr 1.5e-4] [--lr-schedule linear]
                                             [--kl-coef 0.14] [--kl-target 5.5] [--threads 2]
                                             [--algorithm grpo --group-size 4 --loss-agg dapo ...]
+                                            [--algorithm online_dpo --dpo-beta 0.1 --soft-preferences ...]
                                             [--algorithm dpo --dpo-beta 0.1 --dpo-steps 600 --dpo-lr 1e-4]
     torchrun --standalone --nproc_per_node=N benchmarks/bench_ppo_learning.py --threads 1 ...  # data-parallel
 
 Prints the task preparation time, PPO's time and tokens/s, the gold positive rate and mean before -> after,
 the final KL, reference perplexity and length, and every gold evaluation of the run (eval.csv); the
-``bench_ppo_learning`` section of benchmarks/RESULTS.md (``bench_ppo_learning_grpo``, ``..._rloo`` for the
-others) gets the gold rate @ KL at each quarter with the machine it ran on.
+``bench_ppo_learning`` section of benchmarks/RESULTS.md (``bench_ppo_learning_grpo``, ``..._rloo``,
+``..._online_dpo`` for the others) gets the gold rate @ KL at each quarter with the machine it ran on.
 
 Why the defaults: the learning rate decays linearly to 0 (with a constant rate the KL that update noise
 adds never drains, and the gold rate levels off lower at a higher KL); the value head learns at 100x the
@@ -49,7 +52,7 @@ import torch
 import torch.distributed as dist
 
 from rlfl.agents.callbacks import read_eval_csv
-from rlfl.agents.train import GRPOConfig, PPOConfig, RLOOConfig, train_ppo
+from rlfl.agents.train import GRPOConfig, OnlineDPOConfig, PPOConfig, RLOOConfig, train_ppo
 from rlfl.synthetic_task import SyntheticTaskConfig, prepare_synthetic_task
 from results import record
 
@@ -57,13 +60,16 @@ from results import record
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task-dir", default="runs/synthetic_task", help="where the SFT policy and reward model live")
-    ap.add_argument("--algorithm", choices=("ppo", "grpo", "rloo", "dpo"), default="ppo", help="what trains the policy")
-    ap.add_argument("--dpo-beta", type=float, default=0.1, help="DPO: beta of the loss")
-    ap.add_argument("--dpo-loss", default="sigmoid", help="DPO: sigmoid | ipo")
+    ap.add_argument("--algorithm", choices=("ppo", "grpo", "rloo", "online_dpo", "dpo"), default="ppo", help="what trains the policy")
+    ap.add_argument("--dpo-beta", type=float, default=0.1, help="DPO, online DPO: beta of the loss")
+    ap.add_argument("--dpo-loss", default="sigmoid", help="DPO, online DPO: sigmoid | ipo")
+    ap.add_argument("--soft-preferences", action=argparse.BooleanOptionalAction, default=True,
+                    help="online DPO: label pairs with sigmoid(reward difference) (--no-soft-preferences: 1)")
     ap.add_argument("--dpo-steps", type=int, default=600, help="DPO: optimizer steps")
     ap.add_argument("--dpo-batch-size", type=int, default=32, help="DPO: pairs per step")
     ap.add_argument("--dpo-lr", type=float, default=1e-4, help="DPO: peak learning rate (cosine to a tenth)")
-    ap.add_argument("--group-size", type=int, default=4, help="GRPO/RLOO: completions per prompt")
+    ap.add_argument("--group-size", type=int, default=None,
+                    help="GRPO/RLOO/online DPO: completions per prompt (default: 4; online DPO's 2)")
     ap.add_argument("--advantage", default=None, help="GRPO/RLOO: grpo | dr_grpo | rloo (default: the algorithm's)")
     ap.add_argument("--loss-agg", default="grpo", help="GRPO/RLOO: grpo | dapo | dr_grpo")
     ap.add_argument("--clip-range-high", type=float, default=None, help="GRPO/RLOO: upper ratio clip (clip-higher)")
@@ -131,9 +137,14 @@ def main() -> None:
     if (out / "ppo_resume.pt").exists():
         raise SystemExit(f"{out}: holds an earlier run; pass a new --out (this benchmark times a fresh run)")
     config, extra = PPOConfig, {}
-    if args.algorithm != "ppo":
+    if args.algorithm == "online_dpo":
+        config = OnlineDPOConfig
+        extra = dict(group_size=args.group_size or 2, beta=args.dpo_beta, loss_type=args.dpo_loss,
+                     soft_preferences=args.soft_preferences)
+        extra |= {"kl_penalty": args.kl_penalty} if args.kl_penalty is not None else {}
+    elif args.algorithm != "ppo":
         config = GRPOConfig if args.algorithm == "grpo" else RLOOConfig
-        extra = dict(group_size=args.group_size, loss_agg=args.loss_agg, clip_range_high=args.clip_range_high)
+        extra = dict(group_size=args.group_size or 4, loss_agg=args.loss_agg, clip_range_high=args.clip_range_high)
         extra |= {k: v for k, v in (("advantage", args.advantage), ("kl_penalty", args.kl_penalty)) if v is not None}
     cfg = config(init_from=str(task.sft), reward=str(task.reward_model), chat_template=True, out_dir=str(out),
                     total_timesteps=args.timesteps, n_envs=args.n_envs // ranks, n_steps=args.n_steps,
@@ -158,7 +169,7 @@ def main() -> None:
     start, end = report["start"], report["end"]
     print(f"task preparation: {prep_s:.0f}s (reused when --task-dir already holds it); figures: "
           f"{json.dumps(task.figures, default=str)}")
-    name = args.algorithm.upper()
+    name = {"online_dpo": "online DPO"}.get(args.algorithm, args.algorithm.upper())
     print(f"{name}: {report['timesteps']} tokens in {ppo_s:.0f}s ({ppo_s / 60:.1f} min, {report['tokens_per_s']:.0f} "
           "tokens/s)")
     print(f"gold positive rate on {args.eval_prompts} held-out prompts: {start['gold_positive_rate']:.3f} -> "

@@ -247,7 +247,7 @@ def cmd_export(a: ExportArgs) -> None:
 
 # ------------------------------------------------------------------------------------ parser
 def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], None], str]]:
-    from rlfl.agents.train import GRPOConfig, PPOConfig, RLOOConfig
+    from rlfl.agents.train import GRPOConfig, OnlineDPOConfig, PPOConfig, RLOOConfig
     from rlfl.chat import ChatConfig, chat
     from rlfl.compare import CompareConfig
     from rlfl.dpo import DPOConfig
@@ -289,6 +289,8 @@ def _commands() -> dict[tuple[str, ...], tuple[type, Callable[[Any], None], str]
                                           "group-relative advantages, no critic (same run, files and resume as ppo)")),
         ("rloo",): (RLOOConfig, cmd_ppo, ("fine-tune a policy with RLOO: GRPO's groups with a leave-one-out baseline "
                                           "and the KL in the reward")),
+        ("online-dpo",): (OnlineDPOConfig, cmd_ppo, ("fine-tune a policy with online DPO: DPO's loss on pairs of the "
+                                                     "policy's own completions, ranked by the env's reward")),
         ("sample",): (SampleArgs, cmd_sample, "generate text from a checkpoint"),
         ("export",): (ExportArgs, cmd_export, ("write a checkpoint as a Hugging Face folder (gpt2, llama, qwen2 or "
                                                "qwen3) that transformers' from_pretrained opens")),

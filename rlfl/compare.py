@@ -1,5 +1,5 @@
 """`rlfl compare`: RLHF against RLAIF, fairly: one SFT policy, one prompt set, two label sources, same everything else
-(and, with ``algorithms``, PPO against GRPO, RLOO and DPO on each side).
+(and, with ``algorithms``, PPO against GRPO, RLOO, online DPO and DPO on each side).
 
 The experiment, in stages that each leave their output in ``out_dir`` and are skipped when it is
 complete, so a second run (or one after a crash) goes straight to where the first one stopped:
@@ -19,8 +19,9 @@ complete, so a second run (or one after a crash) goes straight to where the firs
    and seed: only the labels differ;
 6. ``<algorithm>/<source>/seed<k>/``: every arm, a label source trained with one of ``algorithms``, from the
    SFT policy, one run per seed in ``seeds``, same seeds for every arm; each run resumes from its last
-   checkpoint. ``ppo`` (`rlfl.agents.train.train_ppo`), ``grpo`` and ``rloo`` (the same function with
-   `GRPOConfig` / `RLOOConfig`, the same settings plus ``group_size``) train against each source's reward model
+   checkpoint. ``ppo`` (`rlfl.agents.train.train_ppo`), ``grpo``, ``rloo`` and ``online_dpo`` (the same
+   function with `GRPOConfig` / `RLOOConfig` / `OnlineDPOConfig`, the same settings plus ``group_size``, and
+   ``dpo_beta`` for online DPO) train against each source's reward model
    (and, with ``direct_rlaif``, against the judge itself); ``dpo`` (`rlfl.dpo.dpo`) trains on each source's
    preference file (``human_prefs.jsonl``, ``ai_prefs.jsonl``) with no reward model, its seed the arm's seed.
    A PPO arm is named after its source (``rlhf``, ``rlaif``, ``direct_rlaif``, in ``ppo/<source>/``), another
@@ -66,7 +67,7 @@ import yaml
 
 from rlfl import config as cfglib
 from rlfl.agents.schedules import SCHEDULES
-from rlfl.agents.train import GRPOConfig, PPOConfig, RLOOConfig, train_ppo
+from rlfl.agents.train import GRPOConfig, OnlineDPOConfig, PPOConfig, RLOOConfig, train_ppo
 from rlfl.checkpoint import is_checkpoint, load_checkpoint
 from rlfl.compare_eval import (
     JUDGE_SPECS,
@@ -99,11 +100,12 @@ log = logging.getLogger(__name__)
 
 SOURCES = ("rlhf", "rlaif", "direct_rlaif")  # the label sources: human labels, AI labels, the AI judge as the reward
 PREFS = {"rlhf": "human_prefs.jsonl", "rlaif": "ai_prefs.jsonl"}  # each side's preference pairs
-ALGORITHMS = tuple(ALGORITHM_NAMES)  # ppo, grpo, rloo, dpo
-RL_CONFIGS = {"ppo": PPOConfig, "grpo": GRPOConfig, "rloo": RLOOConfig}  # the algorithms that train on a reward
+ALGORITHMS = tuple(ALGORITHM_NAMES)  # ppo, grpo, rloo, online_dpo, dpo
+# the algorithms that train on a reward
+RL_CONFIGS = {"ppo": PPOConfig, "grpo": GRPOConfig, "rloo": RLOOConfig, "online_dpo": OnlineDPOConfig}
 # settings only some algorithms read: a run that trains none of those leaves them out of its settings record and
 # results.json, and ``algorithms`` is left out when it is PPO alone, so such a run records what it always did
-ALGORITHM_FIELDS = {"group_size": ("grpo", "rloo"), "dpo_beta": ("dpo",), "dpo_steps": ("dpo",),
+ALGORITHM_FIELDS = {"group_size": ("grpo", "rloo", "online_dpo"), "dpo_beta": ("dpo", "online_dpo"), "dpo_steps": ("dpo",),
                     "dpo_lr": ("dpo",), "dpo_batch_size": ("dpo",)}
 HUMAN_SPECS = "simulated, store:LABELS.db, pairs:PAIRS.jsonl[,...] or hh:FILE[,FILE...]"
 # fields that change how a run goes, not what it computes: a resumed run may differ in them (results.json
@@ -182,15 +184,16 @@ class CompareConfig:
     rm_val_fraction: float = field(default=0.1, metadata={"help": "share of the labels held out to validate each RM"})
     # ---- the arms: label source x algorithm
     algorithms: list[str] = field(default_factory=lambda: ["ppo"], metadata={
-        "help": "what trains each label source's policy, any of: ppo, grpo, rloo (against its reward model, with the "
-                "PPO settings below), dpo (on its preference pairs, no reward model)"})
+        "help": "what trains each label source's policy, any of: ppo, grpo, rloo, online_dpo (against its reward "
+                "model, with the PPO settings below), dpo (on its preference pairs, no reward model)"})
     group_size: int = field(default=4, metadata={
-        "help": "grpo, rloo: completions per prompt compared in a group (--n-envs must be a multiple)"})
-    dpo_beta: float = field(default=0.1, metadata={"help": "dpo: strength of the pull to the SFT policy (> 0)"})
+        "help": "grpo, rloo, online_dpo: completions per prompt compared in a group (--n-envs must be a multiple)"})
+    dpo_beta: float = field(default=0.1, metadata={
+        "help": "dpo, online_dpo: strength of the pull to the SFT policy (> 0)"})
     dpo_steps: int = field(default=200, metadata={"help": "dpo: optimizer steps of each run"})
     dpo_lr: float = field(default=1e-4, metadata={"help": "dpo: peak learning rate (cosine decay to a tenth)"})
     dpo_batch_size: int = field(default=32, metadata={"help": "dpo: preference pairs per step"})
-    # ---- PPO (identical for every arm; GRPO and RLOO read the same settings)
+    # ---- PPO (identical for every arm; GRPO, RLOO and online DPO read the same settings)
     direct_rlaif: bool = field(default=False, metadata={
         "help": "also train with the AI judge itself as the reward (every RL algorithm of --algorithms)"})
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={
@@ -249,10 +252,12 @@ class CompareConfig:
              f"pass one or more distinct algorithms of {', '.join(ALGORITHMS)}")
         need(isinstance(self.group_size, int) and self.group_size >= 2, "group_size",
              "must be an integer >= 2 (a group compares its completions)")
-        need(not {"grpo", "rloo"} & set(self.algorithms) or self.n_envs % self.group_size == 0, "group_size",
-             f"must divide n_envs ({self.n_envs}): GRPO and RLOO hand each prompt to group_size of the n_envs rows")
+        need(not set(ALGORITHM_FIELDS["group_size"]) & set(self.algorithms) or self.n_envs % self.group_size == 0,
+             "group_size", f"must divide n_envs ({self.n_envs}): GRPO, RLOO and online DPO hand each prompt to "
+             "group_size of the n_envs rows")
         need(not self.direct_rlaif or any(a in RL_CONFIGS for a in self.algorithms), "direct_rlaif",
-             "trains on the AI judge as a reward, so it needs ppo, grpo or rloo in --algorithms (DPO has no reward)")
+             "trains on the AI judge as a reward, so it needs ppo, grpo, rloo or online_dpo in --algorithms (DPO has "
+             "no reward)")
         need(self.ppo_lr_schedule in SCHEDULES, "ppo_lr_schedule", f"use one of {', '.join(SCHEDULES)}")
         need(bool(self.seeds), "seeds", "pass at least one seed (3 or more for confidence intervals)")
         need(len(set(self.seeds)) == len(self.seeds) and all(s >= 0 for s in self.seeds), "seeds",
@@ -626,13 +631,15 @@ def stage_arms(run: CompareRun) -> None:
 
 
 def _train_rl(run: CompareRun, arm: Arm, seed: int) -> None:
-    """One PPO, GRPO or RLOO run against the arm's reward model (or the AI judge, for direct RLAIF)."""
+    """One PPO, GRPO, RLOO or online DPO run against the arm's reward model (or the AI judge, for direct RLAIF)."""
     cfg = run.cfg
     out = run.arm_dir(arm, seed)
     reward = None if arm.source == "direct_rlaif" else str(run.path(f"rm_{arm.source}"))
     rollout = cfg.n_envs * cfg.max_new_tokens
     every = cfg.ppo_eval_every or max(rollout, cfg.ppo_timesteps // 4)
     group = {} if arm.algorithm == "ppo" else {"group_size": cfg.group_size}
+    if arm.algorithm == "online_dpo":
+        group["beta"] = cfg.dpo_beta
     with run.stage(f"{arm.algorithm}_{arm.source}_seed{seed}",
                    f"{ALGORITHM_NAMES[arm.algorithm]} {arm.source} seed {seed} ({cfg.ppo_timesteps} tokens)",
                    ppo_done(out, cfg.ppo_timesteps)) as todo:

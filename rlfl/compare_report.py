@@ -49,10 +49,10 @@ PLOT_FILES = {"frontier": "reward_kl_frontier.png", "proxy_vs_gold": "proxy_vs_g
 NAMES = {"sft": "SFT", "rlhf": "RLHF", "rlaif": "RLAIF", "direct_rlaif": "direct RLAIF"}
 COLORS = {"sft": "#7f7f7f", "rlhf": "#1f77b4", "rlaif": "#ff7f0e", "direct_rlaif": "#2ca02c"}
 OTHER_COLORS = ("#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
-ALGORITHM_NAMES = {"ppo": "PPO", "grpo": "GRPO", "rloo": "RLOO", "dpo": "DPO"}
+ALGORITHM_NAMES = {"ppo": "PPO", "grpo": "GRPO", "rloo": "RLOO", "online_dpo": "online DPO", "dpo": "DPO"}
 # how far each algorithm moves its source's colour: towards black (< 0) or white (> 0)
-SHADES = {"ppo": 0.0, "grpo": -0.4, "rloo": 0.35, "dpo": 0.6}
-MARKERS = {"ppo": "o", "grpo": "s", "rloo": "^", "dpo": "D"}
+SHADES = {"ppo": 0.0, "grpo": -0.4, "rloo": 0.35, "online_dpo": -0.2, "dpo": 0.6}
+MARKERS = {"ppo": "o", "grpo": "s", "rloo": "^", "online_dpo": "v", "dpo": "D"}
 TRIPLES = ("gold_mean", "gold_positive_rate", "kl", "perplexity")
 TRIPLES_VS_SFT = ("win_rate_vs_sft", "gold_diff_vs_sft")
 SCALARS = ("distinct_1", "distinct_2", "length")
@@ -127,15 +127,18 @@ def arm_name(source: str, algorithm: str) -> str:
     Example:
         >>> arm_name("rlhf", "ppo"), arm_name("rlaif", "dpo"), arm_parts("direct_rlaif_grpo"), arm_parts("rlhf")
         ('rlhf', 'rlaif_dpo', ('direct_rlaif', 'grpo'), ('rlhf', 'ppo'))
+        >>> arm_parts("rlhf_online_dpo"), arm_parts("rlhf_dpo")
+        (('rlhf', 'online_dpo'), ('rlhf', 'dpo'))
     """
     return source if algorithm == "ppo" else f"{source}_{algorithm}"
 
 
 def arm_parts(name: str) -> tuple[str, str]:
     """(label source, algorithm) of an arm's name, the inverse of `arm_name` (a bare name is a PPO arm)."""
-    source, _, algorithm = name.rpartition("_")
-    if source and algorithm in ALGORITHM_NAMES and algorithm != "ppo":
-        return source, algorithm
+    for algorithm in sorted(ALGORITHM_NAMES, key=len, reverse=True):  # online_dpo before dpo
+        source = name.removesuffix(f"_{algorithm}")
+        if algorithm != "ppo" and source and source != name:
+            return source, algorithm
     return name, "ppo"
 
 

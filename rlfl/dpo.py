@@ -1,13 +1,9 @@
 """Direct Preference Optimisation (DPO, and IPO) of a policy on preference pairs, through the shared ``Trainer``.
 
 DPO learns from (prompt, chosen, rejected) pairs without a reward model or sampling: it raises the policy's
-log-prob of the chosen completion relative to a frozen reference and lowers that of the rejected one. With
-``h = (log pi(chosen) - log ref(chosen)) - (log pi(rejected) - log ref(rejected))`` (log-probs summed over the
-completion's tokens) the losses are
-
-- ``sigmoid`` (DPO): ``-log sigmoid(beta * h)``; with ``label_smoothing`` e (conservative DPO, for labels
-  that are wrong a share e of the time) ``-(1 - e) log sigmoid(beta * h) - e log sigmoid(-beta * h)``;
-- ``ipo`` (IPO): ``(h - 1 / (2 * beta))^2`` with per-token *average* log-probs in ``h``, as in the IPO paper.
+log-prob of the chosen completion relative to a frozen reference and lowers that of the rejected one, with the
+loss of `rlfl.preference_loss` (``sigmoid``: DPO, with optional ``label_smoothing``; ``ipo``: IPO), whose
+settings (``loss_type``, ``beta``, ``label_smoothing``) it shares with online DPO (`rlfl.agents.OnlineDPO`).
 
 ``beta * (log pi - log ref)`` of a completion is its *implicit reward*; every evaluation on the held-out pairs
 reports its mean for chosen and rejected completions, their margin and the accuracy (share of pairs whose
@@ -25,14 +21,7 @@ completions alone do not fit, their ends. Only completion tokens count in the lo
 **LoRA** (``--lora-rank 8``, `rlfl.lora`): only the adapters train, and unless ``--reference`` names another
 checkpoint the reference is the frozen base itself with the adapters switched off (one copy of the weights).
 
-Example (at the start the policy is its reference, so every pair's loss is log 2):
-    >>> import math
-    >>> lp = torch.tensor([-3.0, -5.0])
-    >>> loss, metrics = preference_loss(lp[:1], lp[1:], lp[:1], lp[1:], beta=0.1)
-    >>> round(float(loss), 6) == round(math.log(2), 6), metrics["accuracy"]
-    (True, 0.0)
-
-The stage (``rlfl dpo``):
+Example:
     >>> from rlfl.dpo import DPOConfig, dpo
     >>> from rlfl.trainer import TrainConfig
     >>> dpo(DPOConfig(init_from="runs/sft", data="pairs.jsonl",
@@ -52,7 +41,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from rlfl import checkpoint as ckpt
@@ -63,6 +51,7 @@ from rlfl.files import atomic_write_text
 from rlfl.lora import FrozenBase, LoRASettings, apply_lora, merge_lora
 from rlfl.model import GPT
 from rlfl.preference_data import PreferencePair, load_reward_data
+from rlfl.preference_loss import PreferenceLossSettings, preference_loss
 from rlfl.reward import RewardBatcher, RewardExamples
 from rlfl.sft_data import split_examples
 from rlfl.tokenizer import Tokenizer
@@ -70,12 +59,11 @@ from rlfl.trainer import TrainConfig, Trainer, finetune_defaults, setup_runtime
 
 log = logging.getLogger(__name__)
 
-LOSS_TYPES = ("sigmoid", "ipo")
 PAIRS_FORMS = "a pairs JSONL {prompt, chosen, rejected}, hh:FILE or imdb:FILE"
 
 
 @dataclass
-class DPOConfig:
+class DPOConfig(PreferenceLossSettings):
     """What policy to tune with DPO/IPO, on which pairs; the optimisation lives in ``train``."""
 
     init_from: str = field(default="runs/sft", metadata={
@@ -90,13 +78,6 @@ class DPOConfig:
     val_fraction: float = field(default=0.05, metadata={"help": "share of the pairs held out when --val-data is unset"})
     on_bad_line: str = field(default="error", metadata={"help": "error | skip: what to do with a malformed line"})
     max_examples: int | None = field(default=None, metadata={"help": "read at most this many pairs"})
-    loss_type: str = field(default="sigmoid", metadata={
-        "help": "sigmoid (DPO: -log sigmoid(beta * h)) | ipo (IPO: (h - 1/(2 beta))^2 on per-token mean log-probs)"})
-    beta: float = field(default=0.1, metadata={
-        "help": "strength of the pull to the reference (DPO: scale of the implicit reward; IPO: target margin "
-                "1/(2 beta)); > 0"})
-    label_smoothing: float = field(default=0.0, metadata={
-        "help": "assumed share of flipped labels, in [0, 0.5) (conservative DPO; sigmoid only)"})
     chat_template: bool | None = field(default=None, metadata={
         "help": "encode prompts as a chat user turn (default: when the starting checkpoint is a chat checkpoint)"})
     append_stop: bool = field(default=True, metadata={
@@ -112,17 +93,9 @@ class DPOConfig:
                                metadata={"help": "training loop settings"})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.data:
             raise ValueError(f"no preference data given; pass --data with {PAIRS_FORMS}")
-        if self.loss_type not in LOSS_TYPES:
-            raise ValueError(f"loss_type={self.loss_type!r} is unknown; pass --loss-type sigmoid or --loss-type ipo")
-        if not self.beta > 0:
-            raise ValueError(f"beta={self.beta} must be > 0; pass e.g. --beta 0.1")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"label_smoothing={self.label_smoothing} must be in [0, 0.5); pass e.g. "
-                             "--label-smoothing 0.1, or 0 for plain DPO")
-        if self.label_smoothing and self.loss_type != "sigmoid":
-            raise ValueError("label_smoothing applies to --loss-type sigmoid only; pass --label-smoothing 0 with ipo")
         if self.on_bad_line not in ("error", "skip"):
             raise ValueError(f"on_bad_line={self.on_bad_line!r}; pass --on-bad-line error or --on-bad-line skip")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -137,38 +110,6 @@ class DPOConfig:
 
 
 # ---------------------------------------------------------------------------------------------- loss
-def preference_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-                    ref_rejected: torch.Tensor, *, beta: float, loss_type: str = "sigmoid",
-                    label_smoothing: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean DPO (``sigmoid``) or IPO (``ipo``) loss of a batch of pairs, with implicit-reward metrics.
-
-    The arguments are (B,) completion log-probs: sums for DPO, per-token means for IPO. Metrics:
-    ``accuracy`` (share of pairs whose chosen implicit reward is strictly higher), ``margin`` (mean chosen
-    minus rejected implicit reward), ``chosen_reward`` and ``rejected_reward`` (means of
-    ``beta * (log pi - log ref)``).
-
-    Example:
-        >>> loss, m = preference_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]),
-        ...                           torch.tensor([-2.0]), beta=0.5)
-        >>> round(float(loss), 4), m["accuracy"], m["margin"]  # -log sigmoid(0.5 * 2)
-        (0.3133, 1.0, 1.0)
-    """
-    chosen_ratio = policy_chosen.float() - ref_chosen.float()
-    rejected_ratio = policy_rejected.float() - ref_rejected.float()
-    h = chosen_ratio - rejected_ratio
-    if loss_type == "sigmoid":
-        losses = -(1.0 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
-    elif loss_type == "ipo":
-        losses = (h - 1.0 / (2.0 * beta)) ** 2
-    else:
-        raise ValueError(f"loss_type={loss_type!r} is unknown; pass --loss-type sigmoid or --loss-type ipo")
-    chosen_reward, rejected_reward = beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
-    metrics = {"accuracy": float((chosen_reward > rejected_reward).float().mean()),
-               "margin": float((chosen_reward - rejected_reward).mean()),
-               "chosen_reward": float(chosen_reward.mean()), "rejected_reward": float(rejected_reward.mean())}
-    return losses.mean(), metrics
-
-
 def completion_logps(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs (R,) of each row's completion tokens, and how many there are (R,).
 

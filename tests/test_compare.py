@@ -114,12 +114,12 @@ def test_judge_endpoint_down_fails_before_training(tmp_path, policy):
 
 @pytest.mark.parametrize("overrides, message", [
     ({"algorithms": ["ppo", "sac"]},
-     "CompareConfig.algorithms=['ppo', 'sac']: unknown algorithm 'sac'; use any of ppo, grpo, rloo, dpo; "
+     "CompareConfig.algorithms=['ppo', 'sac']: unknown algorithm 'sac'; use any of ppo, grpo, rloo, online_dpo, dpo; "
      "fix --algorithms"),
     ({"algorithms": []}, "CompareConfig.algorithms=[]: pass one or more distinct algorithms"),
     ({"algorithms": ["grpo"], "n_envs": 30},
-     "CompareConfig.group_size=4: must divide n_envs (30): GRPO and RLOO hand each prompt to group_size of the "
-     "n_envs rows; fix --group-size"),
+     "CompareConfig.group_size=4: must divide n_envs (30): GRPO, RLOO and online DPO hand each prompt to "
+     "group_size of the n_envs rows; fix --group-size"),
     ({"algorithms": ["rloo"], "group_size": 1}, "CompareConfig.group_size=1: must be an integer >= 2"),
     ({"algorithms": ["dpo"], "direct_rlaif": True}, "CompareConfig.direct_rlaif=True: trains on the AI judge"),
     ({"algorithms": ["dpo"], "dpo_beta": 0.0}, "CompareConfig.dpo_beta=0.0: must be > 0; fix --dpo-beta"),
@@ -340,29 +340,34 @@ def test_label_store_source_and_direct_rlaif(tmp_path, policy):
 
 
 ARMS = {"rlhf": "ppo/rlhf", "rlaif": "ppo/rlaif", "rlhf_grpo": "grpo/rlhf", "rlaif_grpo": "grpo/rlaif",
-        "rlhf_dpo": "dpo/rlhf", "rlaif_dpo": "dpo/rlaif"}
+        "rlhf_online_dpo": "online_dpo/rlhf", "rlaif_online_dpo": "online_dpo/rlaif", "rlhf_dpo": "dpo/rlhf",
+        "rlaif_dpo": "dpo/rlaif"}
 
 
 def test_algorithms_are_arms_evaluated_alike_and_reused(tmp_path, policy):
     out = tmp_path / "out"
-    cfg = tiny(out, policy, algorithms=["ppo", "grpo", "dpo"], dpo_steps=10, dpo_batch_size=8, plots=True)
+    cfg = tiny(out, policy, algorithms=["ppo", "grpo", "online_dpo", "dpo"], dpo_steps=10, dpo_batch_size=8,
+               dpo_beta=0.2, plots=True)
     results = compare(cfg)
     results.pop("timing")
     for name, folder in ARMS.items():
         for seed in (0, 1):
             run = out / folder / f"seed{seed}"
             assert is_checkpoint(run) and (out / "eval" / name / f"seed{seed}.jsonl").is_file(), run
-            assert (run / ("dpo_report.json" if name.endswith("dpo") else "ppo_report.json")).is_file(), run
+            assert (run / ("dpo_report.json" if folder.startswith("dpo/") else "ppo_report.json")).is_file(), run
     # GRPO: PPO's settings plus the group; DPO: the side's own pairs, seeded with the arm's seed
     grpo = json.loads((out / "grpo/rlaif/seed1/ppo_config.json").read_text())
     ppo = json.loads((out / "ppo/rlaif/seed1/ppo_config.json").read_text())
     assert grpo["group_size"] == 4 and grpo["reward"] == ppo["reward"] == str(out / "rm_rlaif")
     assert {k: grpo[k] for k in ppo if k != "out_dir"} == {k: v for k, v in ppo.items() if k != "out_dir"}
+    online = json.loads((out / "online_dpo/rlhf/seed0/ppo_config.json").read_text())
+    assert (online["beta"], online["group_size"], online["reward"]) == (0.2, 4, str(out / "rm_rlhf"))
     dpo_config = json.loads((out / "dpo/rlhf/seed1/config.json").read_text())
     assert dpo_config["dpo"]["data"] == str(out / "human_prefs.jsonl") and dpo_config["train"]["seed"] == 1
 
     # every arm: gold figures with intervals, head to head with every other, curves where training evaluates
-    assert list(results["policies"]) == ["sft", *ARMS] and results["config"]["algorithms"] == ["ppo", "grpo", "dpo"]
+    assert list(results["policies"]) == ["sft", *ARMS]
+    assert results["config"]["algorithms"] == ["ppo", "grpo", "online_dpo", "dpo"]
     for name, p in results["policies"].items():
         assert set(p) >= POLICY_KEYS and p["gold_mean"][1] <= p["gold_mean"][0] <= p["gold_mean"][2], name
         assert len(p["win_rate_vs_sft"]) == len(p["gold_diff_vs_sft"]) == 3 and set(p["per_seed"]) == {"0", "1"}
@@ -372,14 +377,14 @@ def test_algorithms_are_arms_evaluated_alike_and_reused(tmp_path, policy):
     assert results["curves"]["rlhf_dpo"] == results["curves"]["rlaif_dpo"] == {}
     assert results["curves"]["rlaif_grpo"]["1"][0]["timesteps"] == 0
     report = (out / "report.md").read_text()
-    for shown in ("RLHF", "RLAIF", "RLHF (GRPO)", "RLAIF (GRPO)", "RLHF (DPO)", "RLAIF (DPO)"):
+    for shown in ("RLHF", "RLAIF", "RLHF (GRPO)", "RLAIF (GRPO)", "RLHF (online DPO)", "RLHF (DPO)", "RLAIF (DPO)"):
         assert f"\n| {shown} | " in report, shown
     assert "No training curves for RLHF (DPO), RLAIF (DPO)" in report
     assert all((out / f).is_file() for f in ("reward_kl_frontier.png", "proxy_vs_gold.png", "gold_by_policy.png"))
 
     # run again: nothing trains, the results do not move
     weights = {p: p.stat().st_mtime_ns for p in out.glob("*/*/seed*/model.safetensors")}
-    assert len(weights) == 12
+    assert len(weights) == 16
     again = compare(cfg)
     trained = {f"{folder.replace('/', '_')}_seed{s}" for folder in ARMS.values() for s in (0, 1)}
     assert trained | {"rm_rlhf", "rm_rlaif", "evaluate", "gold_prefs"} <= set(again["timing"]["skipped"])
