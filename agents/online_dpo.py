@@ -11,23 +11,31 @@ the KV-cached actor, the packed batches, rails, callbacks, checkpoints and resum
   rejection-sampling DPO). The reward is the env's score with PPO's shaping (reward model, AI judge, answer
   checker or callable; no-stop and short penalties), minus ``kl_coef`` x the completion's KL when
   ``kl_penalty="reward"``. Groups whose completions all scored the same say nothing and are left out.
+- **labels**: with ``soft_preferences`` (the default) a pair's label is the probability ``sigmoid(r_chosen -
+  r_rejected)`` that its chosen side is better, as a Bradley-Terry reward model's scores give it. DPO's loss
+  with these labels has the KL-regularised RLHF policy ``ref * exp(r / beta)`` as its optimum, so ``beta``
+  holds the policy near the reference the way PPO's KL coefficient does. Hard labels (1: the chosen side
+  always wins, ``--no-soft-preferences``, TRL's form) give every pair the same pull however close its
+  rewards, and DPO then keeps pushing towards the chosen completions: on the synthetic reviews task the KL
+  passed 8 nats within 100k tokens. Soft labels need scores on a log-odds scale (a reward model's; an answer
+  checker's 0/1 gives p = 0.73).
 - **loss**: `rlfl.preference_loss.preference_loss` of the pairs, the very loss of offline DPO (``loss_type``
-  sigmoid or ipo, ``beta``, ``label_smoothing``), with the log-probs of the starting policy (or
-  ``--reference``) as the reference; ``kl_penalty="loss"`` adds ``kl_coef`` x the k3 KL per token, as GRPO
-  does. A minibatch holds whole pairs. ``beta`` is what holds the policy near the reference.
+  sigmoid or ipo, ``beta``, ``label_smoothing`` for hard labels), with the log-probs of the starting policy
+  (or ``--reference``) as the reference; ``kl_penalty="loss"`` adds ``kl_coef`` x the k3 KL per token, as
+  GRPO does. A minibatch holds whole pairs.
 
 Logged beside PPO's figures: ``train/dpo_accuracy`` (share of pairs whose chosen completion has the higher
 implicit reward ``beta * (log pi - log ref)``), ``train/dpo_margin`` and ``train/kept_groups``.
 
-Example:
-    >>> import tempfile, rlfl.envs, rlfl.checkpoint, rlfl.model, rlfl.tokenizer
-    >>> tok, d = rlfl.tokenizer.byte_tokenizer(), tempfile.mkdtemp()    # a tiny random policy to start from
-    >>> config = rlfl.model.GPTConfig(vocab_size=tok.n_vocab, block_size=96, n_layer=1, n_head=2, n_embd=32)
-    >>> rlfl.checkpoint.save_checkpoint(d, rlfl.model.GPT(config), tok, stage="sft")
-    >>> model = OnlineDPO(d, "rlfl/SyntheticReviews-v0", n_envs=8, beta=0.1, env_kwargs={"max_new_tokens": 8}, seed=0)
-    >>> _ = model.learn(total_timesteps=64)
-    >>> model.group_size, model.num_timesteps   # 4 prompts x 2 completions per rollout
-    (2, 64)
+Example (a group of 4 completions per prompt: its best and worst by reward form the pair; a tied group none):
+    >>> preference_pairs(np.array([0.2, 0.9, -0.3, 0.5, 1.0, 1.0, 1.0, 1.0]), group_size=4)
+    (array([1]), array([2]))
+    >>> from rlfl.agents import OnlineDPO
+    >>> model = OnlineDPO("runs/sft", "rlfl/SyntheticReviews-v0", beta=0.12, learning_rate=1e-4)  # doctest: +SKIP
+    >>> model.learn(total_timesteps=819_200)  # doctest: +SKIP
+
+``rlfl online-dpo --init-from runs/sft --reward runs/rm --beta 0.12 --learning-rate 1e-4`` runs it against a
+reward model with `rlfl.agents.train.train_ppo`'s evaluation, checkpoints and resume.
 """
 
 from __future__ import annotations
