@@ -323,9 +323,9 @@ def _header(results: dict, config_file: str | None) -> list[str]:
     algorithms = _algorithms(results)
     if algorithms != ["ppo"]:
         lines.append(f"- Arms: label source x algorithm ({', '.join(ALGORITHM_NAMES[a] for a in algorithms)}); a bare "
-                     "RLHF / RLAIF is PPO against that side's reward model, GRPO and RLOO train against the same "
-                     "reward model with the same settings, DPO trains on that side's preference pairs directly (no "
-                     "reward model)")
+                     "RLHF / RLAIF is PPO against that side's reward model, GRPO, RLOO and online DPO train against "
+                     "the same reward model with the same settings, DPO trains on that side's preference pairs "
+                     "directly (no reward model)")
     if judges.get("gold"):
         lines.append(f"- Gold judge (final evaluation; neither side trained on it): {judges['gold']}")
     return lines + ["", ("Every figure with an interval is the estimate over all seeds' held-out prompts and its "
