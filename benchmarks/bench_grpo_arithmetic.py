@@ -69,6 +69,8 @@ def main() -> None:
     ap.add_argument("--n-envs", type=int, default=128, help="rows per rollout (n_envs / group_size problems)")
     ap.add_argument("--lr", type=float, default=3e-5, help="GRPO learning rate (decays linearly to 0)")
     ap.add_argument("--eval-prompts", type=int, default=512, help="held-out problems scored by exact match")
+    ap.add_argument("--precision", default="float32",
+                    help="GRPO's precision: float32 | bfloat16 | auto (bfloat16 where the CPU has it natively)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks that every step runs")
@@ -106,7 +108,7 @@ def main() -> None:
                      total_timesteps=args.timesteps, batch_size=512, n_epochs=2, learning_rate=args.lr,
                      lr_schedule="linear", kl_coef=0.01, eval_prompts=args.eval_prompts,
                      eval_every=max(1, args.timesteps // 4), checkpoint_every=0, sample_every=0, seed=args.seed,
-                     num_threads=args.threads, progress=False)
+                     num_threads=args.threads, precision=args.precision, progress=False)
     t1 = time.perf_counter()
     train_ppo(cfg)
     grpo_s = time.perf_counter() - t1
