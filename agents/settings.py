@@ -48,7 +48,7 @@ class PPOSettings(LoRASettings):
     lr_schedule: str = field(default="constant", metadata={
         "help": "constant | linear | cosine: the learning rate decays to 0 at --total-timesteps"})
     kl_coef: float = field(default=0.05, metadata={
-        "help": "beta: weight of the per-token KL penalty (initial, if adaptive)"})
+        "help": "the KL coefficient: weight of the per-token KL penalty (initial, if adaptive)"})
     adaptive_kl: bool = field(default=False, metadata={
         "help": "adapt beta to keep the KL per completion near --kl-target"})
     kl_target: float = field(default=6.0, metadata={"help": "target KL per completion (nats) of the adaptive controller"})
