@@ -190,10 +190,7 @@ class GRPO(PPO):
         segments = c.segments[keep]
         n_tokens = int((store.seg_n - store.seg_j0)[segments].sum())
         n_minibatches = max(1, round(n_tokens / self.batch_size))
-        if len(segments):
-            stats = self._optimize(store, segments, n_minibatches, old_t, grpo_loss)
-        else:
-            stats = {k: [] for k in ("pg", "vf", "ent", "approx_kl", "clip")} | {"skipped": 0}
+        stats = self._optimize(store, segments, n_minibatches, old_t, grpo_loss)  # on every rank, even with none
         self._record_groups(store, stats, c, beta, keep.reshape(-1, self.group_size)[:, 0])
 
 

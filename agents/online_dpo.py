@@ -119,10 +119,7 @@ class OnlineDPO(GRPO):
         segments = c.segments[np.stack([chosen, rejected], axis=1).reshape(-1)]  # c0, r0, c1, r1, ...
         n_tokens = int((store.seg_n - store.seg_j0)[segments].sum())
         n_minibatches = max(1, min(len(chosen), round(n_tokens / self.batch_size)))
-        if len(segments):
-            stats = self._optimize(store, segments, n_minibatches, old_t, dpo_loss, block=2)
-        else:
-            stats = {k: [] for k in ("pg", "vf", "ent", "approx_kl", "clip")} | {"skipped": 0}
+        stats = self._optimize(store, segments, n_minibatches, old_t, dpo_loss, block=2)  # every rank, even with none
         for key in ("dpo_accuracy", "dpo_margin"):
             if stats.get(key):
                 self.logger.record(f"train/{key}", float(np.mean(stats[key])))

@@ -592,7 +592,7 @@ class PPO(OnPolicyAlgorithm):
         ``block`` > 1 keeps each run of ``block`` consecutive segments in one minibatch (the two completions of a
         preference pair), shuffling the runs instead of the segments.
 
-        ``loss_fn(batch, logp, values, log_ratio, ratio) -> (loss, {"pg", "vf", "clip"})`` is the algorithm's
+        ``loss_fn(batch, logp, values, log_ratio, ratio) -> (loss, {"pg", "vf", "clip", ...})`` is the algorithm's
         loss of one minibatch (``old_logp`` is indexed by grid cell); this loop adds the entropy bonus, skips a
         minibatch whose ratios explode, stops an epoch past ``1.5 * target_kl``, raises on NaN/inf, averages
         gradients across torchrun ranks, clips them and steps. Returns the per-minibatch figures.
@@ -602,6 +602,9 @@ class PPO(OnPolicyAlgorithm):
             n_minibatches = int(min(n_minibatches, all_min([len(segments) // block])[0]))
         stats: dict[str, Any] = {k: [] for k in ("pg", "vf", "ent", "approx_kl", "clip")}
         skipped, continue_training, updates = 0, True, 0
+        if n_minibatches < 1 or len(segments) == 0:  # nothing to train on (here, or on another rank): no step
+            stats["skipped"] = 0
+            return stats
         max_log_ratio = math.log(self.ratio_threshold)
         for epoch in range(self.n_epochs):
             if block == 1:
