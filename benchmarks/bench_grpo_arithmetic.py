@@ -22,7 +22,7 @@ that have it natively (1.2x the tokens/s of float32 here); elsewhere it is float
 about 1.2x longer than on such a CPU (about 15 minutes there with 1 thread).
 
     python benchmarks/bench_grpo_arithmetic.py [--out runs/grpo_arithmetic] [--level 2] [--sft-steps 1200]
-                                               [--timesteps 1179648] [--n-envs 512] [--group-size 8] [--lr 5e-5]
+                                               [--timesteps 1376256] [--n-envs 512] [--group-size 8] [--lr 5e-5]
                                                [--precision auto] [--threads 1]
     python benchmarks/bench_grpo_arithmetic.py --smoke   # the same steps, tiny: a check that it runs
 
@@ -74,11 +74,13 @@ def main() -> None:
     ap.add_argument("--sft-steps", type=int, default=1200,
                     help="SFT optimizer steps: the accuracy GRPO starts from rises steeply with them on level 2 (half "
                          "as many leave the policy mostly wrong, twice as many nearly always right)")
-    ap.add_argument("--timesteps", type=int, default=1179648, help="GRPO tokens (rows x steps) to train on")
+    ap.add_argument("--timesteps", type=int, default=1376256, help="GRPO tokens (rows x steps) to train on")
     ap.add_argument("--group-size", type=int, default=8, help="completions per problem")
     ap.add_argument("--n-envs", type=int, default=512, help="rows per rollout (n_envs / group_size problems)")
     ap.add_argument("--lr", type=float, default=5e-5, help="GRPO learning rate (decays linearly to 0)")
     ap.add_argument("--eval-prompts", type=int, default=512, help="held-out problems scored by exact match")
+    ap.add_argument("--eval-samples", type=int, default=2,
+                    help="completions scored per held-out problem (more: a tighter estimate of the same rate)")
     ap.add_argument("--precision", default="auto",
                     help="GRPO's precision: float32 | bfloat16 | auto (bfloat16 where the CPU has it natively)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (the GRPO budget is counted in CPU-minutes)")
@@ -117,7 +119,7 @@ def main() -> None:
                      n_prompts=POOL, chat_template=True, max_new_tokens=MAX_NEW, max_prompt_tokens=MAX_PROMPT,
                      out_dir=str(out / "grpo"), n_envs=args.n_envs, group_size=args.group_size,
                      total_timesteps=args.timesteps, batch_size=512, n_epochs=2, learning_rate=args.lr,
-                     lr_schedule="linear", kl_coef=0.01, eval_prompts=args.eval_prompts,
+                     lr_schedule="linear", kl_coef=0.01, eval_prompts=args.eval_prompts, eval_samples=args.eval_samples,
                      eval_every=max(1, args.timesteps // 4), checkpoint_every=0, sample_every=0, seed=args.seed,
                      num_threads=args.threads, precision=args.precision, progress=False)
     t1 = time.perf_counter()
@@ -131,16 +133,17 @@ def main() -> None:
           f"of {len(pool)} left out), {args.sft_steps} steps: {sft_s:.0f}s")
     print(f"GRPO: {report['timesteps']} tokens in {grpo_s:.0f}s ({grpo_s / 60:.1f} min)")
     for name, r in (("SFT policy", start), ("after GRPO", end)):
-        low, high = interval(r["gold_positive_rate"], n)
-        print(f"{name}: exact match {r['gold_positive_rate']:.3f} (95% {low:.3f}-{high:.3f}) on {n} held-out "
-              f"problems; KL {r['kl']:.2f} nats; length {r['length']:.1f}")
+        # the interval counts problems, not completions: a problem's completions are not independent
+        low, high = interval(r["gold_positive_rate"], args.eval_prompts)
+        print(f"{name}: exact match {r['gold_positive_rate']:.3f} (95% {low:.3f}-{high:.3f}) on {n} completions of "
+              f"{args.eval_prompts} held-out problems; KL {r['kl']:.2f} nats; length {r['length']:.1f}")
     print("gold evaluations during training (eval.csv):")
     print((out / "grpo" / "eval.csv").read_text().strip())
     rows = [[str(int(r["timesteps"])), f"{r['gold_positive_rate']:.3f}", f"{r['kl']:.2f}", f"{r['length']:.1f}"]
             for r in read_eval_csv(out / "grpo" / "eval.csv")]
     notes = (f"level {args.level}; SFT {args.sft_problems} problems x {args.sft_steps} steps in {sft_s:.0f} s; GRPO "
-             f"{report['timesteps']} tokens in {grpo_s:.0f} s, groups of {args.group_size}; exact match on {n} "
-             "held-out problems, completions sampled at temperature 1")
+             f"{report['timesteps']} tokens in {grpo_s:.0f} s, groups of {args.group_size}; exact match of {n} "
+             f"completions ({args.eval_prompts} held-out problems x {args.eval_samples}) sampled at temperature 1")
     cmd = ("python benchmarks/bench_grpo_arithmetic.py " + " ".join(sys.argv[1:])).strip()
     if not args.smoke:
         header = ["timesteps", "exact match", "KL (nats)", "length"]
