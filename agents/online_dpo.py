@@ -69,8 +69,8 @@ class OnlineDPO(GRPO):
     """Online DPO for rlfl transformer policies (see the module docstring).
 
     Takes `PPO`'s arguments; its settings are `rlfl.agents.settings.OnlineDPOSettings` (``group_size``,
-    ``loss_type``, ``beta``, ``label_smoothing`` and PPO's learning rate, epochs, minibatch size, KL and reward
-    shaping). ``n_envs`` must be a multiple of ``group_size``.
+    ``loss_type``, ``beta``, ``label_smoothing``, ``soft_preferences`` and PPO's learning rate, epochs,
+    minibatch size, KL and reward shaping). ``n_envs`` must be a multiple of ``group_size``.
     """
 
     settings_class = OnlineDPOSettings
