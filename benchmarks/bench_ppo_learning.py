@@ -53,6 +53,7 @@ import torch.distributed as dist
 
 from rlfl.agents.callbacks import read_eval_csv
 from rlfl.agents.train import GRPOConfig, OnlineDPOConfig, PPOConfig, RLOOConfig, train_ppo
+from rlfl.compare_report import ALGORITHM_NAMES
 from rlfl.synthetic_task import SyntheticTaskConfig, prepare_synthetic_task
 from results import record
 
@@ -139,13 +140,13 @@ def main() -> None:
     config, extra = PPOConfig, {}
     if args.algorithm == "online_dpo":
         config = OnlineDPOConfig
-        extra = dict(group_size=args.group_size or 2, beta=args.dpo_beta, loss_type=args.dpo_loss,
-                     soft_preferences=args.soft_preferences)
-        extra |= {"kl_penalty": args.kl_penalty} if args.kl_penalty is not None else {}
+        extra = dict(beta=args.dpo_beta, loss_type=args.dpo_loss, soft_preferences=args.soft_preferences)
     elif args.algorithm != "ppo":
         config = GRPOConfig if args.algorithm == "grpo" else RLOOConfig
-        extra = dict(group_size=args.group_size or 4, loss_agg=args.loss_agg, clip_range_high=args.clip_range_high)
-        extra |= {k: v for k, v in (("advantage", args.advantage), ("kl_penalty", args.kl_penalty)) if v is not None}
+        extra = dict(loss_agg=args.loss_agg, clip_range_high=args.clip_range_high)
+        extra |= {"advantage": args.advantage} if args.advantage is not None else {}
+    if args.algorithm != "ppo":  # unset: the algorithm's own default
+        extra |= {k: v for k, v in (("group_size", args.group_size), ("kl_penalty", args.kl_penalty)) if v is not None}
     cfg = config(init_from=str(task.sft), reward=str(task.reward_model), chat_template=True, out_dir=str(out),
                     total_timesteps=args.timesteps, n_envs=args.n_envs // ranks, n_steps=args.n_steps,
                     batch_size=args.batch_size // ranks, n_epochs=args.epochs,
@@ -169,7 +170,7 @@ def main() -> None:
     start, end = report["start"], report["end"]
     print(f"task preparation: {prep_s:.0f}s (reused when --task-dir already holds it); figures: "
           f"{json.dumps(task.figures, default=str)}")
-    name = {"online_dpo": "online DPO"}.get(args.algorithm, args.algorithm.upper())
+    name = ALGORITHM_NAMES[args.algorithm]
     print(f"{name}: {report['timesteps']} tokens in {ppo_s:.0f}s ({ppo_s / 60:.1f} min, {report['tokens_per_s']:.0f} "
           "tokens/s)")
     print(f"gold positive rate on {args.eval_prompts} held-out prompts: {start['gold_positive_rate']:.3f} -> "
