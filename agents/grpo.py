@@ -6,7 +6,10 @@ batches, rails (ratio threshold, NaN stop, ``target_kl``), KL control, callbacks
 - **rollouts**: each rollout resets the vector env with ``options={"group_size": G}``, so every drawn prompt
   goes to G consecutive rows, and steps it until every row has finished ONE completion (rows that finish
   early idle in the batch until the group's longest ends). A rollout is ``n_envs / G`` prompts x G
-  completions, every one trained on whole; ``num_timesteps`` counts the rows' steps, as PPO's does.
+  completions, every one trained on whole; ``num_timesteps`` counts the rows' steps, as PPO's does. A
+  group's prompt is prefilled once into the KV cache, and each training forward computes it once for the
+  group's G completions (`rlfl.agents.rollout.Batch`; minibatches hold whole groups): with short answers
+  after a longer question (Arithmetic-v0) that is most of the compute of an update.
 - **advantages** come from the group instead of a value head: a completion's reward R (the env's score with
   PPO's shaping: normalisation, clip, no-stop and short penalties) against the group's others
   (`group_advantages`): ``grpo`` (R - mean) / std (Shao et al. 2024, DeepSeekMath), ``dr_grpo`` R - mean
@@ -190,7 +193,9 @@ class GRPO(PPO):
         segments = c.segments[keep]
         n_tokens = int((store.seg_n - store.seg_j0)[segments].sum())
         n_minibatches = max(1, round(n_tokens / self.batch_size))
-        stats = self._optimize(store, segments, n_minibatches, old_t, grpo_loss)  # on every rank, even with none
+        # whole groups per minibatch: a group's completions share one forward of their prompt (`RolloutStore.batch`)
+        stats = self._optimize(store, segments, n_minibatches, old_t, grpo_loss,
+                               block=self.group_size)  # on every rank, even with none
         self._record_groups(store, stats, c, beta, keep.reshape(-1, self.group_size)[:, 0])
 
 

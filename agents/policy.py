@@ -241,8 +241,8 @@ class TransformerPolicy(ActorCriticPolicy):
     # ------------------------------------------------------------------------------ batched paths (rlfl PPO)
     def sequence_outputs(
         self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, actions: torch.Tensor,
-        *, entropy: str = "grad", segment_ids: torch.Tensor | None = None, early: torch.Tensor | None = None,
-        stop_ids: torch.Tensor | None = None,
+        *, entropy: str = "grad", segment_ids: torch.Tensor | None = None, branch_ids: torch.Tensor | None = None,
+        early: torch.Tensor | None = None, stop_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """Log-probs, entropies and values of many actions from ONE forward per sequence.
 
@@ -252,11 +252,12 @@ class TransformerPolicy(ActorCriticPolicy):
         small model, and the prompt's positions never choose an action). ``entropy``: "grad" (part of the
         graph, for an entropy bonus), "log" (no graph: for logging only) or "none" (returned as None).
         ``segment_ids``: for rows that pack several sequences (`rlfl.agents.rollout.Batch`), which one each
-        column belongs to; each attends to itself only and its positions start at 0. ``early`` (K,) and
+        column belongs to; each attends to itself only and its positions start at 0; ``branch_ids``: the
+        continuations of a shared prefix within one (`rlfl.attention.segment_mask`). ``early`` (K,) and
         ``stop_ids``: the actions that were sampled with the stop tokens banned (an env's ``min_new_tokens``,
         `rlfl.generate.ban_stop_tokens`) get the same ban here, so these are the log-probs they were drawn with.
         """
-        hidden = self.net.gpt.hidden_states(tokens, attention_mask=mask, segment_ids=segment_ids)
+        hidden = self.net.gpt.hidden_states(tokens, attention_mask=mask, segment_ids=segment_ids, branch_ids=branch_ids)
         h = hidden[positions[:, 0], positions[:, 1]]
         logits = ban_stop_tokens(self.net.gpt.lm_head(h).float(), early, stop_ids)
         logp_all = F.log_softmax(logits, dim=-1)
@@ -270,15 +271,16 @@ class TransformerPolicy(ActorCriticPolicy):
     @torch.no_grad()
     def reference_logprobs(
         self, tokens: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor, actions: torch.Tensor,
-        *, segment_ids: torch.Tensor | None = None, early: torch.Tensor | None = None,
-        stop_ids: torch.Tensor | None = None,
+        *, segment_ids: torch.Tensor | None = None, branch_ids: torch.Tensor | None = None,
+        early: torch.Tensor | None = None, stop_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The frozen reference's log-probs of the same actions (one no-grad forward per sequence).
 
         ``early``/``stop_ids`` ban the stop tokens as in `sequence_outputs`: the KL then compares the policy
         with the reference under the same rule, and is 0 while the two have the same weights.
         """
-        hidden = self.reference.hidden_states(tokens, attention_mask=mask, segment_ids=segment_ids)
+        hidden = self.reference.hidden_states(tokens, attention_mask=mask, segment_ids=segment_ids,
+                                              branch_ids=branch_ids)
         logits = self.reference.lm_head(hidden[positions[:, 0], positions[:, 1]]).float()
         logits = ban_stop_tokens(logits, early, stop_ids)
         return F.log_softmax(logits, dim=-1).gather(1, actions[:, None]).squeeze(1)

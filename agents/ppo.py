@@ -418,7 +418,11 @@ class PPO(OnPolicyAlgorithm):
 
     def _collect(self, env: TextVecEnv, callback: Any, n_rollout_steps: int, *, first_episodes: bool = False) -> bool:
         """The rollout loop; ``first_episodes``: stop as soon as every row has finished one episode (GRPO's
-        rollouts are one completion per row, from a reset)."""
+        rollouts are one completion per row, from a reset).
+
+        With ``first_episodes`` a row that has finished idles until the others do: the actor does not
+        prefill the prompt the env restarts it with, its tokens from then on are a tail of its segment that
+        nothing trains on, and the env's later episodes in it are neither recorded nor logged."""
         if self._actor is None:
             self._actor = CachedActor(self.policy, env.num_envs, env.max_prompt_tokens, env.max_new_tokens,
                                       env.tokenizer.pad_id, self.device, autocast=self._autocast,
@@ -436,6 +440,9 @@ class PPO(OnPolicyAlgorithm):
             actions_np = actions.cpu().numpy()
             actor.append(actions_np)
             new_obs, rewards, dones, infos = env.step(actions_np)
+            if first_episodes:  # an idle row's episodes are not this rollout's completions
+                rewards, dones = np.where(finished, 0.0, rewards), dones & ~finished
+                infos = [{} if idle else info for idle, info in zip(finished, infos)]
             self.num_timesteps += env.num_envs * world()[1]  # every rank's tokens (torchrun)
             callback.update_locals(locals())
             if not callback.on_step():
@@ -449,10 +456,10 @@ class PPO(OnPolicyAlgorithm):
                 store.lengths[t, r] = info["episode"]["l"] - int(info["stopped"])
                 store.completions.append((info["prompt"], info["completion"], info["score"]))
                 store.close_segment(r, seg_j0[r], actor.n[r], seg_t0[r], actor.tokens[r], actor.mask[r])
-                seg_j0[r], seg_t0[r] = 0, t + 1
+                seg_j0[r], seg_t0[r] = (actor.n[r], t + 1) if first_episodes else (0, t + 1)
             finished |= dones
             last = t + 1 == n_rollout_steps or (first_episodes and finished.all())
-            actor.advance(actions, dones, new_obs, restart=not last)
+            actor.advance(actions, dones, new_obs, restart=not (last or first_episodes))
             store.steps += 1
             self._last_obs, self._last_episode_starts = new_obs, dones
             if last:
@@ -523,12 +530,10 @@ class PPO(OnPolicyAlgorithm):
             cells = b.cells.cpu().numpy()
             with self._autocast():
                 ref[cells] = self.policy.reference_logprobs(b.tokens, b.mask, b.positions, b.actions,
-                                                            segment_ids=b.segment_ids, early=b.early,
-                                                            stop_ids=b.stop_ids).cpu().numpy()
+                                                            **b.layout).cpu().numpy()
                 if recompute:
                     lp, _, v = self.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions, entropy="none",
-                                                            segment_ids=b.segment_ids, early=b.early,
-                                                            stop_ids=b.stop_ids)
+                                                            **b.layout)
                     logp[cells], values[cells] = lp.cpu().numpy(), v.cpu().numpy()
         shape = (store.steps, store.num_rows)
         return ref.reshape(shape), logp.reshape(shape), values.reshape(shape)
@@ -620,8 +625,7 @@ class PPO(OnPolicyAlgorithm):
                     # without an entropy bonus the entropy is only logged: measure it in the first epoch
                     want = "grad" if self.ent_coef != 0 else "log" if epoch == 0 else "none"
                     logp, entropy, values = self.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions,
-                                                                         entropy=want, segment_ids=b.segment_ids,
-                                                                         early=b.early, stop_ids=b.stop_ids)
+                                                                         entropy=want, **b.layout)
                 log_ratio = logp - old_logp[b.cells]
                 finite = bool(torch.isfinite(log_ratio).all())
                 max_abs = float(log_ratio.detach().abs().max()) if finite else math.inf

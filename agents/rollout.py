@@ -99,22 +99,26 @@ class CachedActor:
         """Run rows' layout through the model into the cache; their next logits/values come out.
 
         Columns that are left padding in every one of these rows are skipped (a restarted row's short
-        prompt in a wide window): their cache entries stay as they were, hidden by ``key_mask``.
+        prompt in a wide window): their cache entries stay as they were, hidden by ``key_mask``. Rows with
+        the same layout (a group's G copies of one prompt) are computed once and copied.
         """
         width = self.P + int(self.n[rows].max(initial=0))
         start = int(np.argmax(self.mask[rows, : self.P].any(0)))  # first column real in any row (0 if none)
-        ids = torch.from_numpy(self.tokens[rows, start:width]).to(self.device)
-        mask = torch.from_numpy(self.mask[rows, start:width]).to(self.device)
-        tmp = KVCache(self.gpt.config, len(rows), width - start, device=self.device, dtype=self.cache.k.dtype)
+        layouts = np.concatenate([self.tokens[rows, start:width], self.mask[rows, start:width]], axis=1)
+        unique, inverse = np.unique(layouts, axis=0, return_inverse=True)
+        inverse = torch.from_numpy(inverse.reshape(-1)).to(self.device)
+        ids = torch.from_numpy(unique[:, : width - start]).to(self.device)
+        mask = torch.from_numpy(unique[:, width - start:].astype(bool)).to(self.device)
+        tmp = KVCache(self.gpt.config, len(unique), width - start, device=self.device, dtype=self.cache.k.dtype)
         with self.autocast():
             hidden = self.gpt.hidden_states(ids, attention_mask=mask, cache=tmp)
         index = torch.from_numpy(rows).to(self.device)
-        self.cache.k[:, index, :, start:width] = tmp.k
-        self.cache.v[:, index, :, start:width] = tmp.v
+        self.cache.k[:, index, :, start:width] = tmp.k[:, inverse]
+        self.cache.v[:, index, :, start:width] = tmp.v[:, inverse]
         self.key_mask[index] = torch.from_numpy(self.mask[rows]).to(self.device)
-        self.n_real[index] = mask.sum(1)
+        self.n_real[index] = mask.sum(1)[inverse]
         last = torch.from_numpy(self.P - 1 - start + self.n[rows]).to(self.device)
-        h = hidden[torch.arange(len(rows), device=self.device), last]
+        h = hidden[inverse, last]
         self._set_outputs(index, h)
 
     def _set_outputs(self, index: torch.Tensor | slice, h: torch.Tensor) -> None:
@@ -195,8 +199,11 @@ class Batch:
     """The actions of some segments, ready for one forward: what `TransformerPolicy.sequence_outputs` takes.
 
     Segments are packed: each segment's real tokens (its prompt without the window's left padding, then its
-    completion) sit back to back in rows of the longest segment's length, and ``segment_ids`` (None when
-    no row holds two) keeps each one attending to itself only, with positions restarting at its start.
+    completion) sit back to back in rows, and ``segment_ids`` (None when no row holds two) keeps each one
+    attending to itself only, with positions restarting at its start. Segments whose context before their
+    first action is the same (the completions of one prompt in a GRPO group) share one copy of it:
+    ``branch_ids`` numbers each one's own tokens after the shared prefix (0: the prefix), so the prompt is
+    computed once per group instead of once per completion (`rlfl.attention.segment_mask`).
     """
 
     tokens: torch.Tensor  # (R, W)
@@ -205,8 +212,15 @@ class Batch:
     actions: torch.Tensor  # (K,)
     cells: torch.Tensor  # (K,): flat index t * rows + r of each action on the grid
     segment_ids: torch.Tensor | None = None  # (R, W): which segment each column belongs to (0: padding)
+    branch_ids: torch.Tensor | None = None  # (R, W): 0 on a shared prefix, b > 0 on its b-th continuation
     early: torch.Tensor | None = None  # (K,): chosen with the stop tokens banned (None: no min_new_tokens)
     stop_ids: torch.Tensor | None = None  # (S,): the banned stop tokens
+
+    @property
+    def layout(self) -> dict[str, torch.Tensor | None]:
+        """The keyword arguments of `TransformerPolicy.sequence_outputs` beside tokens, mask, positions, actions."""
+        return {"segment_ids": self.segment_ids, "branch_ids": self.branch_ids, "early": self.early,
+                "stop_ids": self.stop_ids}
 
 
 def pack_rows(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -283,6 +297,7 @@ class RolloutStore:
         self.seg_offsets = np.concatenate([[0], np.cumsum(counts)])
         seg = np.repeat(np.arange(len(meta)), counts)
         j = np.arange(len(seg)) - self.seg_offsets[seg] + self.seg_j0[seg]
+        self.prompt_tokens = int(prompt_tokens)
         self.act_seg, self.act_col = seg, prompt_tokens - 1 + j  # the hidden state before token j chose it
         self.act_early = j < self.min_new_tokens  # chosen with the stop tokens banned
         self.act_tok = self.seg_tokens[seg, prompt_tokens + j]
@@ -298,32 +313,62 @@ class RolloutStore:
 
         Why pack: a segment is [left-padded prompt window | completion], and with prompts of 9-38 tokens in a
         48-token window and completions that stop early, half the columns of a plain (segments, width) batch
-        are padding that every layer computes, forward and backward, in every epoch.
+        are padding that every layer computes, forward and backward, in every epoch. Why share prefixes:
+        with G completions per prompt and short answers (a number after a 20-token question), the prompt
+        is most of every segment's tokens. A shared unit is kept within 4x the longest segment, so attention
+        over a unit costs at most 16x one segment's (a few long completions go in several units).
         """
         segments = np.sort(segments)
         starts, ends = self.seg_offsets[segments], self.seg_offsets[segments + 1]
         k = np.concatenate([np.arange(s, e) for s, e in zip(starts, ends)]) if len(segments) else np.zeros(0, int)
         local = np.searchsorted(segments, self.act_seg[k])
         first = self.seg_first[segments]
-        # a segment is read up to the column of its last action (its actions are stored in column order):
-        # the token after it chooses nothing here
-        lengths = self.act_col[ends - 1] + 1 - first
-        row, offset, n_rows = pack_rows(lengths)
-        width = int(lengths.max(initial=1))
+        cut = self.prompt_tokens + self.seg_j0[segments]  # the context before a segment's first action ends here
+        # a segment is read up to the column of its last action: the token after it chooses nothing here
+        last = self.act_col[ends - 1] + 1
+        cap = 4 * int((last - first).max(initial=1))
+        units: list[list[int]] = []  # segments (local indices): the first one's context, then each one's own tokens
+        open_unit: dict[bytes, tuple[int, int]] = {}  # context -> (its open unit, that unit's length)
+        for i, s in enumerate(segments):
+            key = self.seg_tokens[s, first[i]: cut[i]].tobytes() + self.seg_masks[s, first[i]: cut[i]].tobytes()
+            u, length = open_unit.get(key, (-1, 0))
+            if u < 0 or length + last[i] - cut[i] > cap:
+                u, length = len(units), cut[i] - first[i]
+                units.append([])
+            units[u].append(i)
+            open_unit[key] = (u, length + last[i] - cut[i])
+        unit_len = np.array([cut[m[0]] - first[m[0]] + sum(last[i] - cut[i] for i in m) for m in units], np.int64)
+        row, offset, n_rows = pack_rows(unit_len)
+        width = int(unit_len.max(initial=1))
         tokens = np.zeros((n_rows, width), np.int64)  # any valid id: padding is masked and never read
         mask = np.zeros((n_rows, width), bool)
         seg_ids = np.zeros((n_rows, width), np.int64)
-        for i, s in enumerate(segments):
-            cols = slice(offset[i], offset[i] + lengths[i])
-            tokens[row[i], cols] = self.seg_tokens[s, first[i]: first[i] + lengths[i]]
-            mask[row[i], cols] = self.seg_masks[s, first[i]: first[i] + lengths[i]]
-            seg_ids[row[i], cols] = i + 1
+        branch = np.zeros((n_rows, width), np.int64)
+        seg_row = np.zeros(len(segments), np.int64)
+        context_base = np.zeros(len(segments), np.int64)  # column of segment column c < cut: base + c
+        own_base = np.zeros(len(segments), np.int64)  # column of segment column c >= cut: base + c
+        for u, members in enumerate(units):
+            r, o, s0 = row[u], offset[u], segments[members[0]]
+            p = cut[members[0]] - first[members[0]]
+            tokens[r, o: o + p] = self.seg_tokens[s0, first[members[0]]: cut[members[0]]]
+            mask[r, o: o + p] = self.seg_masks[s0, first[members[0]]: cut[members[0]]]
+            seg_ids[r, o: o + unit_len[u]] = u + 1
+            at = o + p
+            for b, i in enumerate(members, start=1):
+                n = last[i] - cut[i]
+                tokens[r, at: at + n] = self.seg_tokens[segments[i], cut[i]: last[i]]
+                mask[r, at: at + n] = self.seg_masks[segments[i], cut[i]: last[i]]
+                branch[r, at: at + n] = b
+                seg_row[i], context_base[i], own_base[i] = r, o - first[i], at - cut[i]
+                at += n
+        col = self.act_col[k]
+        col = np.where(col < cut[local], context_base[local], own_base[local]) + col
         to = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)
         packed = n_rows < len(segments)
+        shared = len(units) < len(segments)
         ban = self.min_new_tokens > 0 and bool(self.stop_tokens)
-        return Batch(tokens=to(tokens), mask=to(mask),
-                     positions=to(np.stack([row[local], offset[local] + self.act_col[k] - first[local]], 1)),
+        return Batch(tokens=to(tokens), mask=to(mask), positions=to(np.stack([seg_row[local], col], 1)),
                      actions=to(self.act_tok[k]), cells=to(self.act_cell[k]),
-                     segment_ids=to(seg_ids) if packed else None,
+                     segment_ids=to(seg_ids) if packed else None, branch_ids=to(branch) if shared else None,
                      early=to(self.act_early[k]) if ban else None,
                      stop_ids=to(np.array(self.stop_tokens, dtype=np.int64)) if ban else None)

@@ -10,7 +10,9 @@ Attention goes through `torch.nn.functional.scaled_dot_product_attention`. Four 
 - a KV cache: new keys/values are written into the preallocated buffers at [length, length + T) and the
   queries attend over [0, length + T);
 - packed sequences (`segment_ids`, several SFT examples in one row): a block-diagonal causal mask
-  (`segment_mask`), so each example attends only within itself, and positions restart at 0 at each example.
+  (`segment_mask`), so each example attends only within itself, and positions restart at 0 at each example;
+  with `branch_ids`, one segment holds a prefix and several continuations of it, each seeing the prefix and
+  itself (a GRPO group: one prompt, G completions).
 The dense training path (no mask, no segments, n_experts=0) does no work beyond what it always did.
 On a CPU, a masked attention (the last three cases) runs as plain float32 matmuls instead of SDPA, whose
 CPU kernel with an explicit mask is ~1.7x slower forward + backward at these short lengths.
@@ -88,23 +90,42 @@ class KVCache:
         self.length = 0
 
 
-def segment_mask(segment_ids: torch.Tensor, keep: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+def segment_mask(segment_ids: torch.Tensor, keep: torch.Tensor | None,
+                 branch_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Block-diagonal causal mask (B, 1, T, T) of packed segments, and positions restarting per segment.
 
     A segment starts wherever the id differs from the previous token's, so [3, 3, 3, 3] is one segment
     and [1, 1, 2, 2, 1] three. With a padding mask (keep), pad keys are hidden too, and every query
     still sees itself so no row of the softmax is empty.
+
+    ``branch_ids`` (B, T) packs several continuations of one shared prefix into a segment (G completions of
+    one prompt): within a segment, branch-0 tokens are the prefix and come first, and a token of branch b > 0
+    sees the prefix and the earlier tokens of its own branch only, at the positions it would have after the
+    prefix alone. So each continuation computes what [prefix | continuation] would alone, and the prefix is
+    computed once.
+
+    Example:
+        >>> mask, pos = segment_mask(torch.tensor([[1, 1, 1, 1, 1]]), None, torch.tensor([[0, 0, 1, 1, 2]]))
+        >>> pos.tolist(), mask[0, 0, 4].tolist()   # branch 2's token sees the prefix and itself
+        ([[0, 1, 2, 3, 2]], [True, True, False, False, True])
     """
     B, T = segment_ids.shape
     arange = torch.arange(T, device=segment_ids.device)
     starts = torch.ones(B, T, dtype=torch.bool, device=segment_ids.device)
     starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
     run = starts.long().cumsum(-1)  # segment number of each token
-    first = torch.where(starts, arange, 0).cummax(-1).values  # index where each token's segment starts
     mask = (run[:, :, None] == run[:, None, :]) & (arange[None, :] <= arange[:, None])
+    if branch_ids is None:
+        first = torch.where(starts, arange, 0).cummax(-1).values  # index where each token's segment starts
+        positions = arange - first
+    else:
+        mask &= (branch_ids[:, None, :] == 0) | (branch_ids[:, None, :] == branch_ids[:, :, None])
+        positions = mask.sum(-1) - 1  # the earlier tokens a token sees are the ones before it in its sequence
+        if keep is not None:
+            positions = positions * keep  # padding (a row's tail, wider than any one sequence) sits at 0
     if keep is not None:
         mask = (mask & keep[:, None, :]) | torch.eye(T, dtype=torch.bool, device=keep.device)
-    return mask[:, None], arange - first
+    return mask[:, None], positions
 
 
 def padded_causal_mask(keep: torch.Tensor, past: int, T: int) -> torch.Tensor:

@@ -122,6 +122,7 @@ class GPT(nn.Module):
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
         segment_ids: torch.Tensor | None = None,
+        branch_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The final-norm output (B, T, n_embd): what the LM head, a value head or a reward head reads.
 
@@ -135,13 +136,16 @@ class GPT(nn.Module):
         segment_ids: (B, T) integers for packed sequences (several examples in one row): a segment is a
             maximal run of equal ids, and a token attends only to earlier tokens of its own segment, so
             each example computes exactly what it would alone. Give padding its own id. Not with a cache.
+        branch_ids: (B, T), with segment_ids: segments that hold a shared prefix (branch 0) followed by
+            several continuations of it (branches 1, 2, ...), each attending to the prefix and itself only,
+            at the positions it would have after the prefix alone (`rlfl.attention.segment_mask`).
         """
         if idx.dim() != 2:
             raise ValueError(f"idx must have shape (batch, seq_len), got {tuple(idx.shape)}")
         B, T = idx.shape
         past = 0 if cache is None else cache.length
         total = past + T
-        if total > self.config.block_size:
+        if total > self.config.block_size and branch_ids is None:  # with branches, the positions are checked below
             what = f"{total} tokens" if past == 0 else f"{total} tokens ({past} cached + {T} new)"
             raise ValueError(
                 f"sequence of {what} exceeds block_size {self.config.block_size}; "
@@ -167,6 +171,8 @@ class GPT(nn.Module):
                 if position_ids is None:
                     position_ids = (keep.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
                 mask = padded_causal_mask(keep, past, T)
+        if branch_ids is not None and segment_ids is None:
+            raise ValueError("branch_ids needs segment_ids: pass the segment of every token as well")
         if segment_ids is not None:
             if cache is not None:
                 raise ValueError(
@@ -177,9 +183,14 @@ class GPT(nn.Module):
                 raise ValueError(
                     f"segment_ids must have shape (batch, seq_len) = {(B, T)}, got {tuple(segment_ids.shape)}"
                 )
-            mask, segment_positions = segment_mask(segment_ids, keep)
+            if branch_ids is not None and branch_ids.shape != (B, T):
+                raise ValueError(f"branch_ids must have shape (batch, seq_len) = {(B, T)}, got {tuple(branch_ids.shape)}")
+            mask, segment_positions = segment_mask(segment_ids, keep, branch_ids)
             if position_ids is None:
                 position_ids = segment_positions
+            if branch_ids is not None and int(position_ids.max()) >= self.config.block_size:
+                raise ValueError(f"a packed sequence reaches position {int(position_ids.max())}, past block_size "
+                                 f"{self.config.block_size}; shorten the sequences")
         elif cache is not None and past > 0 and T > 1:
             # Several new tokens after a cached prefix: SDPA's is_causal would align the triangle to the
             # top-left of the (T, total) score matrix, which is wrong here, so spell the mask out.

@@ -25,8 +25,8 @@ PROMPTS = ["The film was", "Dinner was", "I think", "Our hotel room", "My dog", 
 
 def env_id(name: str, reward=lower_share, **kwargs) -> str:
     full = f"test/grpo-{name}-v0"
-    rlfl.envs.register_reward_env(full, reward=reward, prompts=PROMPTS, overwrite=True,
-                                  **{"max_new_tokens": 8, "max_prompt_tokens": 16, **kwargs})
+    rlfl.envs.register_reward_env(full, reward=reward, overwrite=True,
+                                  **{"prompts": PROMPTS, "max_new_tokens": 8, "max_prompt_tokens": 16, **kwargs})
     return full
 
 
@@ -65,6 +65,50 @@ def test_a_rollout_is_one_completion_per_row_and_each_prompt_goes_to_one_group(p
     assert len({w.tobytes() for w in prompt_windows[:, 0]}) > 1  # ... and groups draw their own
     lengths = store.lengths[t_end, np.arange(rows)]
     assert lengths.min() < lengths.max()
+
+
+def test_a_groups_completions_share_one_copy_of_their_prompt_and_get_the_logprobs_of_each_alone(policy_dir):
+    ragged = env_id("Ragged", stop_tokens=list(range(128)))
+    model = GRPO(policy_dir, ragged, n_envs=12, group_size=3, seed=0)
+    _, callback = model._setup_learn(1, None)
+    model.collect_rollouts(model.env, callback, None, model.n_steps)
+    store = model._store
+    first = np.flatnonzero(store.seg_t0 == 0)
+    b = store.batch(first, torch.device("cpu"))
+    assert b.branch_ids is not None and int(b.branch_ids.max()) >= 3  # a group's 3 completions in one unit
+    alone = sum(int(store.seg_masks[s].sum()) - (store.seg_n[s] > 0) for s in first)  # each read on its own
+    assert int(b.mask.sum()) < 0.6 * alone  # the prompts (most of each sequence) are computed once per group
+    with torch.no_grad():
+        logp, _, values = model.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions, **b.layout)
+        ref = model.policy.reference_logprobs(b.tokens, b.mask, b.positions, b.actions, **b.layout)
+    cells = b.cells.numpy()
+    np.testing.assert_allclose(logp.numpy(), store.logp.reshape(-1)[cells], atol=2e-5)  # the KV-cached rollout's
+    np.testing.assert_allclose(values.numpy(), store.values.reshape(-1)[cells], atol=2e-5)
+    np.testing.assert_allclose(ref.numpy(), logp.numpy(), atol=2e-5)  # the reference: the same weights still
+    # one segment per forward (no packing, no sharing) gives the same figures
+    for s in first[:4]:
+        one_b = store.batch(np.array([s]), torch.device("cpu"))
+        assert one_b.segment_ids is None and one_b.branch_ids is None
+        with torch.no_grad():
+            lp, _, _ = model.policy.sequence_outputs(one_b.tokens, one_b.mask, one_b.positions, one_b.actions,
+                                                     **one_b.layout)
+        np.testing.assert_allclose(lp.numpy(), logp.numpy()[np.isin(cells, one_b.cells.numpy())], atol=2e-5)
+
+
+def test_shared_units_stay_within_four_times_the_longest_segment(policy_dir):
+    # 24 rows of one prompt: a unit holds the prompt and as many completions as fit in 4x a segment's length
+    model = GRPO(policy_dir, env_id("One", prompts=["The film was"]), n_envs=24, group_size=24, seed=0)
+    _, callback = model._setup_learn(1, None)
+    model.collect_rollouts(model.env, callback, None, model.n_steps)
+    store = model._store
+    first = np.flatnonzero(store.seg_t0 == 0)
+    b = store.batch(first, torch.device("cpu"))
+    longest = max(int(store.seg_masks[s].sum()) for s in first)
+    assert b.tokens.shape[1] <= 4 * longest and len(b.tokens) >= 2  # the 24 completions needed several units
+    assert (b.branch_ids[:, 0] == 0).all()  # every unit starts with its copy of the prompt
+    with torch.no_grad():
+        logp, _, _ = model.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions, **b.layout)
+    np.testing.assert_allclose(logp.numpy(), store.logp.reshape(-1)[b.cells.numpy()], atol=2e-5)
 
 
 # ---------------------------------------------------------------------------------------------- learning

@@ -87,7 +87,7 @@ def test_segments_tile_the_rollout_and_one_forward_per_sequence_reproduces_the_l
     assert b.mask.sum() < store.seg_masks.sum()  # the prompt window's left padding is gone
     with torch.no_grad():
         logp, _, values = model.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions,
-                                                        segment_ids=b.segment_ids)
+                                                        **b.layout)
     cells = b.cells.numpy()
     np.testing.assert_allclose(logp.numpy(), store.logp.reshape(-1)[cells], atol=2e-5)
     np.testing.assert_allclose(values.numpy(), store.values.reshape(-1)[cells], atol=2e-5)
@@ -118,10 +118,10 @@ def test_bfloat16_rollout_logprobs_match_the_training_forward_so_they_are_the_ol
     b = store.batch(np.arange(store.num_segments), torch.device("cpu"))
     with torch.no_grad(), model._autocast():
         logp, _, values = model.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions,
-                                                        segment_ids=b.segment_ids)
+                                                        **b.layout)
     with torch.no_grad():
         logp32, _, _ = model.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions,
-                                                     segment_ids=b.segment_ids)
+                                                     **b.layout)
     cells = b.cells.numpy()
     assert np.abs(logp.numpy() - logp32.numpy()).max() > 1e-4  # bfloat16 really computed ...
     assert np.abs(logp.numpy() - store.logp.reshape(-1)[cells]).max() < 0.02  # ... and the rollout agrees
@@ -181,9 +181,9 @@ def test_min_new_tokens_bans_early_stops_and_the_training_forwards_apply_the_sam
     assert b.early is not None and b.early.any() and not b.early.all()
     with torch.no_grad():
         logp, _, _ = model.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions, entropy="grad",
-                                                   segment_ids=b.segment_ids, early=b.early, stop_ids=b.stop_ids)
+                                                   **b.layout)
         unbanned, _, _ = model.policy.sequence_outputs(b.tokens, b.mask, b.positions, b.actions,
-                                                       segment_ids=b.segment_ids)
+                                                       segment_ids=b.segment_ids, branch_ids=b.branch_ids)
     rollout_logp = torch.from_numpy(store.logp.reshape(-1)[b.cells.numpy()])
     torch.testing.assert_close(logp, rollout_logp, atol=2e-5, rtol=0)
     assert (rollout_logp - unbanned)[b.early].min() > 0.05  # the ban moved the early tokens' mass
