@@ -65,6 +65,8 @@ def test_a_rollout_is_one_completion_per_row_and_each_prompt_goes_to_one_group(p
     assert len({w.tobytes() for w in prompt_windows[:, 0]}) > 1  # ... and groups draw their own
     lengths = store.lengths[t_end, np.arange(rows)]
     assert lengths.min() < lengths.max()
+    # a row that finished idles: the episodes the env restarts it with are neither recorded nor logged
+    assert store.dones.sum() == rows and len(store.completions) == rows and len(model.ep_info_buffer) == rows
 
 
 def test_a_groups_completions_share_one_copy_of_their_prompt_and_get_the_logprobs_of_each_alone(policy_dir):

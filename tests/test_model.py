@@ -231,6 +231,29 @@ def test_one_segment_equals_no_segments_and_positions_restart():
     assert not torch.allclose(restarted[:, 5:], continued[:, 5:], atol=1e-3)
 
 
+def test_continuations_of_a_shared_prefix_each_equal_prefix_plus_continuation_alone():
+    model = tiny_model()
+    block = model.config.block_size
+    prefix, x, y, z = (torch.randint(1, 300, (n,)) for n in (block - 6, 6, 3, 5))
+    # one segment: the prefix once, then three continuations; the row is wider than block_size (positions are not)
+    idx = torch.cat([prefix, x, y, z, torch.zeros(2, dtype=torch.long)])[None]
+    segments = torch.tensor([[1] * (block + 8) + [0] * 2])
+    branches = torch.tensor([[0] * (block - 6) + [1] * 6 + [2] * 3 + [3] * 5 + [0] * 2])
+    mask = (segments > 0).long()
+    logits = model(idx, attention_mask=mask, segment_ids=segments, branch_ids=branches)
+    torch.testing.assert_close(logits[0, : block - 6], model(prefix[None])[0], atol=1e-5, rtol=1e-5)
+    start = block - 6
+    for cont in (x, y, z):
+        alone = model(torch.cat([prefix, cont])[None])[0, block - 6:]
+        torch.testing.assert_close(logits[0, start: start + len(cont)], alone, atol=1e-5, rtol=1e-5)
+        start += len(cont)
+    with pytest.raises(ValueError, match="branch_ids needs segment_ids"):
+        model(idx, branch_ids=branches)
+    with pytest.raises(ValueError, match=f"reaches position {block + 2}, past block_size {block}"):
+        model(torch.cat([prefix, x, y])[None], segment_ids=torch.ones(1, block + 3, dtype=torch.long),
+              branch_ids=torch.tensor([[0] * (block - 6) + [1] * 9]))
+
+
 def test_segment_ids_errors():
     model = tiny_model()
     with pytest.raises(ValueError, match=r"segment_ids must have shape \(batch, seq_len\) = \(1, 4\), got \(1, 5\)"):
