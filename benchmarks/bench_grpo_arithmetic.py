@@ -30,7 +30,7 @@ interval printed counts problems, so it is wider).
     python benchmarks/bench_grpo_arithmetic.py --smoke   # the same steps, tiny: a check that it runs
 
 Prints the SFT and GRPO times, the exact-match accuracy before -> after with its 95 % interval, the KL and
-length, a few held-out answers before and after, and every evaluation (eval.csv); the
+length, 8 sampled answers to each of 6 held-out problems before and after, and every evaluation (eval.csv); the
 ``bench_grpo_arithmetic`` section of benchmarks/RESULTS.md gets the table with the machine it ran on.
 """
 
@@ -47,10 +47,12 @@ from pathlib import Path
 
 import torch
 from rlfl.agents.callbacks import read_eval_csv
-from rlfl.agents.train import GRPOConfig, train_ppo
-from rlfl.envs.verifiable import ArithmeticProblems, write_arithmetic_sft
+from rlfl.agents.train import GRPOConfig, split_prompts, train_ppo
+from rlfl.envs.verifiable import ArithmeticProblems, arithmetic_answer, write_arithmetic_sft
 
-from rlfl.checkpoint import save_checkpoint
+from rlfl.checkpoint import load_checkpoint, save_checkpoint
+from rlfl.batching import stop_token_ids
+from rlfl.evaluate import encode_prompt, sample_completions
 from rlfl.model import GPT, GPTConfig
 from rlfl.sft import SFTConfig, sft
 from rlfl.tokenizer import byte_tokenizer
@@ -67,6 +69,29 @@ def interval(p: float, n: int) -> tuple[float, float]:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return centre - half, centre + half
+
+
+def show_answers(out: Path, pool: ArithmeticProblems, n_eval: int, seed: int, n_show: int = 6,
+                 n_samples: int = 8) -> None:
+    """Print ``n_samples`` answers of the SFT and the GRPO policy (temperature 1) to the first ``n_show``
+    held-out problems, with how many are right."""
+    _, held = split_prompts(list(pool.texts), pool, n_eval, seed)  # the split the GRPO run evaluated on
+    held = [q for q in held[:n_show] for _ in range(n_samples)]
+    answers = {}
+    for stage in ("sft", "grpo"):
+        ckpt = load_checkpoint(out / stage)
+        prompts = [encode_prompt(ckpt.tokenizer, q, chat=True, max_prompt_tokens=MAX_PROMPT) for q in held]
+        samples = sample_completions(ckpt.model.eval(), ckpt.tokenizer, prompts, max_new_tokens=MAX_NEW,
+                                     stop_tokens=stop_token_ids(ckpt.tokenizer), seed=seed)
+        answers[stage] = [sample.text.strip() for sample in samples]
+    print(f"{n_samples} answers (temperature 1) to held-out problems, SFT -> GRPO (right ones counted):")
+    for k in range(0, len(held), n_samples):
+        q, right = held[k], str(arithmetic_answer(held[k]))
+        line = [f"  {q} {right:>4}:"]
+        for stage in ("sft", "grpo"):
+            got = answers[stage][k: k + n_samples]
+            line.append(f"{' '.join(f'{a:>4}' for a in got)} ({sum(a == right for a in got)}/{n_samples})")
+        print(" ".join(line[:2]) + " -> " + line[2])
 
 
 def main() -> None:
@@ -140,6 +165,9 @@ def main() -> None:
         low, high = interval(r["gold_positive_rate"], args.eval_prompts)
         print(f"{name}: exact match {r['gold_positive_rate']:.3f} (95% {low:.3f}-{high:.3f}) on {n} completions of "
               f"{args.eval_prompts} held-out problems; KL {r['kl']:.2f} nats; length {r['length']:.1f}")
+    gain = 100 * (end["gold_positive_rate"] - start["gold_positive_rate"])
+    print(f"exact match {gain:+.1f} points in {grpo_s / 60:.1f} min of GRPO with {args.threads} thread(s)")
+    show_answers(out, pool, args.eval_prompts, args.seed)
     print("gold evaluations during training (eval.csv):")
     print((out / "grpo" / "eval.csv").read_text().strip())
     rows = [[str(int(r["timesteps"])), f"{r['gold_positive_rate']:.3f}", f"{r['kl']:.2f}", f"{r['length']:.1f}"]
