@@ -20,7 +20,7 @@ what takes it further is more tokens with the rate decaying linearly to 0 (most 
 quarter): 512 rows (64 problems) per rollout at lr 5e-5, 3,145,728 tokens. GRPO computes a group's prompt
 once for its 8 completions (in the rollout's prefill and in every training forward), which makes a token
 about 3x cheaper here; ``--precision auto`` trains in bfloat16 on CPUs that have it natively (1.2x the
-tokens/s of float32). GRPO then takes about 12 minutes with 1 thread, and about 1.2x that in float32 on a
+tokens/s of float32). GRPO then takes about 13 minutes with 1 thread, and about 1.2x that in float32 on a
 CPU without bfloat16. 8 samples per held-out problem measure the exact-match rate to about +-0.02 (the
 interval printed counts problems, so it is wider).
 
