@@ -20,8 +20,8 @@ complete, so a second run (or one after a crash) goes straight to where the firs
 6. ``<algorithm>/<source>/seed<k>/``: every arm, a label source trained with one of ``algorithms``, from the
    SFT policy, one run per seed in ``seeds``, same seeds for every arm; each run resumes from its last
    checkpoint. ``ppo`` (`rlfl.agents.train.train_ppo`), ``grpo``, ``rloo`` and ``online_dpo`` (the same
-   function with `GRPOConfig` / `RLOOConfig` / `OnlineDPOConfig`, the same settings plus ``group_size``, and
-   ``dpo_beta`` for online DPO) train against each source's reward model
+   function with `GRPOConfig` / `RLOOConfig` / `OnlineDPOConfig`, the same settings plus ``group_size``,
+   ``grpo_kl_penalty`` for GRPO and ``dpo_beta`` for online DPO) train against each source's reward model
    (and, with ``direct_rlaif``, against the judge itself); ``dpo`` (`rlfl.dpo.dpo`) trains on each source's
    preference file (``human_prefs.jsonl``, ``ai_prefs.jsonl``) with no reward model, its seed the arm's seed.
    A PPO arm is named after its source (``rlhf``, ``rlaif``, ``direct_rlaif``, in ``ppo/<source>/``), another
@@ -67,6 +67,7 @@ import yaml
 
 from rlfl import config as cfglib
 from rlfl.agents.schedules import SCHEDULES
+from rlfl.agents.settings import KL_PENALTIES
 from rlfl.agents.train import GRPOConfig, OnlineDPOConfig, PPOConfig, RLOOConfig, train_ppo
 from rlfl.checkpoint import is_checkpoint, load_checkpoint
 from rlfl.compare_eval import (
@@ -105,8 +106,9 @@ ALGORITHMS = tuple(ALGORITHM_NAMES)  # ppo, grpo, rloo, online_dpo, dpo
 RL_CONFIGS = {"ppo": PPOConfig, "grpo": GRPOConfig, "rloo": RLOOConfig, "online_dpo": OnlineDPOConfig}
 # settings only some algorithms read: a run that trains none of those leaves them out of its settings record and
 # results.json, and ``algorithms`` is left out when it is PPO alone, so such a run records what it always did
-ALGORITHM_FIELDS = {"group_size": ("grpo", "rloo", "online_dpo"), "dpo_beta": ("dpo", "online_dpo"), "dpo_steps": ("dpo",),
-                    "dpo_lr": ("dpo",), "dpo_batch_size": ("dpo",)}
+ALGORITHM_FIELDS = {"group_size": ("grpo", "rloo", "online_dpo"), "grpo_kl_penalty": ("grpo",),
+                    "dpo_beta": ("dpo", "online_dpo"), "dpo_steps": ("dpo",), "dpo_lr": ("dpo",),
+                    "dpo_batch_size": ("dpo",)}
 HUMAN_SPECS = "simulated, store:LABELS.db, pairs:PAIRS.jsonl[,...] or hh:FILE[,FILE...]"
 # fields that change how a run goes, not what it computes: a resumed run may differ in them (results.json
 # leaves them out, except the task's name)
@@ -188,6 +190,10 @@ class CompareConfig:
                 "model, with the PPO settings below), dpo (on its preference pairs, no reward model)"})
     group_size: int = field(default=4, metadata={
         "help": "grpo, rloo, online_dpo: completions per prompt compared in a group (--n-envs must be a multiple)"})
+    grpo_kl_penalty: str = field(default="reward", metadata={
+        "help": "grpo: where the KL to the SFT policy goes: reward (kl_coef x the completion's KL off its score, "
+                "as in the PPO and RLOO arms, so adaptive_kl holds every arm near kl_target) | loss (the GRPO "
+                "paper's k3 term in each token's loss; its arms end at a larger KL than the others)"})
     dpo_beta: float = field(default=0.1, metadata={
         "help": "dpo, online_dpo: strength of the pull to the SFT policy (> 0)"})
     dpo_steps: int = field(default=200, metadata={"help": "dpo: optimizer steps of each run"})
@@ -250,6 +256,7 @@ class CompareConfig:
                  f"unknown algorithm {algorithm!r}; use any of {', '.join(ALGORITHMS)}")
         need(bool(self.algorithms) and len(set(self.algorithms)) == len(self.algorithms), "algorithms",
              f"pass one or more distinct algorithms of {', '.join(ALGORITHMS)}")
+        need(self.grpo_kl_penalty in KL_PENALTIES, "grpo_kl_penalty", f"use {' or '.join(KL_PENALTIES)}")
         need(isinstance(self.group_size, int) and self.group_size >= 2, "group_size",
              "must be an integer >= 2 (a group compares its completions)")
         need(not set(ALGORITHM_FIELDS["group_size"]) & set(self.algorithms) or self.n_envs % self.group_size == 0,
@@ -640,6 +647,8 @@ def _train_rl(run: CompareRun, arm: Arm, seed: int) -> None:
     group = {} if arm.algorithm == "ppo" else {"group_size": cfg.group_size}
     if arm.algorithm == "online_dpo":
         group["beta"] = cfg.dpo_beta
+    if arm.algorithm == "grpo":
+        group["kl_penalty"] = cfg.grpo_kl_penalty
     with run.stage(f"{arm.algorithm}_{arm.source}_seed{seed}",
                    f"{ALGORITHM_NAMES[arm.algorithm]} {arm.source} seed {seed} ({cfg.ppo_timesteps} tokens)",
                    ppo_done(out, cfg.ppo_timesteps)) as todo:

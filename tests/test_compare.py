@@ -121,6 +121,8 @@ def test_judge_endpoint_down_fails_before_training(tmp_path, policy):
      "CompareConfig.group_size=4: must divide n_envs (30): GRPO, RLOO and online DPO hand each prompt to "
      "group_size of the n_envs rows; fix --group-size"),
     ({"algorithms": ["rloo"], "group_size": 1}, "CompareConfig.group_size=1: must be an integer >= 2"),
+    ({"algorithms": ["grpo"], "grpo_kl_penalty": "both"},
+     "CompareConfig.grpo_kl_penalty='both': use loss or reward; fix --grpo-kl-penalty"),
     ({"algorithms": ["dpo"], "direct_rlaif": True}, "CompareConfig.direct_rlaif=True: trains on the AI judge"),
     ({"algorithms": ["dpo"], "dpo_beta": 0.0}, "CompareConfig.dpo_beta=0.0: must be > 0; fix --dpo-beta"),
 ])
@@ -359,6 +361,7 @@ def test_algorithms_are_arms_evaluated_alike_and_reused(tmp_path, policy):
     grpo = json.loads((out / "grpo/rlaif/seed1/ppo_config.json").read_text())
     ppo = json.loads((out / "ppo/rlaif/seed1/ppo_config.json").read_text())
     assert grpo["group_size"] == 4 and grpo["reward"] == ppo["reward"] == str(out / "rm_rlaif")
+    assert grpo["kl_penalty"] == "reward"  # the KL held as in the PPO arms, by the same adaptive control
     assert {k: grpo[k] for k in ppo if k != "out_dir"} == {k: v for k, v in ppo.items() if k != "out_dir"}
     online = json.loads((out / "online_dpo/rlhf/seed0/ppo_config.json").read_text())
     assert (online["beta"], online["group_size"], online["reward"]) == (0.2, 4, str(out / "rm_rlhf"))
