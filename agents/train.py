@@ -218,11 +218,16 @@ class OnlineDPOConfig(PPOConfig, OnlineDPOSettings):
 # ---------------------------------------------------------------------------------------------- pieces
 @contextlib.contextmanager
 def _process_group(device: str) -> Iterator[tuple[int, int]]:
-    """Torchrun's process group for the run, left when it ends if this run joined it; (rank, world size)."""
+    """Torchrun's process group for the run, left when it ends if this run joined it; (rank, world size).
+
+    A run that ends normally waits for every rank before leaving: rank 0 evaluates and saves alone at the
+    end, and a gloo group torn down on one rank while another still holds it can abort that process."""
     joined = not dist.is_initialized()
     join_process_group(torch.device(device))
     try:
         yield (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        if joined and dist.is_initialized():
+            dist.barrier()
     finally:
         if joined and dist.is_initialized():
             dist.destroy_process_group()
