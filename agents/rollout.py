@@ -328,16 +328,18 @@ class RolloutStore:
         last = self.act_col[ends - 1] + 1
         cap = 4 * int((last - first).max(initial=1))
         units: list[list[int]] = []  # segments (local indices): the first one's context, then each one's own tokens
-        open_unit: dict[bytes, tuple[int, int]] = {}  # context -> (its open unit, that unit's length)
+        sizes: list[int] = []  # each unit's columns
+        open_unit: dict[bytes, int] = {}  # context -> the unit that takes the next segment with it
         for i, s in enumerate(segments):
             key = self.seg_tokens[s, first[i]: cut[i]].tobytes() + self.seg_masks[s, first[i]: cut[i]].tobytes()
-            u, length = open_unit.get(key, (-1, 0))
-            if u < 0 or length + last[i] - cut[i] > cap:
-                u, length = len(units), cut[i] - first[i]
+            u = open_unit.get(key, -1)
+            if u < 0 or sizes[u] + last[i] - cut[i] > cap:
+                u = open_unit[key] = len(units)
                 units.append([])
+                sizes.append(cut[i] - first[i])
             units[u].append(i)
-            open_unit[key] = (u, length + last[i] - cut[i])
-        unit_len = np.array([cut[m[0]] - first[m[0]] + sum(last[i] - cut[i] for i in m) for m in units], np.int64)
+            sizes[u] += last[i] - cut[i]
+        unit_len = np.array(sizes, np.int64)
         row, offset, n_rows = pack_rows(unit_len)
         width = int(unit_len.max(initial=1))
         tokens = np.zeros((n_rows, width), np.int64)  # any valid id: padding is masked and never read
